@@ -1,0 +1,38 @@
+# Two commands do all the set-up on a fresh machine:
+#   make demo   - the whole flow on embedded defaults (kapacitord + UDF + bridge + receiver)
+#   make test   - the whole test suite (builds kapacitord from the Go module proxy once)
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+
+.PHONY: venv kapacitor test demo bench check proto clean
+
+$(STAMP): setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test,bench]'
+	touch $@
+
+venv: $(STAMP)
+
+kapacitor:
+	scripts/kapacitor-build >/dev/null
+
+test: venv kapacitor
+	$(BIN)/python -m pytest
+
+demo: venv kapacitor
+	$(BIN)/python -m demo
+
+bench: venv kapacitor
+	$(BIN)/python -m bench
+
+proto:
+	scripts/gen-proto
+
+check: venv
+	scripts/gen-proto --check
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis
