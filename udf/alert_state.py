@@ -1,0 +1,316 @@
+"""``@alertState()``: annotate every point with its group's alert state.
+
+Data flow: Kapacitor → :class:`~udf.agent.Agent` → :class:`AlertStateHandler`
+(protobuf in and out) → :class:`~udf.state.Evaluator` (the pure state machine) →
+the same point, extended with ``alert_*`` fields.
+
+Why it is fast: the handler reads only ``group``, ``time`` and the evaluated field
+of each point, and answers with the input point's own bytes followed by encoded
+``alert_*`` map entries (protobuf lets a later map entry extend the message). The
+entries that depend only on the state (level, previous level, changed, pending,
+flapping) are encoded once per distinct state and cached; only ``duration`` and
+``count`` are encoded per point.
+"""
+
+from __future__ import annotations
+
+import argparse
+import struct
+import sys
+from typing import Callable, Dict, List, Optional, Sequence, Set, Tuple
+
+import structlog
+
+from . import udf_pb2 as pb
+from .agent import Agent, Handler, HandlerFactory, main as agent_main
+from .framing import encode_uvarint
+from .point_view_pb2 import PointHead
+from .options import INFO_OPTIONS, LEVEL_NAMES, AlertOptions, OptionError, parse_options
+from .state import Evaluator, Groups, SnapshotError, decode_snapshot, encode_snapshot
+
+__all__ = ["AlertStateHandler", "annotation_fields", "main"]
+
+log = structlog.get_logger("udf.alert_state")
+
+_VALUE_TYPES = {
+    "BOOL": pb.BOOL,
+    "INT": pb.INT,
+    "DOUBLE": pb.DOUBLE,
+    "STRING": pb.STRING,
+    "DURATION": pb.DURATION,
+}
+
+#: Point map fields (field number → tag byte of a length-delimited entry).
+_DOUBLE_MAP, _INT_MAP, _STRING_MAP, _BOOL_MAP = 0x42, 0x4A, 0x52, 0x62
+_pack_double = struct.Struct("<d").pack
+#: Groups whose "field missing" was logged are remembered up to this many.
+_MISSING_LOG_LIMIT = 10_000
+
+
+def annotation_fields(prefix: str) -> Dict[str, str]:
+    """Names and types of the fields added to each point."""
+    return {
+        f"{prefix}level": "string",
+        f"{prefix}level_code": "int",
+        f"{prefix}previous_level": "string",
+        f"{prefix}changed": "bool",
+        f"{prefix}duration": "double",
+        f"{prefix}count": "int",
+        f"{prefix}pending": "string",
+        f"{prefix}flapping": "bool",
+    }
+
+
+def _entry(map_tag: int, key: str, value_field: bytes) -> bytes:
+    """One encoded map entry: ``key`` is field 1 (string), the value is field 2."""
+    k = key.encode()
+    body = b"\x0a" + encode_uvarint(len(k)) + k + value_field
+    return bytes((map_tag,)) + encode_uvarint(len(body)) + body
+
+
+def _string_entry(key: str, value: str) -> bytes:
+    v = value.encode()
+    return _entry(_STRING_MAP, key, b"\x12" + encode_uvarint(len(v)) + v)
+
+
+def _int_entry(key: str, value: int) -> bytes:
+    return _entry(_INT_MAP, key, b"\x10" + encode_uvarint(value & 0xFFFFFFFFFFFFFFFF))
+
+
+def _bool_entry(key: str, value: bool) -> bytes:
+    return _entry(_BOOL_MAP, key, b"\x10" + (b"\x01" if value else b"\x00"))
+
+
+class _Encoder:
+    """Encodes annotations; caches the state-only part per distinct state."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.cache: Dict[Tuple[int, int, bool, int, bool], bytes] = {}
+        key = f"{prefix}duration".encode()
+        # fieldsDouble entry of fixed size: key, then tag 0x11 and 8 bytes.
+        body_len = 1 + len(encode_uvarint(len(key))) + len(key) + 1 + 8
+        self.duration_head = (
+            bytes((_DOUBLE_MAP,)) + encode_uvarint(body_len) + b"\x0a"
+            + encode_uvarint(len(key)) + key + b"\x11"
+        )
+        self._count_key = f"{prefix}count"
+        self.count_small = [_int_entry(self._count_key, n) for n in range(128)]
+        self.count_cache: Dict[int, bytes] = {}
+
+    def static(self, level: int, previous: int, changed: bool, pending: int, flapping: bool) -> bytes:
+        state = (level, previous, changed, pending, flapping)
+        cached = self.cache.get(state)
+        if cached is None:
+            p = self.prefix
+            cached = b"".join(
+                (
+                    _string_entry(f"{p}level", LEVEL_NAMES[level]),
+                    _int_entry(f"{p}level_code", level),
+                    _string_entry(f"{p}previous_level", LEVEL_NAMES[previous]),
+                    _bool_entry(f"{p}changed", changed),
+                    _string_entry(f"{p}pending", LEVEL_NAMES[pending] if pending >= 0 else ""),
+                    _bool_entry(f"{p}flapping", flapping),
+                )
+            )
+            self.cache[state] = cached
+        return cached
+
+    def count(self, n: int) -> bytes:
+        """The count entry; counts below 65536 are encoded once and reused."""
+        if n < 128:
+            return self.count_small[n]
+        entry = self.count_cache.get(n)
+        if entry is None:
+            entry = _int_entry(self._count_key, n)
+            if n < 65536:
+                self.count_cache[n] = entry
+        return entry
+
+    def duration(self, seconds: float) -> bytes:
+        return self.duration_head + _pack_double(seconds)
+
+
+def _option_values(init: pb.InitRequest) -> List[Tuple[str, List[object]]]:
+    """Init options as (name, python values), in call order (repeats kept)."""
+    out: List[Tuple[str, List[object]]] = []
+    for opt in init.options:
+        values: List[object] = []
+        for v in opt.values:
+            kind = v.WhichOneof("value")
+            values.append(getattr(v, kind) if kind is not None else None)
+        out.append((opt.name, values))
+    return out
+
+
+class AlertStateHandler(Handler):
+    """One task node's alert state: every group of its stream, isolated."""
+
+    batch = False
+
+    def __init__(self, agent: Agent) -> None:
+        super().__init__(agent)
+        self.opts: Optional[AlertOptions] = None
+        self.groups: Optional[Groups] = None
+        self._missing_logged: Set[str] = set()
+        self._batch_group = ""
+        self._on_point: Callable[[bytes], None] = self._not_initialized
+
+    def info(self) -> pb.InfoResponse:
+        edge = pb.BATCH if self.batch else pb.STREAM
+        resp = pb.InfoResponse(wants=edge, provides=edge)
+        for name, types in INFO_OPTIONS.items():
+            resp.options[name].valueTypes.extend(_VALUE_TYPES[t] for t in types)
+        return resp
+
+    def init(self, init: pb.InitRequest) -> pb.InitResponse:
+        try:
+            opts = parse_options(_option_values(init))
+        except OptionError as exc:
+            log.warning("alert_state.init_failed", task=init.taskID, node=init.nodeID, error=str(exc))
+            return pb.InitResponse(success=False, error=f"@alertState(): {exc}")
+        self.opts = opts
+        self.groups = Groups(Evaluator(opts))
+        self._on_point = self._make_point_path(opts, self.groups)
+        log.info("alert_state.init", task=init.taskID, node=init.nodeID, field=opts.field)
+        return pb.InitResponse(success=True)
+
+    def snapshot(self) -> pb.SnapshotResponse:
+        if self.groups is None:
+            return pb.SnapshotResponse(snapshot=b"")
+        return pb.SnapshotResponse(snapshot=encode_snapshot(self.groups))
+
+    def restore(self, restore: pb.RestoreRequest) -> pb.RestoreResponse:
+        if not restore.snapshot:
+            return pb.RestoreResponse(success=True)
+        if self.groups is None:
+            return pb.RestoreResponse(success=False, error="restore before init")
+        try:
+            snap = decode_snapshot(restore.snapshot)
+        except SnapshotError as exc:
+            log.warning("alert_state.restore_failed", error=str(exc))
+            return pb.RestoreResponse(success=False, error=str(exc))
+        self.groups.restore(snap)
+        log.info("alert_state.restored", groups=len(self.groups))
+        return pb.RestoreResponse(success=True)
+
+    def begin_batch(self, begin: pb.BeginBatch) -> None:
+        self._batch_group = begin.group
+        self.agent.write_begin(begin)
+
+    def end_batch(self, end: pb.EndBatch) -> None:
+        self.agent.write_end(end)
+
+    def point_raw(self, data: bytes) -> None:
+        self._on_point(data)
+
+    def _not_initialized(self, data: bytes) -> None:
+        raise RuntimeError("point before init")
+
+    def _missing(self, group: str) -> None:
+        if group not in self._missing_logged and len(self._missing_logged) < _MISSING_LOG_LIMIT:
+            self._missing_logged.add(group)
+            assert self.opts is not None
+            log.debug("alert_state.field_missing", group=group, field=self.opts.field)
+
+    def _make_point_path(self, opts: AlertOptions, groups: Groups) -> Callable[[bytes], None]:
+        """Build the per-point function with everything it needs bound to locals.
+
+        The evaluated field is located by searching the point's bytes for its
+        encoded ``fieldsDouble`` entry head (entry tag and length, key, fixed64
+        value tag), accepted only when it occurs exactly once; anything else (an
+        int field, a missing field, a repeated key) takes the full protobuf parse.
+        The one input the shortcut could misread is a point whose double field is
+        absent while some string in it (a tag value, a string field) holds that
+        exact run of control bytes; real telemetry does not.
+        """
+        field = opts.field
+        key = field.encode()
+        body_len = 1 + len(encode_uvarint(len(key))) + len(key) + 1 + 8
+        needle = bytes((_DOUBLE_MAP,)) + encode_uvarint(body_len) + b"\x0a" + encode_uvarint(len(key)) + key + b"\x11"
+        skip = len(needle)
+        unpack = struct.Struct("<d").unpack_from
+        head = PointHead.FromString
+        parse = pb.Point.FromString
+        get_state = groups.get
+        update = groups.evaluator.update
+        enc = _Encoder(opts.prefix)
+        cache = enc.cache
+        build = enc.static
+        count_small = enc.count_small
+        count_cache = enc.count_cache
+        count_big = enc.count
+        duration_head = enc.duration_head
+        pack = _pack_double
+        emit = self.agent.write_point_bytes
+        missing = self._missing
+        handler = self
+
+        def on_point(data: bytes) -> None:
+            i = data.find(needle)
+            if i >= 0 and data.find(needle, i + skip) < 0:
+                value = unpack(data, i + skip)[0]
+                h = head(data)
+                group = h.group
+                t = h.time
+            else:
+                point = parse(data)
+                value = point.fieldsDouble.get(field)
+                if value is None:
+                    value = point.fieldsInt.get(field)
+                    if value is None:
+                        missing(point.group)
+                        emit(data)
+                        return
+                group = point.group
+                t = point.time
+            if not group:
+                group = handler._batch_group
+            s = get_state(group, t)
+            update(s, value, t)
+            st = (s.level, s.previous, s.changed, s.pending, s.flapping)
+            static = cache.get(st)
+            if static is None:
+                static = build(*st)
+            n = s.count
+            emit(
+                data,
+                static
+                + duration_head
+                + pack((s.last_ns - s.start_ns) / 1e9)
+                + (count_small[n] if n < 128 else (count_cache.get(n) or count_big(n))),
+            )
+
+        return on_point
+
+
+def _factory(args: argparse.Namespace) -> HandlerFactory:
+    batch = bool(args.batch)
+
+    def make(agent: Agent) -> Handler:
+        handler = AlertStateHandler(agent)
+        handler.batch = batch
+        return handler
+
+    return make
+
+
+def _arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--batch", action="store_true", help="want and provide BATCH edges (default STREAM)"
+    )
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Console script ``kapacitor-alert-state``."""
+    return agent_main(
+        AlertStateHandler,
+        argv,
+        description="Kapacitor UDF that annotates every point with its alert state",
+        add_arguments=_arguments,
+        configure=_factory,
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
