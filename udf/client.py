@@ -12,7 +12,7 @@ import queue
 import socket
 import subprocess
 import threading
-from typing import Any, Callable, List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 from . import udf_pb2 as pb
 from .framing import FrameError, FrameSplitter, encode_frame
@@ -64,11 +64,11 @@ class UdfClient:
         argv: Optional[Sequence[str]] = None,
         *,
         socket_path: Optional[str] = None,
-        env: Optional[dict] = None,
+        env: Optional[Dict[str, str]] = None,
         stderr: Any = subprocess.PIPE,
         raw: bool = False,
     ) -> None:
-        self.proc: Optional[subprocess.Popen] = None
+        self.proc: Optional["subprocess.Popen[bytes]"] = None
         self.sock: Optional[socket.socket] = None
         self.raw = raw
         self.responses: "queue.Queue[Any]" = queue.Queue()
@@ -176,7 +176,8 @@ class UdfClient:
     def stderr_text(self) -> str:
         if self.proc is None or self.proc.stderr is None:
             return ""
-        return self.proc.stderr.read().decode(errors="replace")
+        data: bytes = self.proc.stderr.read()
+        return data.decode(errors="replace")
 
     def close(self) -> None:
         if self.sock is not None:
