@@ -30,7 +30,7 @@ import structlog
 from google.protobuf.message import DecodeError
 
 from . import udf_pb2 as pb
-from .framing import MAX_FRAME, FrameError, FrameSplitter, encode_uvarint
+from .framing import MAX_FRAME, FrameError, FrameSplitter, decode_uvarint, encode_uvarint
 
 __all__ = [
     "Agent",
@@ -52,13 +52,20 @@ _TAG_BEGIN = b"\x82\x01"
 _TAG_POINT = b"\x8a\x01"
 _TAG_END = b"\x92\x01"
 
-_KIND_BY_TAG = {
-    0x0A: "info",
-    0x12: "init",
-    0x1A: "keepalive",
-    0x22: "snapshot",
-    0x2A: "restore",
+_KIND_BY_FIELD = {
+    f.number: f.name for f in pb.Request.DESCRIPTOR.oneofs_by_name["message"].fields
 }
+
+
+def _request_kind(frame: bytes) -> str:
+    """Name the request a (possibly broken) frame claims to be, for error messages."""
+    if not frame:
+        return "empty"
+    try:
+        tag, _ = decode_uvarint(frame, 0)
+    except FrameError:
+        return "unknown"
+    return _KIND_BY_FIELD.get((tag or 0) >> 3, "unknown")
 
 
 def _point_header(size: int) -> bytes:
@@ -220,23 +227,20 @@ class Agent:
             return 0
 
     def _dispatch(self, frame: bytes) -> None:
-        if frame[:2] == _TAG_POINT:
+        if frame[:2] == _TAG_POINT and len(frame) > 2:
             # Fast path: exactly one field, the point (how Kapacitor sends it).
+            # Anything else, a cut-off length included, takes the full parse below,
+            # which reports what is wrong.
+            size: Optional[int]
             b = frame[2]
             if b < 0x80:
                 start, size = 3, b
             else:
-                size = 0
-                shift = 0
-                start = 2
-                while True:
-                    b = frame[start]
-                    start += 1
-                    size |= (b & 0x7F) << shift
-                    if b < 0x80:
-                        break
-                    shift += 7
-            if start + size == len(frame):
+                try:
+                    size, start = decode_uvarint(frame, 2)
+                except FrameError:
+                    size = None
+            if size is not None and start + size == len(frame):
                 data = frame[start:]
                 try:
                     if self._point_raw is not None:
@@ -253,8 +257,7 @@ class Agent:
         try:
             request = pb.Request.FromString(frame)
         except DecodeError as exc:
-            kind = _KIND_BY_TAG.get(frame[0], "unknown") if frame else "empty"
-            self._fail(f"malformed {kind} request: {exc}")
+            self._fail(f"malformed {_request_kind(frame)} request: {exc}")
             return
         kind = request.WhichOneof("message")
         try:
