@@ -1,0 +1,1 @@
+"""kapacitor-oncall bridge: Kapacitor alert events in, on-call platform requests out."""

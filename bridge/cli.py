@@ -1,0 +1,264 @@
+"""``kapacitor-oncall-bridge``: serve, check-config, send-test, queue, replay.
+
+Exit codes: 0 success, 1 the operation failed (a send-test the platform
+refused), 2 bad configuration or usage, 3 the store is unusable. Every line
+printed goes through the log redactor first, so no configured secret is ever
+echoed, even inside a platform's error body.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from datetime import datetime, timezone
+from typing import Any, Dict, Optional, Sequence, TextIO
+
+from . import log as logmod
+from .config import Config, default_config, load
+from .errors import ConfigError, DeliveryError, StoreError
+from .event import LEVELS
+
+__all__ = ["EXIT_CONFIG", "EXIT_FAILED", "EXIT_OK", "EXIT_STORE", "main"]
+
+EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_STORE = 0, 1, 2, 3
+PROG = "kapacitor-oncall-bridge"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG, description="Durable bridge from Kapacitor alert events to on-call platforms."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, help_text: str, config_required: bool = False) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.add_argument(
+            "--config",
+            "-c",
+            required=config_required,
+            help="TOML config file" + ("" if config_required else " (default: embedded defaults, no targets)"),
+        )
+        p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+        return p
+
+    serve = add("serve", "Receive alerts and deliver them until SIGTERM.")
+    serve.add_argument(
+        "--insecure", action="store_true", help="allow a non-loopback listen address without server.token"
+    )
+    add("check-config", "Validate the config, resolve secrets, print the targets (never the secrets).", True)
+    send = add("send-test", "Send a synthetic event to one target now and print the platform's answer.", True)
+    send.add_argument("--target", "-t", required=True)
+    send.add_argument("--level", default="CRITICAL", choices=list(LEVELS[::-1]), type=str.upper)
+    queue = add("queue", "Show the outbox: rows per target and state, or the dead letters.")
+    queue.add_argument("--dead", action="store_true", help="list dead letters with their last error")
+    queue.add_argument("--target", "-t")
+    queue.add_argument("--json", action="store_true", help="machine-readable output")
+    replay = add("replay", "Put dead letters back into the queue (a running bridge picks them up).")
+    replay.add_argument("--target", "-t")
+    replay.add_argument("--id", dest="alert_id", help="only this alert id")
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point of the console script."""
+    args = _parser().parse_args(argv)
+    redactor = logmod.configure(args.log_level, cache=args.command == "serve")
+    out = _Out(sys.stdout, redactor)
+    err = _Out(sys.stderr, redactor)
+    try:
+        config = load(args.config) if args.config else default_config()
+    except ConfigError as exc:
+        if args.command == "serve":
+            logmod.get_logger().error("config.invalid", key=exc.key, error=exc.message)
+        err.line(f"{PROG}: config error: {exc.key}: {exc.message}")
+        return EXIT_CONFIG
+    redactor.update(config.secrets)
+    try:
+        handler = _COMMANDS[args.command]
+        return int(handler(args, config, out, err))
+    except ConfigError as exc:
+        if args.command == "serve":
+            logmod.get_logger().error("config.invalid", key=exc.key, error=exc.message)
+        err.line(f"{PROG}: config error: {exc.key}: {exc.message}")
+        return EXIT_CONFIG
+    except StoreError as exc:
+        if args.command == "serve":
+            logmod.get_logger().error("store.unusable", error=str(exc))
+        err.line(f"{PROG}: {exc}")
+        return EXIT_STORE
+    except KeyboardInterrupt:
+        return EXIT_FAILED
+
+
+class _Out:
+    """Prints through the redactor."""
+
+    def __init__(self, stream: TextIO, redactor: logmod.Redactor) -> None:
+        self._stream = stream
+        self._redactor = redactor
+
+    def line(self, text: str = "") -> None:
+        self._stream.write(self._redactor.redact(text) + "\n")
+        self._stream.flush()
+
+
+# -- commands ----------------------------------------------------------------------
+
+
+def _serve(args: argparse.Namespace, config: Config, out: _Out, err: _Out) -> int:
+    from .server import serve
+
+    return asyncio.run(serve(config, insecure=args.insecure))
+
+
+def _check_config(args: argparse.Namespace, config: Config, out: _Out, err: _Out) -> int:
+    from .server import check_listen
+
+    s, d = config.server, config.delivery
+    out.line(f"config OK: {config.source}")
+    out.line(f"listen     {s.listen}  token: {'set' if s.token else 'none'}  max_body_bytes: {s.max_body_bytes}")
+    out.line(f"store      {config.store.path}  keep_delivered: {config.store.keep_delivered}")
+    out.line(
+        f"delivery   timeout {_dur(d.timeout)}  backoff {_dur(d.backoff_initial)}..{_dur(d.backoff_max)}  "
+        f"max_age {_dur(d.max_age)}  repeat_interval {_dur(d.repeat_interval)}  workers {d.workers}"
+    )
+    out.line(f"targets    {len(config.targets)}")
+    for t in config.targets.values():
+        limit = f"{t.rate_limit.count}/{_dur(t.rate_limit.seconds)}" if t.rate_limit else "off"
+        extras = [f"rate_limit {limit}"]
+        if t.resolve_after is not None:
+            extras.append(f"resolve_after {_dur(t.resolve_after)}")
+        if t.timeout is not None:
+            extras.append(f"timeout {_dur(t.timeout)}")
+        if t.ca_file:
+            extras.append(f"ca_file {t.ca_file}")
+        out.line(f"  {t.name:<20} type {t.type:<24} {'  '.join(extras)}  keys: {', '.join(t.keys)}")
+    if config.heartbeats:
+        out.line(f"heartbeats {len(config.heartbeats)}")
+        for h in config.heartbeats:
+            ping = "  kapacitor ping: yes" if h.kapacitor_url else ""
+            out.line(f"  {h.name:<20} every {_dur(h.interval)}  {h.method}{ping}")
+    try:
+        check_listen(config, insecure=False)
+    except ConfigError as exc:
+        err.line(f"warning: {exc.key}: {exc.message}")
+    return EXIT_OK
+
+
+def _send_test(args: argparse.Namespace, config: Config, out: _Out, err: _Out) -> int:
+    from .delivery import Sender, send_once, synthetic_event
+
+    target = config.targets.get(args.target)
+    if target is None:
+        known = ", ".join(sorted(config.targets)) or "none"
+        raise ConfigError("--target", f"unknown target {args.target!r} (known: {known})")
+    sender = Sender(config.delivery)
+    try:
+        response = send_once(sender, target, synthetic_event(args.level))
+    except DeliveryError as exc:
+        kind = "retryable" if exc.__class__.__name__ == "RetryableError" else "permanent"
+        out.line(f"FAILED ({kind}): {exc}")
+        if exc.status is not None:
+            out.line(f"status: {exc.status}")
+        if exc.body:
+            out.line(exc.body)
+        return EXIT_FAILED
+    finally:
+        sender.close()
+    out.line(f"status: {response.status}")
+    if response.body:
+        out.line(response.body)
+    return EXIT_OK
+
+
+def _queue(args: argparse.Namespace, config: Config, out: _Out, err: _Out) -> int:
+    from .outbox import STATES, dead_letters, open_store, queue_counts
+
+    conn = open_store(config.store.path, create=False)
+    try:
+        if args.dead:
+            rows = dead_letters(conn, args.target)
+            if args.json:
+                out.line(json.dumps([_dead_json(r) for r in rows], indent=2))
+                return EXIT_OK
+            if not rows:
+                out.line("no dead letters")
+            for r in rows:
+                error = (r.last_error or "").replace("\n", " ")[:400]
+                out.line(
+                    f"#{r.seq} {r.target} id={r.key!r} level={r.level} received={_iso(r.received_at)} "
+                    f"attempts={r.attempts} status={r.last_status if r.last_status is not None else '-'}"
+                    f"{' synthetic' if r.synthetic else ''}"
+                )
+                out.line(f"    {error}")
+            return EXIT_OK
+        counts = queue_counts(conn)
+        targets = sorted({t for t, _ in counts} | set(config.targets))
+        if args.target:
+            targets = [args.target]
+        table: Dict[str, Dict[str, int]] = {t: {s: counts.get((t, s), 0) for s in STATES} for t in targets}
+        if args.json:
+            out.line(json.dumps(table, indent=2, sort_keys=True))
+            return EXIT_OK
+        width = max([len("target")] + [len(t) for t in targets])
+        out.line(f"{'target':<{width}}  " + "  ".join(f"{s:>10}" for s in STATES))
+        for t in targets:
+            flag = "" if t in config.targets else "   (not configured)"
+            out.line(f"{t:<{width}}  " + "  ".join(f"{table[t][s]:>10}" for s in STATES) + flag)
+        return EXIT_OK
+    finally:
+        conn.close()
+
+
+def _replay(args: argparse.Namespace, config: Config, out: _Out, err: _Out) -> int:
+    from .outbox import open_store, replay
+
+    if args.target and args.target not in config.targets:
+        err.line(f"warning: target {args.target!r} is not configured; its rows will not be delivered")
+    conn = open_store(config.store.path, create=False)
+    try:
+        count = replay(conn, args.target, args.alert_id)
+    finally:
+        conn.close()
+    out.line(f"replayed {count} dead letter(s); a running bridge picks them up within a second")
+    return EXIT_OK
+
+
+_COMMANDS: Dict[str, Any] = {
+    "serve": _serve,
+    "check-config": _check_config,
+    "send-test": _send_test,
+    "queue": _queue,
+    "replay": _replay,
+}
+
+
+def _dead_json(r: Any) -> Dict[str, Any]:
+    return {
+        "seq": r.seq,
+        "target": r.target,
+        "id": r.key,
+        "level": r.level,
+        "received_at": _iso(r.received_at),
+        "attempts": r.attempts,
+        "last_status": r.last_status,
+        "last_error": r.last_error,
+        "synthetic": r.synthetic,
+    }
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _dur(seconds: float) -> str:
+    """Seconds back into the config's duration notation."""
+    for unit, size in (("h", 3600.0), ("m", 60.0), ("s", 1.0)):
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    if seconds < 1:
+        return f"{seconds * 1000:g}ms"
+    return f"{seconds:g}s"
+

@@ -1,0 +1,500 @@
+"""Delivery: claim heads from the outbox, send them, record the outcome.
+
+One dispatcher thread decides *what* goes next; a pool of worker threads does
+the slow part (render + HTTP/SMTP). The dispatcher only ever claims the head of
+a ``(target, key)`` queue, so per-id order holds while different ids go in
+parallel. Before claiming it applies, in this order:
+
+1. repeat suppression: the same level as the last *delivered* event for that
+   id, received within ``repeat_interval``, is marked ``suppressed`` (level
+   changes always go);
+2. the target's rate limiter: no token means the row stays pending (queued,
+   never dropped) and the dispatcher sleeps until a token is back;
+3. a per-target share of the pool, so one dead platform cannot occupy every
+   worker and starve the others.
+
+Failures are classified by :mod:`bridge.transport`. Retryable ones wait per
+tenacity's ``wait_exponential_jitter`` (or the platform's ``Retry-After``); the
+attempt count and next due time are stored in the row, so a restart resumes
+the schedule. Past ``max_age`` a row is dead-lettered; permanent 4xx answers
+dead-letter it at once with the platform's status and body.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from queue import SimpleQueue
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
+
+import tenacity
+
+from .config import Config, DeliveryConfig, TargetConfig
+from .errors import DeliveryError, PermanentError, RetryableError, StoreError
+from .event import AlertEvent, EventError, format_time, parse, parse_time
+from .log import get_logger
+from .metrics import Metrics
+from .outbox import Head, Outbox
+from .ratelimit import RateLimiters
+from .targets.base import EmailMessage, HttpRequest, Request
+from .transport import MAX_BODY_CHARS, Response, Transport
+
+__all__ = [
+    "Delivery",
+    "RetryPolicy",
+    "SEND_TEST_ID",
+    "Sender",
+    "send_once",
+    "synthetic_event",
+    "synthetic_resolve",
+]
+
+log = get_logger("bridge.delivery")
+
+#: How often the dispatcher runs housekeeping (expiries, replays by other processes).
+TICK_SECONDS = 0.5
+PRUNE_EVERY = 10.0
+#: The id ``send-test`` uses, so the test incident is easy to find and close.
+SEND_TEST_ID = "kapacitor-oncall-bridge:send-test"
+
+
+class RetryPolicy:
+    """Exponential backoff with jitter, computed by tenacity's wait strategy.
+
+    The schedule lives in the outbox row (``attempts``), not in a sleeping
+    thread, so we call the strategy with a bare ``RetryCallState`` holding the
+    attempt number instead of running ``Retrying`` around a blocking call.
+    """
+
+    def __init__(self, initial: float, maximum: float) -> None:
+        self.initial = initial
+        self.maximum = maximum
+        self._wait = _exponential_jitter(initial, maximum)
+        self._retrying = tenacity.Retrying(wait=self._wait)
+
+    def delay(self, attempts: int, retry_after: Optional[float] = None) -> float:
+        """Seconds before the next attempt after ``attempts`` failed ones."""
+        if retry_after is not None:
+            return retry_after
+        state = tenacity.RetryCallState(self._retrying, None, (), {})
+        state.attempt_number = max(1, attempts)
+        return float(self._wait(state))
+
+
+def _exponential_jitter(initial: float, maximum: float) -> Any:
+    """``wait_exponential_jitter`` across tenacity versions (``initial`` became ``multiplier``)."""
+    try:
+        return tenacity.wait_exponential_jitter(multiplier=initial, max=maximum, jitter=initial)
+    except TypeError:  # tenacity < 9.1 has no ``multiplier``
+        return tenacity.wait_exponential_jitter(initial=initial, max=maximum, jitter=initial)
+
+
+def synthetic_event(level: str = "CRITICAL", now: Optional[float] = None) -> AlertEvent:
+    """The event ``send-test`` sends: clearly labelled, with a fixed id."""
+    when = datetime.fromtimestamp(time.time() if now is None else now, tz=timezone.utc)
+    body = {
+        "id": SEND_TEST_ID,
+        "message": f"{SEND_TEST_ID} is {level} (send-test from kapacitor-oncall-bridge)",
+        "details": "A test event sent by `kapacitor-oncall-bridge send-test`; resolve it with --level OK.",
+        "time": format_time(when),
+        "duration": 0,
+        "level": level,
+        "data": {"series": [{"name": "kapacitor-oncall-bridge", "tags": {"test": "true"},
+                             "columns": ["time", "value"], "values": [[format_time(when), 1]]}]},
+        "previousLevel": "OK" if level != "OK" else "CRITICAL",
+        "recoverable": True,
+    }
+    return parse(json.dumps(body).encode())
+
+
+def synthetic_resolve(target: str, key: str, body: bytes, now: float) -> Optional[bytes]:
+    """The OK event the bridge sends itself when an id went quiet (resolve_after).
+
+    It repeats the last event's ``id`` and ``data`` (series name and tags), because
+    platforms correlate on those (Alertmanager labels, OnCall grouping) and
+    resolves should carry the title of what they resolve.
+    """
+    try:
+        obj = json.loads(body)
+    except ValueError:
+        obj = None
+    if not isinstance(obj, dict):
+        obj = {}
+    previous = obj.get("level") if obj.get("level") in ("INFO", "WARNING", "CRITICAL") else "CRITICAL"
+    when = datetime.fromtimestamp(now, tz=timezone.utc)
+    duration = 0
+    try:
+        duration = max(0, int((now - parse_time(obj.get("time", "")).timestamp()) * 1e9))
+    except (ValueError, TypeError):
+        pass
+    obj.update(
+        id=key,
+        level="OK",
+        previousLevel=previous,
+        time=format_time(when),
+        duration=duration,
+        message=f"{key} is OK (auto-resolved by kapacitor-oncall-bridge: no new event)",
+        details="",
+    )
+    obj.setdefault("data", {})
+    obj.setdefault("recoverable", True)
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+class Sender:
+    """Sends rendered requests for configured targets: HTTP via a pooled :class:`Transport`
+    per target, e-mail via :func:`bridge.smtp.send_email` (imported when first needed)."""
+
+    def __init__(self, delivery: DeliveryConfig) -> None:
+        self._delivery = delivery
+        self._transports: Dict[str, Transport] = {}
+        self._lock = threading.Lock()
+
+    def _transport(self, target: TargetConfig) -> Transport:
+        with self._lock:
+            transport = self._transports.get(target.name)
+            if transport is None:
+                transport = Transport(
+                    timeout=target.timeout or self._delivery.timeout,
+                    ca_file=target.ca_file,
+                    pool_size=self._delivery.workers,
+                )
+                self._transports[target.name] = transport
+            return transport
+
+    def send(self, target: TargetConfig, request: Request) -> Response:
+        """One attempt; raises RetryableError / PermanentError like the transport."""
+        timeout = target.timeout or self._delivery.timeout
+        if isinstance(request, HttpRequest):
+            return self._transport(target).send(request, timeout)
+        if isinstance(request, EmailMessage):
+            try:
+                from .smtp import send_email
+            except ImportError as exc:
+                raise PermanentError(f"e-mail delivery unavailable: {exc}") from None
+            started = time.monotonic()
+            send_email(request, target.target, timeout, ca_file=target.ca_file)
+            return Response(status=250, body="accepted by SMTP server", elapsed=time.monotonic() - started)
+        raise PermanentError(f"target rendered an unsupported request type {type(request).__name__}")
+
+    def close(self) -> None:
+        with self._lock:
+            transports, self._transports = list(self._transports.values()), {}
+        for transport in transports:
+            transport.close()
+
+
+@dataclass(frozen=True)
+class _Job:
+    kind: str  # "send" or "suppress"
+    head: Head
+
+
+class Delivery:
+    """The dispatcher thread, the worker pool and the housekeeping tick."""
+
+    def __init__(
+        self,
+        config: Config,
+        outbox: Outbox,
+        *,
+        metrics: Optional[Metrics] = None,
+        sender: Optional[Sender] = None,
+        clock: Callable[[], float] = time.time,
+        limiters: Optional[RateLimiters] = None,
+    ) -> None:
+        self.config = config
+        self.targets: Mapping[str, TargetConfig] = config.targets
+        self.outbox = outbox
+        self.metrics = metrics
+        self.sender = sender or Sender(config.delivery)
+        self.policy = RetryPolicy(config.delivery.backoff_initial, config.delivery.backoff_max)
+        self.limiters = limiters or RateLimiters({n: t.rate_limit for n, t in self.targets.items()})
+        self._clock = clock
+        workers = config.delivery.workers
+        self._workers_n = workers
+        #: One slow platform may use at most half the pool when there are others to serve.
+        self._cap = workers if len(self.targets) <= 1 else max(1, workers // 2)
+        self._jobs: "SimpleQueue[Optional[_Job]]" = SimpleQueue()
+        self._kick = threading.Event()
+        self._lock = threading.Lock()
+        self._free = workers
+        self._inflight: Dict[str, int] = {name: 0 for name in self.targets}
+        self._stopping = threading.Event()
+        self._threads: List[threading.Thread] = []
+        self._dispatcher: Optional[threading.Thread] = None
+        self._rotation = 0
+        self._next_prune = 0.0
+
+    # -- lifecycle -------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the workers and the dispatcher."""
+        for i in range(self._workers_n):
+            thread = threading.Thread(target=self._work, name=f"delivery-{i}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        self._dispatcher = threading.Thread(target=self._dispatch, name="dispatcher", daemon=True)
+        self._dispatcher.start()
+
+    def stop(self, timeout: float = 30.0) -> bool:
+        """Claim nothing new, let attempts in flight finish; True if all workers exited."""
+        self._stopping.set()
+        self._kick.set()
+        deadline = time.monotonic() + timeout
+        if self._dispatcher is not None:
+            self._dispatcher.join(max(0.0, deadline - time.monotonic()))
+        for _ in self._threads:
+            self._jobs.put(None)
+        clean = True
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+            clean = clean and not thread.is_alive()
+        self.sender.close()
+        return clean
+
+    def wake(self) -> None:
+        """Something changed in the outbox: re-evaluate now."""
+        self._kick.set()
+
+    def alive(self) -> Tuple[int, int]:
+        """(running threads, expected threads) for /healthz: workers plus the dispatcher."""
+        running = sum(t.is_alive() for t in self._threads)
+        running += int(self._dispatcher is not None and self._dispatcher.is_alive())
+        return running, self._workers_n + 1
+
+    # -- dispatcher --------------------------------------------------------------
+
+    def _dispatch(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                self._dispatch_loop()
+            except Exception:  # noqa: BLE001 - a dead dispatcher would silently stop every delivery
+                log.error("dispatcher.crashed", exc_info=True)
+                self._stopping.wait(1.0)
+
+    def _dispatch_loop(self) -> None:
+        next_tick = 0.0
+        names = sorted(self.targets)
+        while not self._stopping.is_set():
+            now = self._clock()
+            if now >= next_tick:
+                self._housekeeping(now)
+                next_tick = now + TICK_SECONDS
+            wake_at = next_tick
+            self._rotation = (self._rotation + 1) % max(1, len(names))
+            for name in names[self._rotation :] + names[: self._rotation]:
+                try:
+                    when = self._fill(name, now)
+                except StoreError:
+                    when = now + 1.0
+                if when is not None:
+                    wake_at = min(wake_at, when)
+            self._kick.wait(max(0.0, wake_at - self._clock()))
+            self._kick.clear()
+
+    def _fill(self, target: str, now: float) -> Optional[float]:
+        """Claim ready heads of one target while workers are free; return when to look again."""
+        while not self._stopping.is_set():
+            with self._lock:
+                if self._free <= 0 or self._inflight[target] >= self._cap:
+                    return None
+            head, due = self.outbox.peek(target, now)
+            if head is None:
+                return due
+            kind = "suppress" if self._suppressed(head) else "send"
+            if kind == "send":
+                wait = self.limiters.wait_time(target)
+                if wait > 0:
+                    return self._clock() + wait
+            if not self.outbox.claim(head):
+                continue
+            if kind == "send":
+                self.limiters.try_acquire(target)
+            with self._lock:
+                self._free -= 1
+                self._inflight[target] += 1
+            self._jobs.put(_Job(kind, head))
+        return None
+
+    def _suppressed(self, head: Head) -> bool:
+        interval = self.config.delivery.repeat_interval
+        if interval <= 0:
+            return False
+        last = self.outbox.forwarded(head.target, head.key)
+        if last is None or last.level != head.level:
+            return False
+        return 0 <= head.received_at - last.received_at < interval
+
+    def _housekeeping(self, now: float) -> None:
+        try:
+            self.outbox.check_external()
+            self.outbox.fire_expiries(self._make_resolve)
+            if now >= self._next_prune:
+                self._next_prune = now + PRUNE_EVERY
+                forget = now - self.config.delivery.repeat_interval - 60.0
+                self.outbox.prune(self.config.store.keep_delivered, forget_before=forget)
+        except StoreError as exc:
+            log.error("store.error", error=str(exc))
+
+    def _make_resolve(self, target: str, key: str, body: bytes, now: float) -> Optional[bytes]:
+        """Called by the outbox writer for each due auto-resolve timer."""
+        if target not in self.targets:
+            return None
+        resolved = synthetic_resolve(target, key, body, now)
+        log.info("alert.auto_resolved", target=target, id=key)
+        if self.metrics is not None:
+            self.metrics.auto_resolves.labels(target).inc()
+        return resolved
+
+    # -- workers -----------------------------------------------------------------
+
+    def _work(self) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            try:
+                if job.kind == "suppress":
+                    self._record(job.head, "suppressed")
+                    self._count(job.head.target, "suppressed")
+                    log.info("delivery.suppressed", target=job.head.target, id=job.head.key, alert_level=job.head.level)
+                else:
+                    self._attempt(job.head)
+            except Exception:  # noqa: BLE001 - a worker must survive anything
+                log.error("delivery.crashed", target=job.head.target, id=job.head.key, exc_info=True)
+                # Give the row back (same attempt count), or its key would stay blocked.
+                self._record(job.head, "pending", next_at=self._clock() + self.policy.maximum)
+            finally:
+                with self._lock:
+                    self._free += 1
+                    self._inflight[job.head.target] -= 1
+                self._kick.set()
+
+    def _count(self, target: str, outcome: str) -> None:
+        if self.metrics is not None:
+            self.metrics.deliveries.labels(target, outcome).inc()
+
+    def _record(self, head: Head, state: str, **fields: Any) -> None:
+        """Commit an outcome, retrying while the store is failing (the key stays busy meanwhile)."""
+        delay = 0.2
+        while True:
+            try:
+                self.outbox.finish(head, state, **fields)
+                return
+            except (StoreError, TimeoutError) as exc:
+                if self._stopping.is_set():
+                    # Left inflight: the next start puts it back to pending (at-least-once).
+                    log.error("delivery.unrecorded", target=head.target, id=head.key, state=state, error=str(exc))
+                    return
+                log.error("store.error", target=head.target, id=head.key, error=str(exc))
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    def _attempt(self, head: Head) -> None:
+        target = self.targets[head.target]
+        row = self.outbox.load(head.seq)
+        if row is None:
+            self._record(head, "dead", error="row vanished from the store")
+            return
+        cfg = self.config.delivery
+        now = self._clock()
+        attempt = row.attempts + 1
+        deadline = row.queued_at + cfg.max_age
+        if now > deadline and row.next_attempt_at < deadline:
+            # Not the final attempt scheduled at the deadline: the bridge was down or saturated
+            # for longer than max_age. Keep what we know about the earlier failures.
+            why = f"max_age exceeded before attempt {attempt}"
+            self._dead(head, row.attempts, f"{why}; last error: {row.last_error}" if row.last_error else why,
+                       row.last_status, "")
+            return
+        try:
+            event = parse(row.body)
+            request = target.target.render(event)
+        except EventError as exc:
+            self._dead(head, row.attempts, f"stored event is invalid: {exc}", None, "")
+            return
+        except Exception as exc:  # noqa: BLE001 - a formatter bug must dead-letter, not loop
+            log.error("delivery.render_failed", target=head.target, id=head.key, exc_info=True)
+            self._dead(head, row.attempts, f"render failed: {type(exc).__name__}: {exc}", None, "")
+            return
+        started = time.monotonic()
+        try:
+            response = self.sender.send(target, request)
+        except PermanentError as exc:
+            self._observe(head.target, started)
+            self._dead(head, attempt, str(exc), exc.status, exc.body)
+        except RetryableError as exc:
+            self._observe(head.target, started)
+            self._retry(head, attempt, deadline, exc)
+        except DeliveryError as exc:
+            self._observe(head.target, started)
+            self._retry(head, attempt, deadline, RetryableError(str(exc), exc.status, exc.body))
+        except Exception as exc:  # noqa: BLE001 - unknown failure: keep the alert, try again
+            self._observe(head.target, started)
+            log.error("delivery.send_failed", target=head.target, id=head.key, exc_info=True)
+            self._retry(head, attempt, deadline, RetryableError(f"{type(exc).__name__}: {exc}"))
+        else:
+            self._observe(head.target, started)
+            self._record(head, "delivered", attempts=attempt, status=response.status)
+            self._count(head.target, "delivered")
+            log.info(
+                "delivery.ok",
+                target=head.target,
+                id=head.key,
+                alert_level=head.level,
+                attempt=attempt,
+                status=response.status,
+                seconds=round(response.elapsed, 4),
+            )
+
+    def _observe(self, target: str, started: float) -> None:
+        if self.metrics is not None:
+            self.metrics.delivery_seconds.labels(target).observe(time.monotonic() - started)
+
+    def _retry(self, head: Head, attempt: int, deadline: float, exc: RetryableError) -> None:
+        now = self._clock()
+        delay = self.policy.delay(attempt, exc.retry_after)
+        if now >= deadline:
+            self._dead(head, attempt, f"max_age exceeded after {attempt} attempts: {exc}", exc.status, exc.body)
+            return
+        next_at = min(now + delay, deadline)
+        error = str(exc) if not exc.body else f"{exc}: {exc.body[:MAX_BODY_CHARS]}"
+        self._record(head, "pending", attempts=attempt, next_at=next_at, error=error, status=exc.status)
+        self._count(head.target, "retry")
+        log.warning(
+            "delivery.retry",
+            target=head.target,
+            id=head.key,
+            alert_level=head.level,
+            attempt=attempt,
+            status=exc.status,
+            error=str(exc),
+            next_in=round(next_at - now, 3),
+            retry_after=exc.retry_after,
+        )
+
+    def _dead(self, head: Head, attempts: int, error: str, status: Optional[int], body: str) -> None:
+        full = f"{error}: {body[:MAX_BODY_CHARS]}" if body else error
+        self._record(head, "dead", attempts=attempts, error=full, status=status)
+        self._count(head.target, "dead")
+        log.error(
+            "delivery.dead",
+            target=head.target,
+            id=head.key,
+            alert_level=head.level,
+            attempts=attempts,
+            status=status,
+            error=error,
+            body=body[:500],
+            # A lost resolve is the orphaned-incident case: make it impossible to miss.
+            resolve=head.level == "OK",
+        )
+
+
+def send_once(sender: Sender, target: TargetConfig, event: AlertEvent) -> Response:
+    """Render and send one event outside the outbox (``send-test``)."""
+    return sender.send(target, target.target.render(event))
