@@ -26,7 +26,7 @@ demo: venv kapacitor
 	$(BIN)/python -m demo
 
 bench: venv kapacitor
-	$(BIN)/python -m bench
+	$(BIN)/python -m bench $(BENCH_ARGS)
 
 proto:
 	scripts/gen-proto

@@ -1,0 +1,164 @@
+"""``python -m bench`` (``make bench``): every benchmark, then bench/results.md and results.png.
+
+    make bench BENCH_ARGS="--official-agent /tmp/kapacitor-src"
+    .venv/bin/python -m bench [--official-agent DIR] [--runs 5] [--sections udf memory ...] [--quick]
+
+Sections: ``udf`` (throughput vs InfluxData's agent), ``memory``, ``kapacitord``
+(through a real kapacitord), ``bridge``, ``profile``. ``--sections`` re-measures
+only those and merges them into the previous ``bench/.work/results.json``.
+``--quick`` shrinks every input for a smoke run (figures meaningless).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import traceback
+from pathlib import Path
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+from .common import BENCH_DIR, WORK_DIR, Figure, load_results, machine_facts, merge_results, save_results
+
+SECTIONS = ("udf", "memory", "kapacitord", "bridge", "profile")
+
+@dataclass(frozen=True)
+class Size:
+    """Inputs of every section."""
+
+    points: int  # per UDF throughput run (ours)
+    official_points: int  # per run of InfluxData's examples (they are slower)
+    mem_points: int
+    mem_groups: int
+    mem_active: int
+    e2e_points: int
+    bridge_alerts: int
+    bridge_ids: Tuple[int, ...]
+    drain_sample: int
+    prof_points: int
+    prof_alerts: int
+    ceiling_points: int
+    ab_points: int
+    transport_requests: int
+
+
+#: Full-size inputs (whole run ≈ 8-10 min on 2 busy cores) and smoke-size ones.
+FULL = Size(
+    points=300_000, official_points=60_000, mem_points=1_000_000, mem_groups=100_000, mem_active=1_000,
+    e2e_points=100_000, bridge_alerts=10_000, bridge_ids=(1, 1_000, 100_000), drain_sample=3_000,
+    prof_points=200_000, prof_alerts=3_000, ceiling_points=300_000, ab_points=100_000,
+    transport_requests=2_000,
+)
+QUICK = Size(
+    points=3_000, official_points=1_000, mem_points=20_000, mem_groups=2_000, mem_active=200,
+    e2e_points=2_000, bridge_alerts=300, bridge_ids=(1, 1_000), drain_sample=100,
+    prof_points=3_000, prof_alerts=200, ceiling_points=3_000, ab_points=3_000,
+    transport_requests=100,
+)
+
+
+def _log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def run(args: argparse.Namespace) -> int:
+    size = QUICK if args.quick else FULL
+    runs = args.runs if args.runs is not None else (1 if args.quick else 5)
+    sections = args.sections or list(SECTIONS)
+    out_dir: Path = args.out
+    json_path = (WORK_DIR if out_dir == BENCH_DIR else out_dir) / "results.json"
+    started = time.perf_counter()
+    facts = machine_facts()
+    shown = "make bench" if not sys.argv[1:] else "python -m bench " + " ".join(sys.argv[1:])
+    facts.update(runs=runs, command=shown, quick=bool(args.quick))
+    figures: List[Figure] = []
+    notes: Dict[str, Any] = {}
+    failed: List[str] = []
+
+    def section(name: str, fn: Callable[[], None]) -> None:
+        t = time.perf_counter()
+        _log(f"== {name}")
+        try:
+            fn()
+        except Exception as exc:  # noqa: BLE001 - one broken section must not lose the others
+            failed.append(name)
+            notes.setdefault("failures", {})[name] = f"{type(exc).__name__}: {exc}"
+            traceback.print_exc()
+        _log(f"== {name}: {time.perf_counter() - t:.0f}s")
+
+    if "udf" in sections:
+        def udf() -> None:
+            from .udf_throughput import driver_ceiling, measure
+
+            sec = measure(runs, size.points, size.official_points, args.official_agent, log=_log)
+            figures.extend(sec.figures)
+            notes["udf"] = sec.notes
+            notes["udf_driver_ceiling"] = driver_ceiling(size.ceiling_points)
+        section("udf", udf)
+    if "memory" in sections:
+        def memory() -> None:
+            from .udf_memory import measure
+
+            sec = measure(runs, size.mem_points, size.mem_groups, size.mem_active, log=_log)
+            figures.extend(sec.figures)
+            notes["mem"] = sec.notes
+        section("memory", memory)
+    if "kapacitord" in sections:
+        def kapacitord() -> None:
+            from .kapacitord_e2e import measure
+
+            sec = measure(runs, size.e2e_points, log=_log)
+            figures.extend(sec.figures)
+            notes["e2e"] = sec.notes
+        section("kapacitord", kapacitord)
+    if "bridge" in sections:
+        def bridge() -> None:
+            from .bridge_load import measure
+
+            sec = measure(runs, size.bridge_alerts, size.bridge_ids, size.drain_sample, log=_log)
+            figures.extend(sec.figures)
+            notes["bridge"] = sec.notes
+        section("bridge", bridge)
+    if "profile" in sections:
+        def profile() -> None:
+            from .profile import profile_bridge, profile_udf, transport_ab, udf_ab
+
+            profs = [profile_udf("alert-state", size.prof_points), *profile_bridge(size.prof_alerts, 1_000, log=_log)]
+            notes["profiles"] = [{"what": p["what"], "text": p["text"]} for p in profs]
+            notes["udf_ab"] = udf_ab(size.ab_points, repeats=3 if args.quick else 5)
+            notes["transport_ab"] = transport_ab(size.transport_requests, repeats=3)
+        section("profile", profile)
+
+    facts["total_s"] = round(time.perf_counter() - started, 1)
+    if args.sections and json_path.exists():
+        old = load_results(json_path)
+        figures = merge_results(old["figures"], figures)
+        notes = {**old.get("notes", {}), **notes}
+        facts = {**old.get("facts", {}), **{k: v for k, v in facts.items() if k != "total_s"}}
+        facts["total_s"] = old.get("facts", {}).get("total_s", facts.get("total_s", 0))
+    save_results(json_path, facts, figures, notes)
+    from .report import render
+
+    render(json_path, out_dir)
+    _log(f"wrote {out_dir / 'results.md'}, {out_dir / 'results.png'} ({facts['total_s'] / 60:.1f} min)")
+    if failed:
+        _log(f"FAILED sections: {', '.join(failed)}")
+        return 1
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--official-agent", type=Path, metavar="DIR",
+                   help="local checkout of github.com/influxdata/kapacitor (the comparison anchor)")
+    p.add_argument("--runs", type=int, help="runs per figure (default 5; 1 with --quick)")
+    p.add_argument("--sections", nargs="+", choices=SECTIONS, help="only these (merged into the last results)")
+    p.add_argument("--quick", action="store_true", help="tiny inputs: a smoke run, not a measurement")
+    p.add_argument("--out", type=Path, default=BENCH_DIR, help="where results.md/.png go (default bench/)")
+    return run(p.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
