@@ -114,6 +114,16 @@ class Handler:
     def point(self, point: pb.Point) -> None:
         self.agent.write_point(point)
 
+    def point_path(self) -> Optional[Callable[[bytes], None]]:
+        """The function that takes serialized points, or None to receive parsed ones.
+
+        Asked once at start and again after every Init and Restore, so a handler
+        can hand out a closure specialised for its options. The default is the
+        handler's ``point_raw`` method when it has one.
+        """
+        raw = getattr(self, "point_raw", None)
+        return raw if callable(raw) else None
+
     def end_batch(self, end: pb.EndBatch) -> None:
         self.agent.write_end(end)
 
@@ -144,11 +154,11 @@ class Agent:
         self._read = read
         self._write = write
         self._out: List[bytes] = []
-        self._max_frame = max_frame
         self.failed: Optional[str] = None
         self.handler = factory(self)
-        raw = getattr(self.handler, "point_raw", None)
-        self._point_raw: Optional[Callable[[bytes], None]] = raw if callable(raw) else None
+        self._splitter = FrameSplitter(max_frame, fast_tag=_TAG_POINT)
+        self._point_raw: Optional[Callable[[bytes], None]] = None
+        self._refresh_point_path()
 
     # -- output ---------------------------------------------------------------
     def write_response(self, response: pb.Response, flush: bool = False) -> None:
@@ -204,8 +214,9 @@ class Agent:
     # -- input ----------------------------------------------------------------
     def run(self) -> int:
         """Serve until EOF; return 0 on a clean end, 1 after an error was reported."""
-        splitter = FrameSplitter(self._max_frame)
+        splitter = self._splitter
         read = self._read
+        feed = splitter.feed_to
         dispatch = self._dispatch
         try:
             while True:
@@ -214,8 +225,16 @@ class Agent:
                     splitter.check_eof()
                     self.flush()
                     return 0
-                for frame in splitter.feed(chunk):
-                    dispatch(frame)
+                try:
+                    # Points go straight to the handler's raw path; every other
+                    # frame (and every point when there is none) to _dispatch.
+                    feed(chunk, dispatch)
+                except (_Stop, FrameError):
+                    raise
+                except DecodeError as exc:
+                    self._fail(f"malformed point request: {exc}")
+                except Exception as exc:  # noqa: BLE001 - reported to Kapacitor
+                    self._handler_error("point", exc)
                 self.flush()
         except _Stop:
             return 1
@@ -225,6 +244,10 @@ class Agent:
         except (BrokenPipeError, ConnectionResetError):
             log.info("udf.peer_closed")
             return 0
+
+    def _refresh_point_path(self) -> None:
+        self._point_raw = self.handler.point_path()
+        self._splitter.on_fast = self._point_raw
 
     def _dispatch(self, frame: bytes) -> None:
         if frame[:2] == _TAG_POINT and len(frame) > 2:
@@ -280,12 +303,14 @@ class Agent:
                 self.write_response(pb.Response(info=self.handler.info()), flush=True)
             elif kind == "init":
                 self.write_response(pb.Response(init=self.handler.init(request.init)), flush=True)
+                self._refresh_point_path()
             elif kind == "snapshot":
                 self.write_response(pb.Response(snapshot=self.handler.snapshot()), flush=True)
             elif kind == "restore":
                 self.write_response(
                     pb.Response(restore=self.handler.restore(request.restore)), flush=True
                 )
+                self._refresh_point_path()
             else:
                 self._fail("request without a message (empty frame or unknown field)")
         except _Stop:

@@ -201,8 +201,9 @@ class AlertStateHandler(Handler):
     def end_batch(self, end: pb.EndBatch) -> None:
         self.agent.write_end(end)
 
-    def point_raw(self, data: bytes) -> None:
-        self._on_point(data)
+    def point_path(self) -> Callable[[bytes], None]:
+        """The closure built at Init (points before Init are an error)."""
+        return self._on_point
 
     def _not_initialized(self, data: bytes) -> None:
         raise RuntimeError("point before init")

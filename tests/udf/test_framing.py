@@ -114,3 +114,42 @@ class TestFrameSplitter:
         splitter = FrameSplitter(limit=1024)
         with pytest.raises(FrameError, match="exceeds"):
             splitter.feed(encode_uvarint(1 << 40))
+
+
+class TestFastLane:
+    @given(st.lists(st.one_of(st.binary(min_size=1, max_size=40), st.binary(min_size=100, max_size=400)), max_size=20), st.integers(1, 97))
+    def test_fast_lane_sees_payloads_in_order(self, payloads: list, step: int) -> None:
+        """Point frames reach on_fast as their payload, others reach on_frame, in stream order."""
+        from udf import udf_pb2 as pb
+
+        stream = b""
+        expected = []
+        for i, payload in enumerate(payloads):
+            if i % 3 == 2:
+                frame = pb.Request(keepalive=pb.KeepaliveRequest(time=i)).SerializeToString()
+                expected.append(("frame", frame))
+            else:
+                frame = b"\x8a\x01" + encode_uvarint(len(payload)) + payload
+                expected.append(("fast", payload))
+            stream += encode_frame(frame)
+        seen: list = []
+        splitter = FrameSplitter()
+        splitter.on_fast = lambda p: seen.append(("fast", p))
+        for i in range(0, len(stream), step):
+            splitter.feed_to(stream[i : i + step], lambda f: seen.append(("frame", f)))
+        assert seen == expected
+
+    def test_lane_change_applies_to_the_next_frame(self) -> None:
+        """A frame handled by on_frame may switch the lane for the frames after it, same chunk."""
+        point = encode_frame(b"\x8a\x01\x02ab")
+        other = encode_frame(b"\x12\x00")
+        seen: list = []
+        splitter = FrameSplitter()
+
+        def on_frame(frame: bytes) -> None:
+            seen.append(("frame", frame))
+            if frame == b"\x12\x00":
+                splitter.on_fast = lambda p: seen.append(("fast", p))
+
+        splitter.feed_to(point + other + point, on_frame)
+        assert seen == [("frame", b"\x8a\x01\x02ab"), ("frame", b"\x12\x00"), ("fast", b"ab")]
