@@ -260,7 +260,7 @@ def transport_ab(requests_n: int = 2_000, repeats: int = 3) -> List[Dict[str, ob
             resp.release_conn()
 
         variants = [
-            ("bridge Transport.send (requests, trust_env=False)", via_transport),
+            ("bridge Transport.send (urllib3 pool)", via_transport),
             ("requests session, trust_env=True (requests' default)", via_requests),
             ("urllib3 PoolManager.request, preload_content=False", via_urllib3),
         ]

@@ -56,7 +56,7 @@ FINDINGS: List[Dict[str, str]] = [
             "Transport seam, its error mapping and TLS settings; requests stays for the rest."
         ),
         "gain": "the difference between the first and third rows of the transport table (≈ 250-300 µs CPU per delivery here, ≈ 20-25 % of the drain's CPU per alert).",
-        "status": "proposed",
+        "status": "applied (Transport sends through a urllib3 PoolManager per target; requests still serves heartbeats and the CLI)",
     },
     {
         "where": "udf/agent.py `Agent.run` / `_dispatch` + udf/framing.py `FrameSplitter.feed`",

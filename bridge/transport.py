@@ -1,4 +1,9 @@
-"""HTTP to the platforms: one ``requests.Session`` per target, answers mapped to our errors.
+"""HTTP to the platforms: one pooled, verified connection manager per target.
+
+Deliveries go through urllib3, the engine under requests, without requests'
+per-call layers (settings merging, hooks, cookie jars, response building):
+those were a third of the bridge's CPU per delivery in ``bench/profile.py``'s
+drain profile, and delivery CPU is what bounds the drain rate.
 
 This is the only module that talks HTTP for deliveries. It turns every outcome
 into one of three things: a :class:`Response` (delivered), a
@@ -19,8 +24,17 @@ from dataclasses import dataclass
 from typing import Dict, Mapping, Optional, Tuple, Union
 from urllib.parse import urlsplit
 
-import requests
-import requests.adapters
+import certifi
+import requests.utils
+import urllib3
+from urllib3.exceptions import (
+    ConnectTimeoutError,
+    HTTPError,
+    LocationValueError,
+    NewConnectionError,
+    ReadTimeoutError,
+    SSLError,
+)
 
 from .errors import PermanentError, RetryableError
 from .targets.base import HttpRequest
@@ -101,7 +115,7 @@ def _reason(exc: BaseException) -> str:
         if id(current) in seen:
             continue
         seen.add(id(current))
-        if isinstance(current, OSError) and current.strerror and not isinstance(current, requests.RequestException):
+        if isinstance(current, OSError) and current.strerror:
             return str(current.strerror)
         for nxt in (getattr(current, "reason", None), current.__cause__, current.__context__, *current.args):
             if isinstance(nxt, BaseException):
@@ -110,84 +124,98 @@ def _reason(exc: BaseException) -> str:
 
 
 class Transport:
-    """Sends :class:`HttpRequest` values for one target over a pooled, verified session."""
+    """Sends :class:`HttpRequest` values for one target over pooled, verified connections."""
 
     def __init__(self, *, timeout: float, ca_file: Optional[str] = None, pool_size: int = 8) -> None:
         self.timeout = timeout
-        self.session = requests.Session()
-        # requests re-reads every environment variable (proxies, CA bundle) on each call,
-        # which costs more CPU than the request itself; read them once here instead.
-        self.session.trust_env = False
         # TLS verification is always on; a private CA is added, never verification removed.
-        self.verify: Union[str, bool] = ca_file or _env_ca_bundle() or True
-        self.session.verify = self.verify
-        self.session.headers["User-Agent"] = USER_AGENT
-        self._proxies: Dict[str, Dict[str, str]] = {}
-        adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=max(1, pool_size), max_retries=0)
-        self.session.mount("http://", adapter)
-        self.session.mount("https://", adapter)
+        self.ca_certs = ca_file or _env_ca_bundle() or certifi.where()
+        self._pool_size = max(1, pool_size)
+        self.pool = self._manager(None)
+        self._proxied: Dict[str, urllib3.PoolManager] = {}
+        # HTTP(S)_PROXY / NO_PROXY are read once per origin, not on every request.
+        self._proxy_for: Dict[str, Optional[str]] = {}
+
+    def _manager(self, proxy: Optional[str]) -> urllib3.PoolManager:
+        options = dict(
+            num_pools=4,
+            maxsize=self._pool_size,
+            cert_reqs="CERT_REQUIRED",
+            ca_certs=self.ca_certs,
+            retries=False,
+            headers={"User-Agent": USER_AGENT},
+        )
+        if proxy:
+            return urllib3.ProxyManager(proxy, **options)  # type: ignore[arg-type]
+        return urllib3.PoolManager(**options)  # type: ignore[arg-type]
+
+    def _manager_for(self, url: str) -> urllib3.PoolManager:
+        parts = urlsplit(url)
+        origin = f"{parts.scheme}://{parts.netloc}"
+        if origin not in self._proxy_for:
+            proxies = requests.utils.get_environ_proxies(origin)
+            self._proxy_for[origin] = proxies.get(parts.scheme) or proxies.get("all")
+        proxy = self._proxy_for[origin]
+        if not proxy:
+            return self.pool
+        manager = self._proxied.get(proxy)
+        if manager is None:
+            manager = self._proxied[proxy] = self._manager(proxy)
+        return manager
 
     def send(self, request: HttpRequest, timeout: Optional[float] = None) -> Response:
         """One attempt. Returns the answer on success, raises Retryable/PermanentError otherwise."""
         limit = self.timeout if timeout is None else timeout
         started = time.monotonic()
+        headers = {"User-Agent": USER_AGENT, **request.headers}
         try:
-            with self.session.request(
+            resp = self._manager_for(request.url).request(
                 request.method,
                 request.url,
-                headers=dict(request.headers),
-                data=request.body,
-                timeout=limit,
-                allow_redirects=False,
-                stream=True,
-                verify=self.verify,
-                proxies=self._proxies_for(request.url),
-            ) as resp:
-                raw = _read_limited(resp)
-                status = resp.status_code
-                headers = resp.headers
-        except requests.exceptions.SSLError as exc:
+                body=request.body,
+                headers=headers,
+                timeout=urllib3.Timeout(connect=limit, read=limit),
+                redirect=False,
+                retries=False,
+                preload_content=False,
+            )
+            try:
+                raw = resp.read(_READ_LIMIT + 1)
+            except BaseException:
+                resp.close()
+                raise
+            if len(raw) > _READ_LIMIT:
+                resp.close()  # body left unread: the connection cannot be reused
+            else:
+                resp.release_conn()
+            status = resp.status
+            answer_headers: Mapping[str, str] = resp.headers
+        except SSLError as exc:
             text = str(exc)
             what = "certificate verification failed" if "CERTIFICATE_VERIFY_FAILED" in text else "TLS handshake failed"
             raise RetryableError(f"TLS error: {what} (set ca_file for a private CA)") from None
-        except requests.exceptions.ConnectTimeout:
-            raise RetryableError(f"connect timeout after {limit:g}s") from None
-        except requests.exceptions.Timeout:
-            raise RetryableError(f"timeout after {limit:g}s") from None
-        except (requests.exceptions.InvalidURL, requests.exceptions.MissingSchema, requests.exceptions.InvalidSchema):
-            raise PermanentError("invalid target url") from None
-        except requests.exceptions.ConnectionError as exc:
+        except NewConnectionError as exc:
             raise RetryableError(f"connection failed: {_reason(exc)}") from None
-        except requests.exceptions.RequestException as exc:
-            raise RetryableError(f"request failed: {type(exc).__name__}") from None
-        body = raw.decode("utf-8", "replace")
-        check_status(status, body, headers, request.ok)
+        except ConnectTimeoutError:
+            raise RetryableError(f"connect timeout after {limit:g}s") from None
+        except ReadTimeoutError:
+            raise RetryableError(f"timeout after {limit:g}s") from None
+        except (LocationValueError, ValueError):
+            raise PermanentError("invalid target url") from None
+        except HTTPError as exc:
+            raise RetryableError(f"connection failed: {_reason(exc)}") from None
+        except OSError as exc:
+            raise RetryableError(f"connection failed: {exc.strerror or type(exc).__name__}") from None
+        body = raw[:_READ_LIMIT].decode("utf-8", "replace")
+        check_status(status, body, answer_headers, request.ok)
         return Response(status=status, body=body[:MAX_BODY_CHARS], elapsed=time.monotonic() - started)
 
-    def _proxies_for(self, url: str) -> Dict[str, str]:
-        """HTTP(S)_PROXY / NO_PROXY as requests would apply them, cached per scheme and host."""
-        parts = urlsplit(url)
-        origin = f"{parts.scheme}://{parts.netloc}"
-        proxies = self._proxies.get(origin)
-        if proxies is None:
-            proxies = self._proxies[origin] = dict(requests.utils.get_environ_proxies(origin))
-        return proxies
-
     def close(self) -> None:
-        self.session.close()
+        self.pool.clear()
+        for manager in self._proxied.values():
+            manager.clear()
 
 
 def _env_ca_bundle() -> Optional[str]:
     """The CA bundle requests itself would take from the environment."""
     return os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or None
-
-
-def _read_limited(resp: requests.Response) -> bytes:
-    chunks = []
-    size = 0
-    for chunk in resp.iter_content(8192):
-        chunks.append(chunk)
-        size += len(chunk)
-        if size > _READ_LIMIT:
-            break
-    return b"".join(chunks)
