@@ -99,6 +99,8 @@ class _Encoder:
         self.count_cache: Dict[int, bytes] = {}
 
     def static(self, level: int, previous: int, changed: bool, pending: int, flapping: bool) -> bytes:
+        """The state-only entries, followed by the head of the duration entry (its value
+        comes next), so a point costs two concatenations."""
         state = (level, previous, changed, pending, flapping)
         cached = self.cache.get(state)
         if cached is None:
@@ -111,6 +113,7 @@ class _Encoder:
                     _bool_entry(f"{p}changed", changed),
                     _string_entry(f"{p}pending", LEVEL_NAMES[pending] if pending >= 0 else ""),
                     _bool_entry(f"{p}flapping", flapping),
+                    self.duration_head,
                 )
             )
             self.cache[state] = cached
@@ -127,8 +130,6 @@ class _Encoder:
                 self.count_cache[n] = entry
         return entry
 
-    def duration(self, seconds: float) -> bytes:
-        return self.duration_head + _pack_double(seconds)
 
 
 def _option_values(init: pb.InitRequest) -> List[Tuple[str, List[object]]]:
@@ -241,7 +242,6 @@ class AlertStateHandler(Handler):
         count_small = enc.count_small
         count_cache = enc.count_cache
         count_big = enc.count
-        duration_head = enc.duration_head
         pack = _pack_double
         emit = self.agent.write_point_bytes
         missing = self._missing
@@ -277,7 +277,6 @@ class AlertStateHandler(Handler):
             emit(
                 data,
                 static
-                + duration_head
                 + pack((s.last_ns - s.start_ns) / 1e9)
                 + (count_small[n] if n < 128 else (count_cache.get(n) or count_big(n))),
             )

@@ -161,6 +161,12 @@ class FrameSplitter:
             if b < 0x80:
                 length = b
                 start = pos + 1
+            elif pos + 1 < n and data[pos + 1] < 0x80:
+                # Two-byte lengths (128 B to 16 KiB: every point) decoded inline.
+                length = (b & 0x7F) | (data[pos + 1] << 7)
+                start = pos + 2
+                if length > limit:
+                    raise FrameError(f"frame of {length} bytes exceeds the {limit}-byte limit")
             else:
                 value, start = decode_uvarint(data, pos)
                 if value is None:

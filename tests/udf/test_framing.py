@@ -153,3 +153,10 @@ class TestFastLane:
 
         splitter.feed_to(point + other + point, on_frame)
         assert seen == [("frame", b"\x8a\x01\x02ab"), ("frame", b"\x12\x00"), ("fast", b"ab")]
+
+
+def test_two_byte_length_over_a_small_limit() -> None:
+    """The inline two-byte length path still enforces the limit."""
+    splitter = FrameSplitter(limit=200)
+    with pytest.raises(FrameError, match="exceeds"):
+        splitter.feed(encode_uvarint(300) + b"x" * 300)
