@@ -204,11 +204,15 @@ def parse(body: bytes) -> AlertEvent:
     except (ValueError, TypeError, OverflowError) as exc:
         raise EventError("time", f"must be an RFC 3339 timestamp in years 1-9999 UTC ({exc})") from None
 
-    previous = obj.get("previousLevel") or "OK"
+    previous = obj.get("previousLevel")
+    if previous is None:
+        previous = "OK"
     if not isinstance(previous, str) or previous not in _LEVEL_CODE:
         raise EventError("previousLevel", f"must be one of {', '.join(LEVELS)}")
     duration = _want(obj, "duration", int, 0)
-    data = obj.get("data") or {}
+    data = obj.get("data")
+    if data is None:
+        data = {}
     if not isinstance(data, dict):
         raise EventError("data", "must be an object")
     return AlertEvent(
