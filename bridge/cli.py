@@ -174,7 +174,7 @@ def _send_test(args: argparse.Namespace, config: Config, out: _Out, err: _Out) -
 
 
 def _queue(args: argparse.Namespace, config: Config, out: _Out, err: _Out) -> int:
-    from .outbox import STATES, dead_letters, open_store, queue_counts
+    from .store import STATES, dead_letters, open_store, queue_counts
 
     conn = open_store(config.store.path, create=False)
     try:
@@ -213,7 +213,7 @@ def _queue(args: argparse.Namespace, config: Config, out: _Out, err: _Out) -> in
 
 
 def _replay(args: argparse.Namespace, config: Config, out: _Out, err: _Out) -> int:
-    from .outbox import open_store, replay
+    from .store import open_store, replay
 
     if args.target and args.target not in config.targets:
         err.line(f"warning: target {args.target!r} is not configured; its rows will not be delivered")

@@ -37,7 +37,8 @@ from .errors import DeliveryError, PermanentError, RetryableError, StoreError
 from .event import AlertEvent, EventError, format_time, parse, parse_time
 from .log import get_logger
 from .metrics import Metrics
-from .outbox import Head, Outbox
+from .outbox import Outbox
+from .store import Head
 from .ratelimit import RateLimiters
 from .targets.base import EmailMessage, HttpRequest, Request
 from .transport import MAX_BODY_CHARS, Response, Transport

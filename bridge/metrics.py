@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from .outbox import Stats
+from .store import Stats
 
 __all__ = ["ACCEPT_BUCKETS", "DELIVERY_BUCKETS", "Metrics", "OutboxCollector"]
 

@@ -33,7 +33,8 @@ from .event import EventError, parse
 from .heartbeat import Heartbeat
 from .log import get_logger
 from .metrics import Metrics
-from .outbox import Outbox, Stats
+from .outbox import Outbox
+from .store import Stats
 
 __all__ = ["Health", "Service", "check_listen", "make_app", "serve"]
 

@@ -13,7 +13,8 @@ from typing import Iterator, List, Optional
 import pytest
 
 from bridge.errors import StoreError
-from bridge.outbox import Head, Outbox, dead_letters, open_store, queue_counts, replay
+from bridge.outbox import Outbox
+from bridge.store import Head, dead_letters, open_store, queue_counts, replay
 
 
 class Clock:

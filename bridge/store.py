@@ -1,0 +1,313 @@
+"""The outbox's SQLite file: schema, the values read from it, opening, offline commands.
+
+:mod:`bridge.outbox` owns the live file (one writer thread, the in-memory
+index); this module is what both it and the CLI (``queue``, ``replay``, which may
+run while a bridge is serving) need to open, validate and read the file.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from .errors import StoreError
+
+__all__ = [
+    "APPLICATION_ID",
+    "Forwarded",
+    "Head",
+    "Row",
+    "SCHEMA_VERSION",
+    "STATES",
+    "Stats",
+    "dead_letters",
+    "open_store",
+    "queue_counts",
+    "replay",
+]
+
+#: ``PRAGMA application_id``: "konc". A SQLite file without it is not ours.
+APPLICATION_ID = 0x6B6F6E63
+SCHEMA_VERSION = 1
+STATES = ("pending", "inflight", "delivered", "dead", "suppressed")
+
+_SCHEMA = """
+CREATE TABLE outbox (
+    seq             INTEGER PRIMARY KEY AUTOINCREMENT,
+    target          TEXT    NOT NULL,
+    key             TEXT    NOT NULL,
+    level           TEXT    NOT NULL,
+    body            BLOB    NOT NULL,
+    received_at     REAL    NOT NULL,
+    queued_at       REAL    NOT NULL,
+    state           TEXT    NOT NULL CHECK (state IN ('pending','inflight','delivered','dead','suppressed')),
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL    NOT NULL,
+    last_error      TEXT,
+    last_status     INTEGER,
+    done_at         REAL,
+    synthetic       INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX outbox_key_pending ON outbox (target, key, seq) WHERE state = 'pending';
+CREATE INDEX outbox_state ON outbox (state, seq);
+CREATE TABLE last_forwarded (
+    target      TEXT NOT NULL,
+    key         TEXT NOT NULL,
+    level       TEXT NOT NULL,
+    received_at REAL NOT NULL,
+    sent_at     REAL NOT NULL,
+    PRIMARY KEY (target, key)
+);
+CREATE TABLE expiry (
+    target TEXT NOT NULL,
+    key    TEXT NOT NULL,
+    due_at REAL NOT NULL,
+    body   BLOB NOT NULL,
+    PRIMARY KEY (target, key)
+);
+CREATE INDEX expiry_due ON expiry (due_at);
+CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT);
+"""
+
+
+@dataclass(frozen=True)
+class Row:
+    """One outbox row as stored."""
+
+    seq: int
+    target: str
+    key: str
+    level: str
+    body: bytes
+    received_at: float
+    queued_at: float
+    state: str
+    attempts: int
+    next_attempt_at: float
+    last_error: Optional[str]
+    last_status: Optional[int]
+    synthetic: bool
+
+
+@dataclass(frozen=True)
+class Head:
+    """The oldest pending row of one ``(target, key)`` queue: the only one that may go next."""
+
+    target: str
+    key: str
+    seq: int
+    due: float
+    level: str
+    received_at: float
+
+
+@dataclass(frozen=True)
+class Forwarded:
+    """The last event actually delivered for a key (repeat suppression looks here)."""
+
+    level: str
+    received_at: float
+
+
+@dataclass(frozen=True)
+class Stats:
+    """Queue depth per target and the health of the store, for /healthz and /metrics."""
+
+    pending: Dict[str, int]
+    inflight: Dict[str, int]
+    dead: Dict[str, int]
+    oldest_pending_age: Optional[float]
+    writable: bool
+    last_error: Optional[str]
+
+    @property
+    def total_pending(self) -> int:
+        return sum(self.pending.values()) + sum(self.inflight.values())
+
+
+_ROW_COLUMNS = (
+    "seq, target, key, level, body, received_at, queued_at, state, attempts, "
+    "next_attempt_at, last_error, last_status, synthetic"
+)
+
+
+def _row(t: Sequence[Any]) -> Row:
+    return Row(
+        seq=t[0],
+        target=t[1],
+        key=t[2],
+        level=t[3],
+        body=bytes(t[4]),
+        received_at=t[5],
+        queued_at=t[6],
+        state=t[7],
+        attempts=t[8],
+        next_attempt_at=t[9],
+        last_error=t[10],
+        last_status=t[11],
+        synthetic=bool(t[12]),
+    )
+
+
+# -- opening and validating the file ------------------------------------------------
+
+
+def _store_error(path: str, exc: BaseException, doing: str) -> StoreError:
+    """Say what went wrong in words an operator can act on."""
+    text = str(exc)
+    lowered = text.lower()
+    if "full" in lowered or "too big" in lowered or isinstance(exc, OSError) and exc.errno == 27:
+        hint = "disk full or file size limit reached"
+    elif "readonly" in lowered or "read-only" in lowered or "permission" in lowered:
+        hint = "store is read-only (check file and directory permissions)"
+    elif "unable to open" in lowered:
+        hint = (
+            "cannot open or create the store files: the file or its directory is read-only or "
+            "not writable (SQLite needs to create -wal and -shm files next to it)"
+        )
+    elif "malformed" in lowered or "not a database" in lowered or "corrupt" in lowered:
+        hint = "file is corrupt or not a kapacitor-oncall store"
+    elif "disk i/o" in lowered:
+        hint = "I/O error (disk full, file size limit, or failing disk)"
+    elif "locked" in lowered or "busy" in lowered:
+        hint = "another process holds the store locked"
+    else:
+        hint = "SQLite error"
+    return StoreError(f"store {path}: {doing} failed: {hint} ({text})")
+
+
+def open_store(path: str, *, create: bool = True, timeout: float = 10.0) -> sqlite3.Connection:
+    """Open (and if new, create with mode 0600) the outbox file; refuse foreign or corrupt files."""
+    exists = os.path.exists(path)
+    if not exists:
+        if not create:
+            raise StoreError(f"store {path}: no such file (has the bridge run with this config?)")
+        directory = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(directory):
+            raise StoreError(f"store {path}: directory {directory} does not exist")
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+            os.close(fd)
+        except FileExistsError:
+            pass
+        except OSError as exc:
+            raise StoreError(f"store {path}: cannot create: {exc.strerror}") from None
+    elif os.path.isdir(path):
+        raise StoreError(f"store {path}: is a directory")
+    try:
+        conn = sqlite3.connect(path, timeout=timeout, isolation_level=None, check_same_thread=False)
+    except sqlite3.Error as exc:
+        raise _store_error(path, exc, "open") from None
+    try:
+        _check_or_init(conn, path)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _check_or_init(conn: sqlite3.Connection, path: str) -> None:
+    try:
+        app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        tables = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+    except sqlite3.OperationalError as exc:
+        # I/O, permissions, locks: the file may be a perfectly good store; never advise moving it.
+        raise _store_error(path, exc, "open") from None
+    except sqlite3.DatabaseError as exc:
+        raise StoreError(
+            f"store {path}: not a kapacitor-oncall store ({exc}); "
+            "move the file away or point [store] path elsewhere"
+        ) from None
+    if app_id == 0 and tables == 0:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.executescript(
+                "BEGIN IMMEDIATE;"
+                + _SCHEMA
+                + f"PRAGMA application_id={APPLICATION_ID};PRAGMA user_version={SCHEMA_VERSION};COMMIT;"
+            )
+        except sqlite3.Error as exc:
+            raise _store_error(path, exc, "initialise") from None
+        return
+    if app_id != APPLICATION_ID:
+        raise StoreError(
+            f"store {path}: a SQLite database of another application (application_id={app_id:#x}); "
+            "refusing to touch it: point [store] path at a new file"
+        )
+    if version > SCHEMA_VERSION:
+        raise StoreError(
+            f"store {path}: schema version {version} is newer than this bridge understands ({SCHEMA_VERSION})"
+        )
+    try:
+        result = conn.execute("PRAGMA quick_check").fetchall()
+    except sqlite3.OperationalError as exc:
+        raise _store_error(path, exc, "open") from None
+    except sqlite3.DatabaseError as exc:
+        raise StoreError(f"store {path}: corrupt ({exc}); restore it or move it away") from None
+    if result != [("ok",)]:
+        first = "; ".join(str(r[0]) for r in result[:3])
+        raise StoreError(f"store {path}: corrupt ({first}); restore it or move it away")
+    try:
+        mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+    except sqlite3.Error as exc:
+        raise _store_error(path, exc, "open") from None
+    if mode.lower() != "wal":
+        raise StoreError(f"store {path}: cannot switch to WAL journal mode (got {mode})")
+
+
+# -- offline operations for the CLI (another process may be serving) ---------------
+
+
+def queue_counts(conn: sqlite3.Connection) -> Dict[Tuple[str, str], int]:
+    """Rows per (target, state)."""
+    return {
+        (t, s): n for t, s, n in conn.execute("SELECT target, state, count(*) FROM outbox GROUP BY target, state")
+    }
+
+
+def dead_letters(conn: sqlite3.Connection, target: Optional[str] = None, limit: int = 1000) -> List[Row]:
+    """Dead rows, oldest first."""
+    sql = f"SELECT {_ROW_COLUMNS} FROM outbox WHERE state = 'dead'"
+    args: List[Any] = []
+    if target is not None:
+        sql += " AND target = ?"
+        args.append(target)
+    sql += " ORDER BY seq LIMIT ?"
+    args.append(limit)
+    return [_row(r) for r in conn.execute(sql, args)]
+
+
+def _replay(cur: sqlite3.Cursor, target: Optional[str], key: Optional[str], now: float) -> int:
+    sql = (
+        "UPDATE outbox SET state = 'pending', attempts = 0, next_attempt_at = ?, queued_at = ?, done_at = NULL"
+        " WHERE state = 'dead'"
+    )
+    args: List[Any] = [now, now]
+    if target is not None:
+        sql += " AND target = ?"
+        args.append(target)
+    if key is not None:
+        sql += " AND key = ?"
+        args.append(key)
+    return int(cur.execute(sql, args).rowcount)
+
+
+def replay(conn: sqlite3.Connection, target: Optional[str] = None, key: Optional[str] = None) -> int:
+    """Dead letters back to pending, with a fresh ``max_age`` clock. A running bridge
+    notices the commit (``PRAGMA data_version``) within its housekeeping tick."""
+    cur = conn.cursor()
+    try:
+        cur.execute("BEGIN IMMEDIATE")
+        count = _replay(cur, target, key, time.time())
+        cur.execute("COMMIT")
+    except sqlite3.Error as exc:
+        try:
+            conn.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass
+        raise StoreError(f"replay failed: {exc}") from None
+    return count
