@@ -33,7 +33,7 @@ from .event import EventError, parse
 from .heartbeat import Heartbeat
 from .log import get_logger
 from .metrics import Metrics
-from .outbox import Outbox
+from .backend import open_backend
 from .store import Stats
 
 __all__ = ["Health", "Service", "check_listen", "make_app", "serve"]
@@ -59,14 +59,23 @@ class Service:
         self.config = config
         self.registry = registry if registry is not None else CollectorRegistry()
         self.metrics = Metrics(self.registry)
-        self.outbox = Outbox(config.store.path, on_change=self._on_change)
-        self.delivery = Delivery(config, self.outbox, metrics=self.metrics)
-        self.heartbeats = [Heartbeat(h, self.healthy, metrics=self.metrics) for h in config.heartbeats]
+        backend = open_backend(config, on_change=self._on_change)
+        self.outbox = backend.store
+        #: Set when replicas share the store (PostgreSQL): replica id, singletons, reachability.
+        self.cluster = backend.cluster
+        self.delivery = Delivery(config, self.outbox, metrics=self.metrics, limiters=backend.limiters)
+        self.heartbeats = [Heartbeat(h, self._beat_allowed, metrics=self.metrics) for h in config.heartbeats]
         self.draining = False
         self._probe_at = 0.0
         self._probe_ok = True
         self._probe_lock = threading.Lock()
         self.metrics.watch_outbox(self._stats, config.targets)
+        if self.cluster is not None:
+            self.metrics.watch_cluster(self.cluster)
+
+    def _beat_allowed(self) -> bool:
+        """Healthy, and with replicas only the one holding the ``heartbeat`` job beats."""
+        return (self.cluster is None or self.cluster.holds("heartbeat")) and self.healthy()
 
     def _on_change(self) -> None:
         self.delivery.wake()
@@ -125,7 +134,7 @@ class Service:
         }
         body = {
             "status": "draining" if self.draining else ("ok" if ok else "unhealthy"),
-            "store": {"path": self.config.store.path, "writable": writable, "error": stats.last_error},
+            "store": self._store_health(writable, stats),
             "workers": {"alive": running, "expected": expected},
             "queue": {
                 "pending": sum(stats.pending.values()),
@@ -138,6 +147,19 @@ class Service:
             "targets": targets,
         }
         return Health(ok, body)
+
+    def _store_health(self, writable: bool, stats: Stats) -> Dict[str, Any]:
+        if self.cluster is None:
+            return {"path": self.config.store.path, "writable": writable, "error": stats.last_error}
+        # The DSN is a secret: say what the store is, never where or with which credentials.
+        return {
+            "backend": "postgres",
+            "replica": self.cluster.replica_id,
+            "database_reachable": self.cluster.reachable(),
+            "singletons": self.cluster.singletons(),
+            "writable": writable,
+            "error": stats.last_error,
+        }
 
 
 class _Completions:
@@ -343,7 +365,8 @@ async def serve(config: Config, *, insecure: bool = False, registry: Optional[Co
         "bridge.started",
         listen=config.server.listen,
         targets=sorted(config.targets),
-        store=config.store.path,
+        store=config.store.path if service.cluster is None else "postgres",
+        replica=None if service.cluster is None else service.cluster.replica_id,
         pending=stats.total_pending,
         dead=sum(stats.dead.values()),
         recovered_inflight=service.outbox.recovered_inflight,
