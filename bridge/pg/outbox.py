@@ -616,6 +616,12 @@ class PgOutbox:
         except StoreError as exc:
             self._last_error = str(exc)
             return Stats({}, {}, {}, None, False, str(exc))
+        with self._lock:  # claimed here but not started: still waiting, as far as anyone can tell
+            for target, ready in self._ready.items():
+                if ready:
+                    inflight[target] = inflight.get(target, 0) - len(ready)
+                    pending[target] = pending.get(target, 0) + len(ready)
+        inflight = {t: n for t, n in inflight.items() if n > 0}
         age = None if oldest is None else max(0.0, self._clock() - oldest)
         stats = Stats(pending, inflight, dead, age, self._writable, self._last_error)
         self._stats_cache = (now, stats)
