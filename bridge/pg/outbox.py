@@ -75,6 +75,28 @@ def dedup_key(target: str, key: str, level: str, body: bytes) -> bytes:
     return h.digest()
 
 
+def replay_rows(cur: "psycopg.Cursor[Any]", target: Optional[str], key: Optional[str], now: float) -> int:
+    """Inside a transaction: dead rows back to pending; queue rows locked first, heads refreshed."""
+    cond, args = "state = 'dead'", []
+    if target is not None:
+        cond += " AND target = %s"
+        args.append(target)
+    if key is not None:
+        cond += " AND key = %s"
+        args.append(key)
+    keys = cur.execute(f"SELECT DISTINCT target, key FROM oncall_outbox WHERE {cond} ORDER BY 1, 2", args).fetchall()
+    for t, k in keys:
+        cur.execute(sql.LOCK_QUEUE, (t, k))
+    count = cur.execute(
+        "UPDATE oncall_outbox SET state = 'pending', attempts = 0, next_attempt_at = %s, queued_at = %s,"
+        f" done_at = NULL WHERE {cond}", [now, now, *args]).rowcount
+    for t, k in keys:
+        found = cur.execute("SELECT inflight_seq FROM oncall_queue WHERE target = %s AND key = %s", (t, k)).fetchone()
+        if found is None or found[0] is None:
+            cur.execute(sql.REFRESH, (t, k))
+    return int(count)
+
+
 def _store_error(exc: BaseException, doing: str) -> StoreError:
     # psycopg messages name host/port/database, never the password; the DSN itself is never quoted.
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -506,29 +528,10 @@ class PgOutbox:
 
     def replay(self, target: Optional[str] = None, key: Optional[str] = None) -> int:
         """Dead letters back to pending with fresh attempts and age; returns how many."""
-        now = self._clock()
-        cond, args = "state = 'dead'", []
-        if target is not None:
-            cond += " AND target = %s"
-            args.append(target)
-        if key is not None:
-            cond += " AND key = %s"
-            args.append(key)
         with self._tx() as cur:
-            keys = cur.execute(f"SELECT DISTINCT target, key FROM oncall_outbox WHERE {cond} ORDER BY 1, 2",
-                               args).fetchall()
-            for t, k in keys:
-                cur.execute(sql.LOCK_QUEUE, (t, k))
-            count = cur.execute(
-                "UPDATE oncall_outbox SET state = 'pending', attempts = 0, next_attempt_at = %s, queued_at = %s,"
-                f" done_at = NULL WHERE {cond}", [now, now, *args]).rowcount
-            for t, k in keys:
-                inflight = cur.execute("SELECT inflight_seq FROM oncall_queue WHERE target = %s AND key = %s",
-                                       (t, k)).fetchone()
-                if inflight is None or inflight[0] is None:
-                    cur.execute(sql.REFRESH, (t, k))
+            count = replay_rows(cur, target, key, self._clock())
         self._on_change()
-        return int(count)
+        return count
 
     def probe(self, timeout: float = 5.0) -> bool:
         """A real commit right now (it also tells the others this replica is alive)."""

@@ -3,6 +3,7 @@ leases, singletons, shared rate limits, and the database going away (a real serv
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from typing import Any, Iterator, List, Optional
@@ -257,3 +258,23 @@ class TestServe:
         assert (a.metric("oncall_duplicate_posts_total") or 0) + (b.metric("oncall_duplicate_posts_total") or 0) == 1
         for bridge in (a, b):
             assert secret not in bridge.log_text() and secret not in bridge.metrics_text()
+
+    def test_queue_and_replay_commands(self, dsn: str, receiver: Receiver, make_bridge: Any) -> None:
+        """`queue` and `replay` work on the shared database while a replica serves."""
+        receiver.default = 400
+        env = {"BRIDGE_PG_DSN": dsn}
+        bridge = make_bridge(pg_config(receiver.url), env=env)
+        status, _ = bridge.post_alert("hook", kapacitor_event("cpu:db", "CRITICAL"))
+        assert status == 202
+
+        def dead() -> bool:
+            result = bridge.cli("queue", "--json", env=env)
+            return result.returncode == 0 and json.loads(result.stdout)["hook"]["dead"] == 1
+
+        wait_until(dead, timeout=15)
+        listed = bridge.cli("queue", "--dead", env=env)
+        assert "cpu:db" in listed.stdout and "400" in listed.stdout
+        receiver.default = 202
+        replayed = bridge.cli("replay", "--target", "hook", env=env)
+        assert replayed.returncode == 0 and "replayed 1" in replayed.stdout
+        wait_until(lambda: len(receiver.accepted()) == 1, timeout=15)
