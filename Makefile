@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: venv kapacitor test demo bench check proto docs clean
+.PHONY: venv kapacitor postgres test demo bench check proto docs clean
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,13 +19,17 @@ venv: $(STAMP)
 kapacitor:
 	scripts/kapacitor-build >/dev/null
 
-test: venv kapacitor
+# PostgreSQL server binaries for the replica tests (Debian's package where the machine has none).
+postgres:
+	scripts/postgres-install >/dev/null
+
+test: venv kapacitor postgres
 	$(BIN)/python -m pytest
 
 demo: venv kapacitor
 	$(BIN)/python -m demo
 
-bench: venv kapacitor
+bench: venv kapacitor postgres
 	$(BIN)/python -m bench $(BENCH_ARGS)
 
 proto:
