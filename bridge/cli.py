@@ -52,6 +52,7 @@ def _parser() -> argparse.ArgumentParser:
         "--insecure", action="store_true", help="allow a non-loopback listen address without server.token"
     )
     serve.add_argument("--listen", metavar="HOST:PORT", help="listen here instead of [server] listen")
+    serve.add_argument("--replica-id", metavar="NAME", help="PostgreSQL store: this replica's id instead of [store] replica_id")
     check = add(
         "check-config",
         "Validate the config (every error in one run), resolve secrets, print the targets (never the secrets).",
@@ -94,6 +95,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if getattr(args, "listen", None):
             parse_listen(args.listen, "--listen")
             config = dataclasses.replace(config, server=dataclasses.replace(config.server, listen=args.listen))
+        if getattr(args, "replica_id", None):
+            config = dataclasses.replace(config, store=dataclasses.replace(config.store, replica_id=args.replica_id))
     except ConfigError as exc:
         _config_errors(args, exc, err)
         return EXIT_CONFIG
