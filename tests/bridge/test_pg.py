@@ -278,3 +278,35 @@ class TestServe:
         replayed = bridge.cli("replay", "--target", "hook", env=env)
         assert replayed.returncode == 0 and "replayed 1" in replayed.stdout
         wait_until(lambda: len(receiver.accepted()) == 1, timeout=15)
+
+
+class TestConfig:
+    def test_postgres_needs_a_dsn(self) -> None:
+        """`backend = "postgres"` without `dsn` is refused, naming the key."""
+        from bridge.config import from_mapping
+        from bridge.errors import ConfigError
+        from bridge.schema import ConfigErrors
+
+        with pytest.raises((ConfigError, ConfigErrors)) as info:
+            from_mapping({"store": {"backend": "postgres"}})
+        assert "store.dsn" in str(info.value)
+
+    def test_unknown_backend_refused(self) -> None:
+        """Only sqlite and postgres are backends."""
+        from bridge.config import from_mapping
+        from bridge.errors import ConfigError
+        from bridge.schema import ConfigErrors
+
+        with pytest.raises((ConfigError, ConfigErrors)) as info:
+            from_mapping({"store": {"backend": "mysql"}})
+        assert "store.backend" in str(info.value) and "sqlite, postgres" in str(info.value)
+
+    def test_dsn_and_its_password_are_secrets(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """The DSN from env: and the password inside a key=value DSN are scrubbed from logs."""
+        from bridge.config import from_mapping
+
+        monkeypatch.setenv("BRIDGE_PG_DSN", "host=db.internal dbname=oncall password=s3cret-pw-1")
+        config = from_mapping({"store": {"backend": "postgres", "dsn": "env:BRIDGE_PG_DSN"}})
+        assert config.store.dsn == "host=db.internal dbname=oncall password=s3cret-pw-1"
+        assert "s3cret-pw-1" in config.secrets and config.store.dsn in config.secrets
+        assert "s3cret" not in repr(config.store)
