@@ -75,6 +75,14 @@ def dedup_key(target: str, key: str, level: str, body: bytes) -> bytes:
     return h.digest()
 
 
+def _bookkeeping_commits(conn: "psycopg.Connection[Any]") -> None:
+    """New pool connections commit without waiting for the WAL flush unless a transaction
+    asks for it (``_tx(durable=True)``): a claim or an outcome lost in a database crash is
+    delivered once more, never lost; an accepted alert always waits for the flush."""
+    conn.execute("SET synchronous_commit = off")
+    conn.commit()
+
+
 def replay_rows(cur: "psycopg.Cursor[Any]", target: Optional[str], key: Optional[str], now: float) -> int:
     """Inside a transaction: dead rows back to pending; queue rows locked first, heads refreshed."""
     cond, args = "state = 'dead'", []
@@ -164,7 +172,7 @@ class PgOutbox:
         self._pool = psycopg_pool.ConnectionPool(
             self._dsn, min_size=2, max_size=self._pool_size, open=False, timeout=self.commit_timeout,
             check=psycopg_pool.ConnectionPool.check_connection, name=f"oncall-{self.replica_id}",
-            kwargs={"connect_timeout": 5},
+            kwargs={"connect_timeout": 5}, configure=_bookkeeping_commits,
         )
         self._pool.open(wait=True, timeout=30.0)
         try:
@@ -225,14 +233,22 @@ class PgOutbox:
         return bool(self._threads) and self._threads[0].is_alive()
 
     @contextlib.contextmanager
-    def _tx(self, timeout: Optional[float] = None) -> Iterator["psycopg.Cursor[Any]"]:
-        """One transaction on a pooled connection; database errors become StoreError."""
+    def _tx(self, timeout: Optional[float] = None, durable: bool = False) -> Iterator["psycopg.Cursor[Any]"]:
+        """One transaction on a pooled connection; database errors become StoreError.
+
+        ``durable``: the commit waits for the WAL flush (accepted alerts, operator actions,
+        rate-limit tokens, the health probe). Everything else is bookkeeping whose loss in a
+        *database* crash only means a row is delivered once more (claims, outcomes, leases).
+        """
         if self._pool is None:
             raise StoreError("store postgres: not open")
         try:
             with self._pool.connection(timeout or self.commit_timeout) as conn:
                 with conn.transaction():
-                    yield conn.cursor()
+                    cur = conn.cursor()
+                    if durable:
+                        cur.execute("SET LOCAL synchronous_commit = on")
+                    yield cur
         except psycopg_pool.PoolTimeout as exc:
             self._reachable = False
             raise _store_error(exc, "connect") from None
@@ -321,7 +337,7 @@ class PgOutbox:
         ordered = sorted(batch, key=lambda op: (op.target, op.key))
         try:
             results: List[Tuple[int, bool]] = []
-            with self._tx() as cur:
+            with self._tx(durable=True) as cur:
                 cur.executemany(sql.ENQUEUE, [op.params() for op in ordered], returning=True)
                 while True:
                     found = cur.fetchone()
@@ -528,7 +544,7 @@ class PgOutbox:
 
     def replay(self, target: Optional[str] = None, key: Optional[str] = None) -> int:
         """Dead letters back to pending with fresh attempts and age; returns how many."""
-        with self._tx() as cur:
+        with self._tx(durable=True) as cur:
             count = replay_rows(cur, target, key, self._clock())
         self._on_change()
         return count
@@ -536,7 +552,7 @@ class PgOutbox:
     def probe(self, timeout: float = 5.0) -> bool:
         """A real commit right now (it also tells the others this replica is alive)."""
         try:
-            with self._tx(timeout) as cur:
+            with self._tx(timeout, durable=True) as cur:
                 cur.execute("UPDATE oncall_replica SET seen_at = oncall_now() WHERE id = %s", (self.replica_id,))
             return True
         except StoreError:

@@ -56,7 +56,7 @@ class SharedRateLimiters:
             if target in self._reserved:
                 return 0.0
         try:
-            with self._box._tx() as cur:
+            with self._box._tx(durable=True) as cur:
                 cur.execute("INSERT INTO oncall_rate (target) VALUES (%s) ON CONFLICT DO NOTHING", (target,))
                 cur.execute("SELECT 1 FROM oncall_rate WHERE target = %s FOR UPDATE", (target,))
                 cur.execute("DELETE FROM oncall_rate_spent WHERE target = %s AND at <= oncall_now() - %s",
@@ -82,7 +82,7 @@ class SharedRateLimiters:
         if token is None:
             return False
         try:
-            with self._box._tx() as cur:
+            with self._box._tx(durable=True) as cur:
                 cur.execute("UPDATE oncall_rate_spent SET at = oncall_now() WHERE id = %s", (token,))
         except StoreError:
             pass  # the reservation's own time stands; it is at most the wait since wait_time

@@ -28,8 +28,8 @@ def dsn(pg_server: PgServer) -> str:
 
 @pytest.fixture
 def replicas(dsn: str) -> Iterator[List[PgOutbox]]:
-    """Two replicas on one database (short lease)."""
-    boxes = [PgOutbox(dsn, replica_id=f"r{i}", lease=1.0).open() for i in (1, 2)]
+    """Two replicas on one database (a lease long enough that a loaded machine never lets it run out)."""
+    boxes = [PgOutbox(dsn, replica_id=f"r{i}", lease=10.0).open() for i in (1, 2)]
     yield boxes
     for box in boxes:
         box.close()
@@ -136,9 +136,16 @@ class TestReplicas:
                 box.finish(head, "delivered", attempts=1)
         assert delivered == sorted(set(committed))
 
-    def test_lease_expiry_moves_rows_to_another_replica(self, replicas: List[PgOutbox]) -> None:
+    def test_lease_expiry_moves_rows_to_another_replica(self, dsn: str) -> None:
         """A replica that stops renewing loses its in-flight row after the lease; its late finish is ignored."""
-        a, b = replicas
+        a, b = (PgOutbox(dsn, replica_id=f"r{i}", lease=1.0).open() for i in (1, 2))
+        try:
+            self._lease_expiry(a, b)
+        finally:
+            a.close()
+            b.close()
+
+    def _lease_expiry(self, a: PgOutbox, b: PgOutbox) -> None:
         seq = put(a, "k")
         head, _ = a.peek("t", time.time())
         assert head is not None and a.claim(head)
