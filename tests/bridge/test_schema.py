@@ -183,6 +183,20 @@ class TestDeclarations:
         assert Section(**values) == Section(interval=60.0, count=3)
         assert [(e.key, e.message) for e in errors.items] == [("x.count", "must be at least 1")]
 
+    def test_url_list_kind(self) -> None:
+        """An array of URLs names the bad element; an empty array is refused."""
+        from bridge.schema import URL_LIST, Key
+
+        key = Key("urls", URL_LIST, "Replicas.")
+        assert key.read(["https://a.example/", "http://b.example:9093"], "t.urls") == (
+            "https://a.example/",
+            "http://b.example:9093",
+        )
+        for bad, where in ((["https://a.example/", "ftp://b"], "t.urls[1]"), ([], "t.urls"), ("https://a/", "t.urls")):
+            with pytest.raises(ConfigError) as info:
+                key.read(bad, "t.urls")
+            assert info.value.key == where
+
     def test_sections_come_from_config(self) -> None:
         """The tables the loader reads are the Config fields declared with section()."""
         assert list(sections()) == ["server", "store", "delivery"]
