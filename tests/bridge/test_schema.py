@@ -4,6 +4,7 @@ generated reference and the example file, all driven by the same declarations.""
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
@@ -59,6 +60,13 @@ def example_blocks(text: str) -> List[str]:
         if current is not None:
             blocks[-1] = "\n".join(current)
     return blocks
+
+
+def resolved(value: Any) -> Any:
+    """``env:NAME`` as the loader resolves it (for calling from_options directly)."""
+    if isinstance(value, str) and value.startswith("env:"):
+        return os.environ[value[4:]]
+    return value
 
 
 @pytest.fixture
@@ -250,6 +258,26 @@ class TestExample:
                 assert {k.name for k in keys_for(target.type)} - {"headers", "template", "content_type"} <= given
             assert config.targets or config.heartbeats
         assert shown == set(registered_types())
+
+    def test_declared_defaults_are_the_code_defaults(self, example_env: Path) -> None:
+        """Per type, a table with only the required keys builds the same target whether the
+        loader fills in the declared defaults or the type's code falls back on its own."""
+        import tomllib
+
+        from bridge.targets.base import Options, get_type
+
+        checked = set()
+        for block in example_blocks(EXAMPLE.read_text()):
+            for table in tomllib.loads(block).get("target", []):
+                type_name = table["type"]
+                required = {k.name for k in keys_for(type_name) if k.required}
+                minimal = {k: v for k, v in table.items() if k in required | {"name", "type"}}
+                loaded = from_mapping({"target": [minimal]}).targets[table["name"]].target
+                bare = {k: resolved(v) for k, v in minimal.items() if k not in ("name", "type")}
+                own = get_type(type_name).from_options(table["name"], Options(f"target.{table['name']}", bare))
+                assert own == loaded, type_name
+                checked.add(type_name)
+        assert len(checked) >= 9
 
     def test_token_agrees_with_kapacitor_files(self) -> None:
         """kapacitor.conf.example and the topic handler send the placeholder bridge.toml's token stands for."""
