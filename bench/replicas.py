@@ -32,7 +32,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import psycopg
 
-from .bridge_load import FastReceiver, _client, make_bodies
+from .bridge_load import FastReceiver, _client, kapacitor_alert
 from .common import REPO_ROOT, Figure, Log
 from .udf_throughput import Section
 
@@ -69,14 +69,27 @@ async def _post(ports: Sequence[int], bodies: Sequence[bytes]) -> Tuple[float, L
     return time.perf_counter() - t0, lat, statuses
 
 
+def _bodies(count: int, ids: int) -> List[bytes]:
+    """``count`` distinct events over ``ids`` ids (levels alternate per id). Each carries its own
+    value: the PostgreSQL store keeps one copy of byte-identical events (two replicas posting
+    the same event), which would shrink the backlog."""
+    when = time.strftime("%Y-%m-%dT%H:%M:%S.000000Z", time.gmtime())
+    out = []
+    for i in range(count):
+        level, previous = ("CRITICAL", "OK") if (i // ids) % 2 == 0 else ("OK", "CRITICAL")
+        out.append(kapacitor_alert(f"cpu:host=web-{i % ids:06d}", level, previous, float(i), when))
+    return out
+
+
 def _one_run(backend: str, n: int, alerts: int, receiver: FastReceiver, pg: Any, root: Path) -> Dict[str, float]:
     env: Dict[str, str] = {}
     db = str(root / "outbox.db")
     if backend == "postgres":
         env["BRIDGE_PG_DSN"] = pg.create_database("bench")
+    receiver.reset()
     bridges = _bridges(n, _config(receiver.url, backend, True, db), root, env)
     try:
-        secs, lat, statuses = asyncio.run(_post([b.port for b in bridges], make_bodies(alerts, 1000)))
+        secs, lat, statuses = asyncio.run(_post([b.port for b in bridges], _bodies(alerts, 1000)))
     finally:
         for b in bridges:
             b.stop()
