@@ -14,7 +14,7 @@ import psycopg
 from ..errors import StoreError
 from ..store import Row
 from . import sql
-from .outbox import _store_error, replay_rows
+from .rows import _store_error, replay_rows
 from .schema import SCHEMA_VERSION
 
 __all__ = ["dead_letters", "open_admin", "queue_counts", "replay"]
