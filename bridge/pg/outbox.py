@@ -429,7 +429,9 @@ class PgOutbox:
         wanted = sorted(set(keys))
         with self._tx() as cur:
             cur.execute(sql.ENSURE_QUEUES, (target, wanted))
-            held = [r[0] for r in cur.execute(sql.HOLD, {"me": self.replica_id, "target": target, "keys": wanted})]
+            # A hold outlives its holder by at most a few leases (keep-alive holds for one re-post).
+            held = [r[0] for r in cur.execute(sql.HOLD, {"me": self.replica_id, "target": target, "keys": wanted,
+                                                         "hold": max(60.0, 4 * self.lease)})]
         try:
             yield held
         finally:

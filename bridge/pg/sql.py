@@ -108,7 +108,7 @@ OLDEST = (
 )
 
 HOLD = """
-UPDATE oncall_queue SET held_by = %(me)s, held_until = oncall_now() + 600
+UPDATE oncall_queue SET held_by = %(me)s, held_until = oncall_now() + %(hold)s
 WHERE target = %(target)s AND key = ANY(%(keys)s) AND head_seq IS NULL AND inflight_seq IS NULL
   AND (held_until IS NULL OR held_until < oncall_now())
 RETURNING key
