@@ -1,12 +1,12 @@
 # Two commands do all the set-up on a fresh machine:
 #   make demo   - the whole flow on embedded defaults (kapacitord + UDF + bridge + receiver)
-#   make test   - the whole test suite (builds kapacitord from the Go module proxy once)
+#   make test   - the whole test suite (builds kapacitord and Alertmanager from the Go module proxy once)
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: venv kapacitor test demo bench check proto clean
+.PHONY: venv kapacitor alertmanager test demo bench check proto clean
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,7 +19,11 @@ venv: $(STAMP)
 kapacitor:
 	scripts/kapacitor-build >/dev/null
 
-test: venv kapacitor
+# A real Prometheus Alertmanager for tests/alertmanager (cached like kapacitord).
+alertmanager:
+	scripts/alertmanager-build >/dev/null
+
+test: venv kapacitor alertmanager
 	$(BIN)/python -m pytest
 
 demo: venv kapacitor
