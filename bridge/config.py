@@ -16,14 +16,17 @@ import ipaddress
 import os
 import re
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Dict, FrozenSet, List, Mapping, Optional, Set, Tuple
+from typing import TYPE_CHECKING, Any, Dict, FrozenSet, List, Mapping, Optional, Set, Tuple
 from urllib.parse import parse_qsl, urlsplit
 
 from .errors import ConfigError
 from .event import AlertEvent
 from .targets.base import Options, RateLimit, get_type, registered_types
+
+if TYPE_CHECKING:
+    from .reconcile import KapacitorConfig
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -159,6 +162,8 @@ class Config:
     delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
     targets: Mapping[str, TargetConfig] = field(default_factory=dict)
     heartbeats: Tuple[HeartbeatConfig, ...] = ()
+    #: ``[kapacitor]``: reconcile with Kapacitor's alert state (None: off).
+    kapacitor: Optional["KapacitorConfig"] = None
     secrets: FrozenSet[str] = field(default_factory=frozenset, repr=False)
     source: Optional[str] = None
 
@@ -198,7 +203,7 @@ def from_mapping(data: Mapping[str, Any], source: Optional[str] = None) -> Confi
 
 
 def _build(data: Mapping[str, Any], secrets: Set[str], source: Optional[str]) -> Config:
-    _only(data, "", ("server", "store", "delivery", "target", "heartbeat"))
+    _only(data, "", ("server", "store", "delivery", "target", "heartbeat", "kapacitor"))
     server = _server(_table(data, "server"))
     if server.token:
         secrets.add(server.token)
@@ -215,12 +220,25 @@ def _build(data: Mapping[str, Any], secrets: Set[str], source: Optional[str]) ->
     for name in names:
         if names.count(name) > 1:
             raise ConfigError(f"heartbeat.{name}.name", "duplicate heartbeat name")
+    for name, target in list(targets.items()):
+        bind = getattr(target.target, "with_bridge_url", None)
+        if bind is not None:  # e.g. the webhook body's externalURL: where the bridge listens
+            targets[name] = replace(target, target=bind(f"http://{server.listen}"))
+    kapacitor = None
+    if "kapacitor" in data:
+        from .reconcile import parse_kapacitor
+
+        kapacitor = parse_kapacitor(_table(data, "kapacitor"), targets)
+        if kapacitor.token:
+            secrets.add(kapacitor.token)
+        secrets.update(_url_secrets(kapacitor.url))
     return Config(
         server=server,
         store=store,
         delivery=delivery,
         targets=targets,
         heartbeats=heartbeats,
+        kapacitor=kapacitor,
         secrets=frozenset(s for s in secrets if len(s) >= MIN_SECRET_CHARS),
         source=source,
     )
