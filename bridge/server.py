@@ -27,13 +27,15 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from .config import Config
-from .delivery import Delivery
+from .delivery import Delivery, Sender
 from .errors import ConfigError, StoreError
 from .event import EventError, parse
 from .heartbeat import Heartbeat
+from .keepalive import KeepAlive
 from .log import get_logger
 from .metrics import Metrics
 from .outbox import Outbox
+from .reconcile import Reconciler
 from .store import Stats
 
 __all__ = ["Health", "Service", "check_listen", "make_app", "serve"]
@@ -62,6 +64,12 @@ class Service:
         self.outbox = Outbox(config.store.path, on_change=self._on_change)
         self.delivery = Delivery(config, self.outbox, metrics=self.metrics)
         self.heartbeats = [Heartbeat(h, self.healthy, metrics=self.metrics) for h in config.heartbeats]
+        self.keepalive = KeepAlive(config.targets, self.outbox, Sender(config.delivery), metrics=self.metrics)
+        self.reconciler: Optional[Reconciler] = None
+        if config.kapacitor is not None:
+            self.reconciler = Reconciler(
+                config.kapacitor, self.outbox, targets=config.targets, metrics=self.metrics, on_enqueue=self._on_change
+            )
         self.draining = False
         self._probe_at = 0.0
         self._probe_ok = True
@@ -80,6 +88,9 @@ class Service:
         self.delivery.start()
         for heartbeat in self.heartbeats:
             heartbeat.start()
+        self.keepalive.start()
+        if self.reconciler is not None:
+            self.reconciler.start()
         orphans = self.outbox.targets_with_rows() - set(self.config.targets)
         if orphans:
             log.warning("outbox.orphaned", targets=sorted(orphans), hint="rows for targets no longer configured")
@@ -89,6 +100,9 @@ class Service:
         self.draining = True
         for heartbeat in self.heartbeats:
             heartbeat.stop()
+        if self.reconciler is not None:
+            self.reconciler.stop()
+        self.keepalive.stop()
         clean = self.delivery.stop(timeout)
         left = self.outbox.stats().total_pending
         self.outbox.close()

@@ -1,0 +1,383 @@
+"""Reconcile with Kapacitor: make the platforms' open incidents converge to Kapacitor's state.
+
+Kapacitor posts an alert once and never retries, so a POST refused while the bridge
+was down, or lost before the outbox existed, leaves the platform wrong for good: an
+incident open after recovery, or a trigger never seen. At start and every
+``reconcile_interval`` the bridge reads every topic's events from Kapacitor's API and
+compares them with the incident ledger:
+
+* an incident open on a platform whose id is OK in Kapacitor, or gone from it
+  (task deleted), gets a resolve;
+* an id non-OK in Kapacitor whose routed target has no open incident at that level
+  gets a trigger.
+
+Both are ordinary (``synthetic``) outbox rows, so they are durable, ordered per id
+and retried like any event. Only idle keys are touched (no pending or in-flight row:
+the queue already carries the truth), only targets that ``routes``/``default_target``
+name are managed, and a Kapacitor that cannot be read completely means no action at
+all: silence from Kapacitor never resolves anything.
+
+:func:`plan` is pure (Kapacitor state + ledger in, actions out); :class:`Reconciler`
+does the I/O around it.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Protocol, Sequence, Set, Tuple
+
+from .event import format_time, parse_time
+from .kapacitor_api import KapacitorClient, KapacitorEvent, KapacitorState, KapacitorUnavailable
+from .log import get_logger
+
+__all__ = [
+    "Action",
+    "KapacitorConfig",
+    "Reconciler",
+    "Routes",
+    "plan",
+    "resolve_body",
+    "trigger_body",
+]
+
+log = get_logger("bridge.reconcile")
+
+DEFAULT_INTERVAL = 300.0
+
+
+@dataclass(frozen=True)
+class Routes:
+    """``routes = { "<topic or glob>" = "<target>" }`` and ``default_target``.
+
+    Exact topic names win over globs; among globs the first written wins.
+    """
+
+    rules: Tuple[Tuple[str, str], ...] = ()
+    default_target: Optional[str] = None
+
+    def target_for(self, topics: Iterable[str]) -> Optional[str]:
+        """The target for an id published to ``topics``; None when no rule matches."""
+        names = sorted(topics)
+        for pattern, target in self.rules:
+            if pattern in names:
+                return target
+        for pattern, target in self.rules:
+            if any(fnmatch.fnmatchcase(name, pattern) for name in names):
+                return target
+        return None
+
+    @property
+    def managed(self) -> Set[str]:
+        """Targets reconcile may act on: those the routes and the default name."""
+        out = {target for _, target in self.rules}
+        if self.default_target:
+            out.add(self.default_target)
+        return out
+
+
+@dataclass(frozen=True)
+class KapacitorConfig:
+    """``[kapacitor]``: where to read alert state, how often, and where ids go."""
+
+    url: str = field(repr=False)
+    token: Optional[str] = field(default=None, repr=False)
+    ca_file: Optional[str] = None
+    reconcile_interval: float = DEFAULT_INTERVAL
+    routes: Routes = field(default_factory=Routes)
+    timeout: float = 10.0
+
+
+class _Incident(Protocol):
+    @property
+    def target(self) -> str: ...
+
+    @property
+    def key(self) -> str: ...
+
+    @property
+    def level(self) -> str: ...
+
+    @property
+    def body(self) -> bytes: ...
+
+    @property
+    def told_at(self) -> float: ...
+
+
+@dataclass(frozen=True)
+class Action:
+    """One difference: ``resolve`` (level OK) or ``trigger`` (a non-OK level)."""
+
+    kind: str
+    target: str
+    key: str
+    level: str
+    reason: str
+    body: bytes = field(default=b"", repr=False, compare=False)
+
+    def line(self) -> str:
+        """``resolve <target> <id>`` / ``trigger <target> <id> <level>`` (the CLI's output)."""
+        if self.kind == "resolve":
+            return f"resolve {self.target} {self.key}"
+        return f"trigger {self.target} {self.key} {self.level}"
+
+    def as_dict(self) -> Dict[str, str]:
+        return {"action": self.kind, "target": self.target, "id": self.key, "level": self.level, "reason": self.reason}
+
+
+def plan(
+    state: KapacitorState,
+    incidents: Sequence[_Incident],
+    routes: Routes,
+    busy: Callable[[str, str], bool],
+    now: float,
+) -> List[Action]:
+    """Pure: the resolves and triggers that bring the managed targets to Kapacitor's state.
+
+    ``busy(target, key)`` is true when the outbox still has a row for the key (the queue
+    will deliver the truth; acting now would race it). Incidents told after the read
+    began are left alone: Kapacitor's answer may predate them.
+    """
+    managed = routes.managed
+    actions: List[Action] = []
+    open_by_key: Dict[str, List[_Incident]] = {}
+    for incident in incidents:
+        open_by_key.setdefault(incident.key, []).append(incident)
+        if incident.target not in managed or incident.told_at >= state.read_at:
+            continue
+        current = state.events.get(incident.key)
+        if current is not None and current.level != "OK":
+            continue
+        if busy(incident.target, incident.key):
+            continue
+        why = "OK in Kapacitor" if current is not None else "gone from Kapacitor"
+        actions.append(
+            Action("resolve", incident.target, incident.key, "OK", why, resolve_body(incident, current, why, now))
+        )
+    for key in sorted(state.events):
+        current = state.events[key]
+        if current.level == "OK":
+            continue
+        told = {i.target: i for i in open_by_key.get(key, ())}
+        target = routes.target_for(current.topics)
+        if target is None:
+            target = next(iter(sorted(told)), None) or routes.default_target
+        if target is None or target not in managed:
+            continue
+        incident = told.get(target)
+        if incident is not None and (incident.level == current.level or incident.told_at >= state.read_at):
+            continue
+        if busy(target, key):
+            continue
+        why = "never told" if incident is None else f"told {incident.level}"
+        actions.append(Action("trigger", target, key, current.level, why, trigger_body(current, incident)))
+    return actions
+
+
+def _data_of(body: Optional[bytes]) -> Dict[str, Any]:
+    """The ``data`` (series name, tags) of the last delivered event, so labels match."""
+    if not body:
+        return {}
+    try:
+        obj = json.loads(body)
+    except ValueError:
+        return {}
+    data = obj.get("data") if isinstance(obj, dict) else None
+    return data if isinstance(data, dict) and data else {}
+
+
+def trigger_body(current: KapacitorEvent, incident: Optional[_Incident]) -> bytes:
+    """A Kapacitor alert body for the state Kapacitor holds (``data`` from the last delivery)."""
+    body: Dict[str, Any] = {
+        "id": current.id,
+        "message": current.message or f"{current.id} is {current.level}",
+        "details": current.details,
+        "time": current.time,
+        "duration": current.duration_ns,
+        "level": current.level,
+        "previousLevel": incident.level if incident is not None else "OK",
+        "recoverable": True,
+    }
+    data = _data_of(incident.body if incident is not None else None)
+    if data:
+        body["data"] = data
+    return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def resolve_body(incident: _Incident, current: Optional[KapacitorEvent], why: str, now: float) -> bytes:
+    """An OK for the incident: Kapacitor's own OK when it has one, else one stamped ``now``."""
+    try:
+        last = json.loads(incident.body)
+    except ValueError:
+        last = {}
+    if not isinstance(last, dict):
+        last = {}
+    when = current.time if current is not None else format_time(datetime.fromtimestamp(now, tz=timezone.utc))
+    try:
+        parse_time(when)
+    except ValueError:
+        when = format_time(datetime.fromtimestamp(now, tz=timezone.utc))
+    message = current.message if current is not None and current.message else ""
+    body = {
+        "id": incident.key,
+        "message": message or f"{incident.key} is OK ({why}; resolved by kapacitor-oncall-bridge reconcile)",
+        "details": current.details if current is not None else "",
+        "time": when,
+        "duration": current.duration_ns if current is not None else 0,
+        "level": "OK",
+        "previousLevel": incident.level,
+        "recoverable": True,
+    }
+    data = _data_of(incident.body)
+    if data:
+        body["data"] = data
+    return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+class _Ledger(Protocol):
+    def incidents(self, target: Optional[str] = None) -> Sequence[Any]: ...
+
+    def idle(self, target: str, key: str) -> bool: ...
+
+    def enqueue(self, target: str, key: str, level: str, body: bytes, **kwargs: Any) -> Any: ...
+
+
+class Reconciler:
+    """Reads Kapacitor, plans, enqueues; on a timer inside ``serve`` or once from the CLI."""
+
+    def __init__(
+        self,
+        config: KapacitorConfig,
+        ledger: _Ledger,
+        *,
+        targets: Iterable[str],
+        client: Optional[KapacitorClient] = None,
+        metrics: Any = None,
+        clock: Callable[[], float] = time.time,
+        on_enqueue: Optional[Callable[[], None]] = None,
+    ) -> None:
+        self.config = config
+        self.ledger = ledger
+        self.targets = set(targets)
+        self.client = client or KapacitorClient(
+            config.url, token=config.token, ca_file=config.ca_file, timeout=config.timeout, clock=clock
+        )
+        self.metrics = metrics
+        self._clock = clock
+        self._on_enqueue = on_enqueue
+        self._stopping = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+
+    def check(self) -> Optional[List[Action]]:
+        """The differences now, or None when Kapacitor could not be read (logged, counted)."""
+        try:
+            state = self.client.read()
+        except KapacitorUnavailable as exc:
+            log.error("reconcile.kapacitor_unreachable", error=str(exc), action="none")
+            if self.metrics is not None:
+                self.metrics.reconcile_errors.inc()
+            return None
+        routes = self.config.routes
+        incidents = self.ledger.incidents()
+        actions = plan(state, incidents, routes, lambda t, k: not self.ledger.idle(t, k), self._clock())
+        return [a for a in actions if a.target in self.targets]
+
+    def run_once(self, dry_run: bool = False) -> Optional[List[Action]]:
+        """Check, then (unless ``dry_run``) enqueue every action; None if Kapacitor was unreadable."""
+        actions = self.check()
+        if actions is None or dry_run:
+            return actions
+        for action in actions:
+            if not self.ledger.idle(action.target, action.key):
+                continue  # an event arrived meanwhile: it carries the truth
+            self.ledger.enqueue(action.target, action.key, action.level, action.body, synthetic=True).result(30)
+            log.warning(
+                "reconcile.action",
+                action=action.kind,
+                target=action.target,
+                id=action.key,
+                alert_level=action.level,
+                reason=action.reason,
+            )
+            if self.metrics is not None:
+                self.metrics.reconcile_actions.labels(action.target, action.kind).inc()
+        if actions and self._on_enqueue is not None:
+            self._on_enqueue()
+        log.info("reconcile.done", actions=len(actions))
+        return actions
+
+    def start(self) -> None:
+        """Run at once, then every ``reconcile_interval``, in a daemon thread."""
+        self._thread = threading.Thread(target=self._run, name="reconcile", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stopping.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        self.client.close()
+
+    def _run(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                self.run_once()
+            except Exception:  # noqa: BLE001 - a failed round must not end reconciling
+                log.error("reconcile.crashed", exc_info=True)
+            self._stopping.wait(self.config.reconcile_interval)
+
+
+def parse_routes(value: Mapping[str, Any], default_target: Optional[str]) -> Routes:
+    """Routes in the order written (TOML tables keep it)."""
+    return Routes(tuple((str(k), str(v)) for k, v in value.items()), default_target)
+
+
+def parse_kapacitor(table: Mapping[str, Any], targets: Iterable[str]) -> KapacitorConfig:
+    """``[kapacitor]`` into :class:`KapacitorConfig`, naming the bad key in every error."""
+    from .config import parse_duration
+    from .errors import ConfigError
+
+    allowed = ("url", "token", "ca_file", "reconcile_interval", "routes", "default_target", "timeout")
+    for key in table:
+        if key not in allowed:
+            raise ConfigError(f"kapacitor.{key}", f"unknown key (known: {', '.join(allowed)})")
+    url = table.get("url")
+    if not isinstance(url, str) or not url:
+        raise ConfigError("kapacitor.url", "is required (e.g. \"http://127.0.0.1:9092\")")
+    parts = url.split("://", 1)
+    if len(parts) != 2 or parts[0] not in ("http", "https") or not parts[1]:
+        raise ConfigError("kapacitor.url", "must be an http:// or https:// URL")
+    token = table.get("token")
+    if token is not None and (not isinstance(token, str) or not token):
+        raise ConfigError("kapacitor.token", "must be a non-empty string")
+    ca_file = table.get("ca_file")
+    if ca_file is not None and (not isinstance(ca_file, str) or not ca_file):
+        raise ConfigError("kapacitor.ca_file", "must be a path")
+    interval = parse_duration(table.get("reconcile_interval", "5m"), "kapacitor.reconcile_interval")
+    if interval <= 0:
+        raise ConfigError("kapacitor.reconcile_interval", "must be positive")
+    timeout = parse_duration(table.get("timeout", "10s"), "kapacitor.timeout")
+    if timeout <= 0:
+        raise ConfigError("kapacitor.timeout", "must be positive")
+    known = set(targets)
+    raw_routes = table.get("routes", {})
+    if not isinstance(raw_routes, dict):
+        raise ConfigError("kapacitor.routes", "must be a table of \"<topic or glob>\" = \"<target>\"")
+    for topic, target in raw_routes.items():
+        if not isinstance(target, str) or target not in known:
+            raise ConfigError(f"kapacitor.routes.{topic}", f"must name a configured target (known: {', '.join(sorted(known)) or 'none'})")
+    default = table.get("default_target")
+    if default is not None and (not isinstance(default, str) or default not in known):
+        raise ConfigError("kapacitor.default_target", f"must name a configured target (known: {', '.join(sorted(known)) or 'none'})")
+    return KapacitorConfig(
+        url=url.rstrip("/"),
+        token=token,
+        ca_file=ca_file,
+        reconcile_interval=interval,
+        routes=parse_routes(raw_routes, default),
+        timeout=timeout,
+    )
