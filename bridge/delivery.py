@@ -458,8 +458,7 @@ class Delivery:
         render_told = getattr(target.target, "render_told", None)
         if render_told is None:
             return target.target.render(event)  # type: ignore[no-any-return]
-        told = getattr(self.outbox, "told", None)  # the ledger (seam 2) may not be merged yet
-        return render_told(event, told(head.target, head.key) if told is not None else None)  # type: ignore[no-any-return]
+        return render_told(event, self.outbox.told(head.target, head.key))  # type: ignore[no-any-return]
 
     def _observe(self, target: str, started: float) -> None:
         if self.metrics is not None:

@@ -24,29 +24,15 @@ from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Proto
 from .config import TargetConfig
 from .errors import DeliveryError
 from .log import get_logger
-from .targets.alertmanager import Alertmanager, Told
+from .outbox import Outbox
+from .targets.alertmanager import Alertmanager
 
-__all__ = ["BATCH", "KeepAlive", "LedgerReader", "Round", "keepalive_targets"]
+__all__ = ["BATCH", "KeepAlive", "Round", "keepalive_targets"]
 
 log = get_logger("bridge.keepalive")
 
 #: Alerts per POST: few requests for 10k alerts, each well under a megabyte.
 BATCH = 500
-
-
-class _Incident(Told, Protocol):
-    @property
-    def key(self) -> str: ...
-
-
-class LedgerReader(Protocol):
-    """The part of :class:`bridge.outbox.Outbox` keep-alive needs (seam 2)."""
-
-    def incidents(self, target: Optional[str] = None) -> Sequence[_Incident]: ...
-
-    def told(self, target: str, key: str) -> Optional[_Incident]: ...
-
-    def hold(self, target: str, keys: Any) -> Any: ...
 
 
 class _Send(Protocol):
@@ -80,7 +66,7 @@ class KeepAlive:
     def __init__(
         self,
         targets: Mapping[str, TargetConfig],
-        ledger: LedgerReader,
+        ledger: Outbox,
         sender: _Send,
         *,
         metrics: Any = None,

@@ -29,11 +29,13 @@ import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Protocol, Sequence, Set, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Set, Tuple
 
 from .event import format_time, parse_time
 from .kapacitor_api import KapacitorClient, KapacitorEvent, KapacitorState, KapacitorUnavailable
+from .ledger import Incident
 from .log import get_logger
+from .outbox import Outbox
 
 __all__ = [
     "Action",
@@ -92,23 +94,6 @@ class KapacitorConfig:
     timeout: float = 10.0
 
 
-class _Incident(Protocol):
-    @property
-    def target(self) -> str: ...
-
-    @property
-    def key(self) -> str: ...
-
-    @property
-    def level(self) -> str: ...
-
-    @property
-    def body(self) -> bytes: ...
-
-    @property
-    def told_at(self) -> float: ...
-
-
 @dataclass(frozen=True)
 class Action:
     """One difference: ``resolve`` (level OK) or ``trigger`` (a non-OK level)."""
@@ -132,7 +117,7 @@ class Action:
 
 def plan(
     state: KapacitorState,
-    incidents: Sequence[_Incident],
+    incidents: Sequence[Incident],
     routes: Routes,
     busy: Callable[[str, str], bool],
     now: float,
@@ -145,7 +130,7 @@ def plan(
     """
     managed = routes.managed
     actions: List[Action] = []
-    open_by_key: Dict[str, List[_Incident]] = {}
+    open_by_key: Dict[str, List[Incident]] = {}
     for incident in incidents:
         open_by_key.setdefault(incident.key, []).append(incident)
         if incident.target not in managed or incident.told_at >= state.read_at:
@@ -164,18 +149,18 @@ def plan(
         if current.level == "OK":
             continue
         told = {i.target: i for i in open_by_key.get(key, ())}
-        target = routes.target_for(current.topics)
+        target: Optional[str] = routes.target_for(current.topics)
         if target is None:
             target = next(iter(sorted(told)), None) or routes.default_target
         if target is None or target not in managed:
             continue
-        incident = told.get(target)
-        if incident is not None and (incident.level == current.level or incident.told_at >= state.read_at):
+        last = told.get(target)
+        if last is not None and (last.level == current.level or last.told_at >= state.read_at):
             continue
         if busy(target, key):
             continue
-        why = "never told" if incident is None else f"told {incident.level}"
-        actions.append(Action("trigger", target, key, current.level, why, trigger_body(current, incident)))
+        why = "never told" if last is None else f"told {last.level}"
+        actions.append(Action("trigger", target, key, current.level, why, trigger_body(current, last)))
     return actions
 
 
@@ -191,7 +176,7 @@ def _data_of(body: Optional[bytes]) -> Dict[str, Any]:
     return data if isinstance(data, dict) and data else {}
 
 
-def trigger_body(current: KapacitorEvent, incident: Optional[_Incident]) -> bytes:
+def trigger_body(current: KapacitorEvent, incident: Optional[Incident]) -> bytes:
     """A Kapacitor alert body for the state Kapacitor holds (``data`` from the last delivery)."""
     body: Dict[str, Any] = {
         "id": current.id,
@@ -209,7 +194,7 @@ def trigger_body(current: KapacitorEvent, incident: Optional[_Incident]) -> byte
     return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
 
 
-def resolve_body(incident: _Incident, current: Optional[KapacitorEvent], why: str, now: float) -> bytes:
+def resolve_body(incident: Incident, current: Optional[KapacitorEvent], why: str, now: float) -> bytes:
     """An OK for the incident: Kapacitor's own OK when it has one, else one stamped ``now``."""
     try:
         last = json.loads(incident.body)
@@ -239,21 +224,13 @@ def resolve_body(incident: _Incident, current: Optional[KapacitorEvent], why: st
     return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
 
 
-class _Ledger(Protocol):
-    def incidents(self, target: Optional[str] = None) -> Sequence[Any]: ...
-
-    def idle(self, target: str, key: str) -> bool: ...
-
-    def enqueue(self, target: str, key: str, level: str, body: bytes, **kwargs: Any) -> Any: ...
-
-
 class Reconciler:
     """Reads Kapacitor, plans, enqueues; on a timer inside ``serve`` or once from the CLI."""
 
     def __init__(
         self,
         config: KapacitorConfig,
-        ledger: _Ledger,
+        ledger: Outbox,
         *,
         targets: Iterable[str],
         client: Optional[KapacitorClient] = None,
