@@ -164,6 +164,8 @@ class Config:
     heartbeats: Tuple[HeartbeatConfig, ...] = ()
     #: ``[kapacitor]``: reconcile with Kapacitor's alert state (None: off).
     kapacitor: Optional["KapacitorConfig"] = None
+    #: ``POST /alerts/<name>`` enqueues for each of these targets (Alertmanager HA ``urls``).
+    fanout: Mapping[str, Tuple[str, ...]] = field(default_factory=dict)
     secrets: FrozenSet[str] = field(default_factory=frozenset, repr=False)
     source: Optional[str] = None
 
@@ -220,6 +222,17 @@ def _build(data: Mapping[str, Any], secrets: Set[str], source: Optional[str]) ->
     for name in names:
         if names.count(name) > 1:
             raise ConfigError(f"heartbeat.{name}.name", "duplicate heartbeat name")
+    fanout: Dict[str, Tuple[str, ...]] = {}
+    for name, target in list(targets.items()):
+        split = getattr(target.target, "fan_out", None)
+        members = split() if split is not None else []
+        if len(members) > 1:
+            # An HA cluster shares no alerts: one queue per member, so a failing member is
+            # retried on its own and never holds back the others. Member 1 keeps the name.
+            split_names = (name,) + tuple(f"{name}@{i}" for i in range(2, len(members) + 1))
+            for member_name, member in zip(split_names, members):
+                targets[member_name] = replace(target, name=member_name, target=replace(member, name=member_name))
+            fanout[name] = split_names
     for name, target in list(targets.items()):
         bind = getattr(target.target, "with_bridge_url", None)
         if bind is not None:  # e.g. the webhook body's externalURL: where the bridge listens
@@ -228,7 +241,7 @@ def _build(data: Mapping[str, Any], secrets: Set[str], source: Optional[str]) ->
     if "kapacitor" in data:
         from .reconcile import parse_kapacitor
 
-        kapacitor = parse_kapacitor(_table(data, "kapacitor"), targets)
+        kapacitor = parse_kapacitor(_table(data, "kapacitor"), targets, fanout)
         if kapacitor.token:
             secrets.add(kapacitor.token)
         secrets.update(_url_secrets(kapacitor.url))
@@ -239,6 +252,7 @@ def _build(data: Mapping[str, Any], secrets: Set[str], source: Optional[str]) ->
         targets=targets,
         heartbeats=heartbeats,
         kapacitor=kapacitor,
+        fanout=fanout,
         secrets=frozenset(s for s in secrets if len(s) >= MIN_SECRET_CHARS),
         source=source,
     )

@@ -61,6 +61,11 @@ class Routes:
 
     rules: Tuple[Tuple[str, str], ...] = ()
     default_target: Optional[str] = None
+    #: A target name that stands for several delivery targets (Alertmanager HA members).
+    fanout: Mapping[str, Tuple[str, ...]] = field(default_factory=dict)
+
+    def members(self, target: str) -> Tuple[str, ...]:
+        return self.fanout.get(target, (target,))
 
     def target_for(self, topics: Iterable[str]) -> Optional[str]:
         """The target for an id published to ``topics``; None when no rule matches."""
@@ -76,10 +81,10 @@ class Routes:
     @property
     def managed(self) -> Set[str]:
         """Targets reconcile may act on: those the routes and the default name."""
-        out = {target for _, target in self.rules}
+        named = {target for _, target in self.rules}
         if self.default_target:
-            out.add(self.default_target)
-        return out
+            named.add(self.default_target)
+        return {member for target in named for member in self.members(target)}
 
 
 @dataclass(frozen=True)
@@ -149,18 +154,21 @@ def plan(
         if current.level == "OK":
             continue
         told = {i.target: i for i in open_by_key.get(key, ())}
-        target: Optional[str] = routes.target_for(current.topics)
-        if target is None:
-            target = next(iter(sorted(told)), None) or routes.default_target
-        if target is None or target not in managed:
+        routed: Optional[str] = routes.target_for(current.topics)
+        if routed is None:
+            routed = next(iter(sorted(told)), None) or routes.default_target
+        if routed is None:
             continue
-        last = told.get(target)
-        if last is not None and (last.level == current.level or last.told_at >= state.read_at):
-            continue
-        if busy(target, key):
-            continue
-        why = "never told" if last is None else f"told {last.level}"
-        actions.append(Action("trigger", target, key, current.level, why, trigger_body(current, last)))
+        for target in routes.members(routed):
+            if target not in managed:
+                continue
+            last = told.get(target)
+            if last is not None and (last.level == current.level or last.told_at >= state.read_at):
+                continue
+            if busy(target, key):
+                continue
+            why = "never told" if last is None else f"told {last.level}"
+            actions.append(Action("trigger", target, key, current.level, why, trigger_body(current, last)))
     return actions
 
 
@@ -308,12 +316,16 @@ class Reconciler:
             self._stopping.wait(self.config.reconcile_interval)
 
 
-def parse_routes(value: Mapping[str, Any], default_target: Optional[str]) -> Routes:
+def parse_routes(
+    value: Mapping[str, Any], default_target: Optional[str], fanout: Optional[Mapping[str, Tuple[str, ...]]] = None
+) -> Routes:
     """Routes in the order written (TOML tables keep it)."""
-    return Routes(tuple((str(k), str(v)) for k, v in value.items()), default_target)
+    return Routes(tuple((str(k), str(v)) for k, v in value.items()), default_target, dict(fanout or {}))
 
 
-def parse_kapacitor(table: Mapping[str, Any], targets: Iterable[str]) -> KapacitorConfig:
+def parse_kapacitor(
+    table: Mapping[str, Any], targets: Iterable[str], fanout: Optional[Mapping[str, Tuple[str, ...]]] = None
+) -> KapacitorConfig:
     """``[kapacitor]`` into :class:`KapacitorConfig`, naming the bad key in every error."""
     from .config import parse_duration
     from .errors import ConfigError
@@ -355,6 +367,62 @@ def parse_kapacitor(table: Mapping[str, Any], targets: Iterable[str]) -> Kapacit
         token=token,
         ca_file=ca_file,
         reconcile_interval=interval,
-        routes=parse_routes(raw_routes, default),
+        routes=parse_routes(raw_routes, default, fanout),
         timeout=timeout,
     )
+
+
+def reconcile_file(
+    config: KapacitorConfig,
+    store_path: str,
+    targets: Iterable[str],
+    *,
+    dry_run: bool = False,
+    client: Optional[KapacitorClient] = None,
+    now: Optional[float] = None,
+) -> Optional[List[Action]]:
+    """The CLI's reconcile: plan from the store file, and unless ``dry_run`` queue the actions.
+
+    Works whether or not ``serve`` runs: rows are inserted as ``pending`` in one
+    transaction, which a running bridge picks up like a ``replay``; a key with a
+    pending or in-flight row is left alone. None when Kapacitor could not be read.
+    """
+    from .ledger import open_incidents
+    from .store import open_store
+
+    own = client is None
+    client = client or KapacitorClient(config.url, token=config.token, ca_file=config.ca_file, timeout=config.timeout)
+    try:
+        state = client.read()
+    except KapacitorUnavailable as exc:
+        log.error("reconcile.kapacitor_unreachable", error=str(exc), action="none")
+        return None
+    finally:
+        if own:
+            client.close()
+    stamp = time.time() if now is None else now
+    conn = open_store(store_path, create=False)
+    try:
+        busy = {(t, k) for t, k in conn.execute("SELECT DISTINCT target, key FROM outbox WHERE state IN ('pending', 'inflight')")}
+        wanted = set(targets)
+        actions = [a for a in plan(state, open_incidents(conn), config.routes, lambda t, k: (t, k) in busy, stamp)
+                   if a.target in wanted]
+        if dry_run or not actions:
+            return actions
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for a in actions:
+                conn.execute(
+                    "INSERT INTO outbox (target, key, level, body, received_at, queued_at, state, next_attempt_at,"
+                    " synthetic) VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, 1)",
+                    (a.target, a.key, a.level, a.body, stamp, stamp, stamp),
+                )
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        for a in actions:
+            log.warning("reconcile.action", action=a.kind, target=a.target, id=a.key, alert_level=a.level, reason=a.reason)
+        return actions
+    finally:
+        conn.close()

@@ -204,6 +204,7 @@ class _Handlers:
         self.token = cfg.server.token.encode() if cfg.server.token else None
         self.max_body = cfg.server.max_body_bytes
         self.targets = cfg.targets
+        self.fanout = cfg.fanout
         self.no_recovery = cfg.delivery.no_recovery_resolve_after
         self.commit_timeout = service.outbox.commit_timeout
         self.metrics = service.metrics
@@ -279,7 +280,17 @@ class _Handlers:
             self.service.outbox.enqueue_with(
                 self._completions.resolver(future), name, event.id, event.level, body, expire_after=expire
             )
+            others: List["asyncio.Future[int]"] = []
+            for member in self.fanout.get(name, ())[1:]:  # HA members: one durable row each
+                more: "asyncio.Future[int]" = loop.create_future()
+                self._waiting.append((time.monotonic() + self.commit_timeout, more))
+                self.service.outbox.enqueue_with(
+                    self._completions.resolver(more), member, event.id, event.level, body, expire_after=expire
+                )
+                others.append(more)
             seq = await future
+            for more in others:
+                await more
         except StoreError as exc:
             self._received(name, "store_error")
             log.error("alert.store_failed", target=name, id=event.id, error=str(exc))

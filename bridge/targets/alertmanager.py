@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any, ClassVar, Dict, Iterable, List, Mapping, Optional, Protocol, Sequence, Tuple
 
@@ -206,6 +206,10 @@ class Alertmanager:
             urls=tuple(urls),
             labels=tuple(labels),
         )
+
+    def fan_out(self) -> List["Alertmanager"]:
+        """One target per HA member (each gets its own delivery queue, retries and ledger)."""
+        return [replace(self, url=url, urls=(url,)) for url in self.members]
 
     @property
     def members(self) -> Tuple[str, ...]:

@@ -10,6 +10,7 @@ from typing import Tuple
 import pytest
 from hypothesis import given
 
+from bridge.config import from_mapping
 from bridge.errors import ConfigError
 from bridge.targets.alertmanager import label_name
 from tests.receivers import AlertmanagerReceiver, validate_alertmanager_alerts
@@ -178,6 +179,13 @@ class TestConfig:
         assert t.members == (URL + "/api/v2/alerts", "http://am2.example.net:9093/api/v2/alerts")
         with pytest.raises(ConfigError, match=r"target\.t\.urls"):
             build("alertmanager", {"url": URL, "urls": [URL]})
+
+    def test_urls_fan_out_into_member_targets(self):
+        """A config with ``urls`` gets one delivery target per member; POSTs to the name reach all."""
+        config = from_mapping({"target": [{"name": "am", "type": "alertmanager", "urls": [URL, "http://am2:9093"]}]})
+        assert config.fanout == {"am": ("am", "am@2")}
+        assert config.targets["am"].target.members == (URL + "/api/v2/alerts",)
+        assert config.targets["am@2"].target.members == ("http://am2:9093/api/v2/alerts",)
 
     def test_resend_interval(self):
         """``resend_interval`` is a duration; at or above 5m it is accepted with a warning."""
