@@ -64,6 +64,7 @@ class Alertmanager:
     def __init__(self, webhook_url: str, *, resolve_timeout: str = "6s", workdir: Optional[Path] = None) -> None:
         self.bin = ensure_built() / "alertmanager"
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="alertmanager-"))
+        self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.config_path = self.workdir / "alertmanager.yml"
         self.config_path.write_text(config_yaml(webhook_url, resolve_timeout))
@@ -148,3 +149,14 @@ class Alertmanager:
 
     def post(self, alerts: List[Dict[str, Any]]) -> requests.Response:
         return self._session.post(self.url + "/api/v2/alerts", json=alerts, timeout=5)
+
+    def received(self, status: str) -> float:
+        """Alertmanager's own ``alertmanager_alerts_received_total{status=...}`` since this start."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        text = self._session.get(self.url + "/metrics", timeout=5).text
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == "alertmanager_alerts_received_total" and sample.labels.get("status") == status:
+                    return float(sample.value)
+        return 0.0

@@ -95,17 +95,22 @@ class TestKeepAlive:
         self, bridge: BridgeProcess, alertmanager: Alertmanager, webhook: Receiver
     ) -> None:
         """WARNING, CRITICAL, OK: resolved in seconds; Alertmanager's notifications name only warning and critical."""
+        def notified(severity: str) -> bool:
+            return any(a["status"] == "firing" and a["labels"]["severity"] == severity
+                       for n in notifications(webhook) for a in n["alerts"])
+
         post(bridge, "WARNING")
-        wait_until(lambda: alertmanager.active().get(ID) == ["warning"], timeout=10, message="warning never active")
+        wait_until(lambda: notified("warning"), timeout=15, message="warning never notified")
         post(bridge, "CRITICAL", previous="WARNING")
-        wait_until(lambda: alertmanager.active().get(ID) == ["critical"], timeout=10, message="critical never active")
+        wait_until(lambda: notified("critical"), timeout=15, message="critical never notified")
+        assert alertmanager.active().get(ID) == ["critical"]
         post(bridge, "OK", previous="CRITICAL")
         started = time.monotonic()
         wait_until(lambda: ID not in alertmanager.active(), timeout=5, message="OK did not resolve")
         assert time.monotonic() - started < 5
         resolved = wait_until(
             lambda: [n for n in notifications(webhook) if n["status"] == "resolved"], timeout=15,
-            message="no resolved notification",
+            message=f"no resolved notification: {notifications(webhook)}\n{alertmanager.alerts()}",
         )
         severities = {a["labels"]["severity"] for n in notifications(webhook) for a in n["alerts"]}
         assert severities == {"warning", "critical"}

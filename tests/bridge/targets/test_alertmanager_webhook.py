@@ -87,6 +87,9 @@ class TestRender:
     def test_fingerprint_is_alertmanagers(self):
         """fingerprint is FNV-1a of the sorted label pairs (values checked against prometheus/common)."""
         assert fingerprint({}) == "cbf29ce484222325"
+        # Captured from a real Alertmanager 0.35.0 webhook body (tests/alertmanager fixture).
+        real = {"alertname": "cpu", "kapacitor_id": "cpu:host=a", "severity": "critical"}
+        assert fingerprint(real) == "64ef33a99f76bdc4"
         assert fingerprint({"alertname": "cpu"}) != fingerprint({"alertname": "cpv"})
         assert fingerprint({"a": "b", "c": "d"}) == fingerprint({"c": "d", "a": "b"})
 
