@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Set, Tuple
 
+from .config import KapacitorConfig
 from .event import format_time, parse_time
 from .kapacitor_api import KapacitorClient, KapacitorEvent, KapacitorState, KapacitorUnavailable
 from .ledger import Incident
@@ -39,18 +40,16 @@ from .outbox import Outbox
 
 __all__ = [
     "Action",
-    "KapacitorConfig",
     "Reconciler",
     "Routes",
     "plan",
+    "reconcile_file",
     "resolve_body",
+    "routes_of",
     "trigger_body",
 ]
 
 log = get_logger("bridge.reconcile")
-
-DEFAULT_INTERVAL = 300.0
-
 
 @dataclass(frozen=True)
 class Routes:
@@ -85,18 +84,6 @@ class Routes:
         if self.default_target:
             named.add(self.default_target)
         return {member for target in named for member in self.members(target)}
-
-
-@dataclass(frozen=True)
-class KapacitorConfig:
-    """``[kapacitor]``: where to read alert state, how often, and where ids go."""
-
-    url: str = field(repr=False)
-    token: Optional[str] = field(default=None, repr=False)
-    ca_file: Optional[str] = None
-    reconcile_interval: float = DEFAULT_INTERVAL
-    routes: Routes = field(default_factory=Routes)
-    timeout: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -240,6 +227,7 @@ class Reconciler:
         config: KapacitorConfig,
         ledger: Outbox,
         *,
+        routes: Routes,
         targets: Iterable[str],
         client: Optional[KapacitorClient] = None,
         metrics: Any = None,
@@ -247,10 +235,11 @@ class Reconciler:
         on_enqueue: Optional[Callable[[], None]] = None,
     ) -> None:
         self.config = config
+        self.routes = routes
         self.ledger = ledger
         self.targets = set(targets)
         self.client = client or KapacitorClient(
-            config.url, token=config.token, ca_file=config.ca_file, timeout=config.timeout, clock=clock
+            config.url or "", token=config.token, ca_file=config.ca_file, timeout=config.timeout, clock=clock
         )
         self.metrics = metrics
         self._clock = clock
@@ -267,9 +256,8 @@ class Reconciler:
             if self.metrics is not None:
                 self.metrics.reconcile_errors.inc()
             return None
-        routes = self.config.routes
         incidents = self.ledger.incidents()
-        actions = plan(state, incidents, routes, lambda t, k: not self.ledger.idle(t, k), self._clock())
+        actions = plan(state, incidents, self.routes, lambda t, k: not self.ledger.idle(t, k), self._clock())
         return [a for a in actions if a.target in self.targets]
 
     def run_once(self, dry_run: bool = False) -> Optional[List[Action]]:
@@ -316,64 +304,15 @@ class Reconciler:
             self._stopping.wait(self.config.reconcile_interval)
 
 
-def parse_routes(
-    value: Mapping[str, Any], default_target: Optional[str], fanout: Optional[Mapping[str, Tuple[str, ...]]] = None
-) -> Routes:
-    """Routes in the order written (TOML tables keep it)."""
-    return Routes(tuple((str(k), str(v)) for k, v in value.items()), default_target, dict(fanout or {}))
-
-
-def parse_kapacitor(
-    table: Mapping[str, Any], targets: Iterable[str], fanout: Optional[Mapping[str, Tuple[str, ...]]] = None
-) -> KapacitorConfig:
-    """``[kapacitor]`` into :class:`KapacitorConfig`, naming the bad key in every error."""
-    from .config import parse_duration
-    from .errors import ConfigError
-
-    allowed = ("url", "token", "ca_file", "reconcile_interval", "routes", "default_target", "timeout")
-    for key in table:
-        if key not in allowed:
-            raise ConfigError(f"kapacitor.{key}", f"unknown key (known: {', '.join(allowed)})")
-    url = table.get("url")
-    if not isinstance(url, str) or not url:
-        raise ConfigError("kapacitor.url", "is required (e.g. \"http://127.0.0.1:9092\")")
-    parts = url.split("://", 1)
-    if len(parts) != 2 or parts[0] not in ("http", "https") or not parts[1]:
-        raise ConfigError("kapacitor.url", "must be an http:// or https:// URL")
-    token = table.get("token")
-    if token is not None and (not isinstance(token, str) or not token):
-        raise ConfigError("kapacitor.token", "must be a non-empty string")
-    ca_file = table.get("ca_file")
-    if ca_file is not None and (not isinstance(ca_file, str) or not ca_file):
-        raise ConfigError("kapacitor.ca_file", "must be a path")
-    interval = parse_duration(table.get("reconcile_interval", "5m"), "kapacitor.reconcile_interval")
-    if interval <= 0:
-        raise ConfigError("kapacitor.reconcile_interval", "must be positive")
-    timeout = parse_duration(table.get("timeout", "10s"), "kapacitor.timeout")
-    if timeout <= 0:
-        raise ConfigError("kapacitor.timeout", "must be positive")
-    known = set(targets)
-    raw_routes = table.get("routes", {})
-    if not isinstance(raw_routes, dict):
-        raise ConfigError("kapacitor.routes", "must be a table of \"<topic or glob>\" = \"<target>\"")
-    for topic, target in raw_routes.items():
-        if not isinstance(target, str) or target not in known:
-            raise ConfigError(f"kapacitor.routes.{topic}", f"must name a configured target (known: {', '.join(sorted(known)) or 'none'})")
-    default = table.get("default_target")
-    if default is not None and (not isinstance(default, str) or default not in known):
-        raise ConfigError("kapacitor.default_target", f"must name a configured target (known: {', '.join(sorted(known)) or 'none'})")
-    return KapacitorConfig(
-        url=url.rstrip("/"),
-        token=token,
-        ca_file=ca_file,
-        reconcile_interval=interval,
-        routes=parse_routes(raw_routes, default, fanout),
-        timeout=timeout,
-    )
+def routes_of(config: KapacitorConfig, fanout: Optional[Mapping[str, Tuple[str, ...]]] = None) -> Routes:
+    """The routes of ``[kapacitor]`` in the order written (TOML tables keep it)."""
+    rules = tuple((str(k), str(v)) for k, v in (config.routes or {}).items())
+    return Routes(rules, config.default_target, dict(fanout or {}))
 
 
 def reconcile_file(
     config: KapacitorConfig,
+    routes: Routes,
     store_path: str,
     targets: Iterable[str],
     *,
@@ -391,7 +330,7 @@ def reconcile_file(
     from .store import open_store
 
     own = client is None
-    client = client or KapacitorClient(config.url, token=config.token, ca_file=config.ca_file, timeout=config.timeout)
+    client = client or KapacitorClient(config.url or "", token=config.token, ca_file=config.ca_file, timeout=config.timeout)
     try:
         state = client.read()
     except KapacitorUnavailable as exc:
@@ -405,7 +344,7 @@ def reconcile_file(
     try:
         busy = {(t, k) for t, k in conn.execute("SELECT DISTINCT target, key FROM outbox WHERE state IN ('pending', 'inflight')")}
         wanted = set(targets)
-        actions = [a for a in plan(state, open_incidents(conn), config.routes, lambda t, k: (t, k) in busy, stamp)
+        actions = [a for a in plan(state, open_incidents(conn), routes, lambda t, k: (t, k) in busy, stamp)
                    if a.target in wanted]
         if dry_run or not actions:
             return actions

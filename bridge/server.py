@@ -26,7 +26,7 @@ from typing import Any, AsyncIterator, Deque, Dict, List, Optional, Tuple
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from .config import Config
+from .config import Config, listen_error
 from .delivery import Delivery, Sender
 from .errors import ConfigError, StoreError
 from .event import EventError, parse
@@ -35,7 +35,7 @@ from .keepalive import KeepAlive
 from .log import get_logger
 from .metrics import Metrics
 from .outbox import Outbox
-from .reconcile import Reconciler
+from .reconcile import Reconciler, routes_of
 from .store import Stats
 
 __all__ = ["Health", "Service", "check_listen", "make_app", "serve"]
@@ -66,9 +66,14 @@ class Service:
         self.heartbeats = [Heartbeat(h, self.healthy, metrics=self.metrics) for h in config.heartbeats]
         self.keepalive = KeepAlive(config.targets, self.outbox, Sender(config.delivery), metrics=self.metrics)
         self.reconciler: Optional[Reconciler] = None
-        if config.kapacitor is not None:
+        if config.kapacitor.url is not None:
             self.reconciler = Reconciler(
-                config.kapacitor, self.outbox, targets=config.targets, metrics=self.metrics, on_enqueue=self._on_change
+                config.kapacitor,
+                self.outbox,
+                routes=routes_of(config.kapacitor, config.fanout),
+                targets=config.targets,
+                metrics=self.metrics,
+                on_enqueue=self._on_change,
             )
         self.draining = False
         self._probe_at = 0.0
@@ -336,14 +341,9 @@ def make_app(service: Service) -> web.Application:
 
 def check_listen(config: Config, insecure: bool) -> None:
     """Refuse an open listener without a token: alerts are a way to page people at night."""
-    server = config.server
-    if server.is_loopback or server.token or insecure:
-        return
-    raise ConfigError(
-        "server.listen",
-        f"{server.listen} is not a loopback address and server.token is not set; "
-        "set a token or pass --insecure",
-    )
+    problem = None if insecure else listen_error(config.server)
+    if problem is not None:
+        raise problem
 
 
 async def serve(config: Config, *, insecure: bool = False, registry: Optional[CollectorRegistry] = None) -> int:

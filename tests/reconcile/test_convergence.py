@@ -28,7 +28,7 @@ from bridge.config import from_mapping
 from bridge.delivery import Delivery
 from bridge.kapacitor_api import KapacitorEvent, KapacitorState
 from bridge.outbox import Outbox
-from bridge.reconcile import Reconciler
+from bridge.reconcile import Reconciler, routes_of
 from tests.bridge.harness import Receiver, Reply, kapacitor_event, wait_until
 
 IDS = ("cpu:host=a", "cpu:host=b", "cpu:host=c")
@@ -152,8 +152,8 @@ def test_platform_converges_to_kapacitor(plan: List[Step]) -> None:
             bridge.start()
         assert bridge.outbox is not None
         wait_until(bridge.drained, timeout=20, message="queue never drained")
-        reconciler = Reconciler(bridge.config.kapacitor, bridge.outbox, targets=["hook"],  # type: ignore[arg-type]
-                                client=FixedKapacitor(kapacitor))  # type: ignore[arg-type]
+        reconciler = Reconciler(bridge.config.kapacitor, bridge.outbox, routes=routes_of(bridge.config.kapacitor),
+                                targets=["hook"], client=FixedKapacitor(kapacitor))  # type: ignore[arg-type]
         assert reconciler.run_once() is not None
         bridge.delivery.wake()  # type: ignore[union-attr]
         wait_until(bridge.drained, timeout=20, message="reconcile's rows never drained")

@@ -11,7 +11,8 @@ import pytest
 from bridge.errors import ConfigError
 from bridge.event import parse
 from bridge.kapacitor_api import KapacitorEvent, KapacitorState, go_duration_ns, merge
-from bridge.reconcile import Routes, parse_kapacitor, plan
+from bridge.config import from_mapping
+from bridge.reconcile import Routes, plan, routes_of
 
 READ_AT = 1_000_000.0
 ROUTES = Routes((("main:cpu:alert2", "am"), ("main:disk_*", "oncall")), default_target="am")
@@ -138,13 +139,25 @@ class TestKapacitorShapes:
 
 class TestConfig:
     def test_parse(self):
-        """Keys, defaults and the routes' targets are checked."""
-        cfg = parse_kapacitor({"url": "http://127.0.0.1:9092/", "routes": {"main:*": "am"}}, ["am"])
-        assert cfg.url == "http://127.0.0.1:9092" and cfg.reconcile_interval == 300
-        assert cfg.routes.rules == (("main:*", "am"),)
+        """[kapacitor] keys, defaults, and routes naming configured targets (HA members included)."""
+        am = {"name": "am", "type": "alertmanager", "urls": ["http://a:9093", "http://b:9093"]}
+        cfg = from_mapping({"kapacitor": {"url": "http://127.0.0.1:9092", "routes": {"main:*": "am"}}, "target": [am]})
+        assert cfg.kapacitor.reconcile_interval == 300
+        routes = routes_of(cfg.kapacitor, cfg.fanout)
+        assert routes.rules == (("main:*", "am"),)
+        assert routes.managed == {"am", "am@2"}
         with pytest.raises(ConfigError, match=r"kapacitor\.routes\.main:\*"):
-            parse_kapacitor({"url": "http://k:9092", "routes": {"main:*": "nope"}}, ["am"])
+            from_mapping({"kapacitor": {"url": "http://k:9092", "routes": {"main:*": "nope"}}, "target": [am]})
         with pytest.raises(ConfigError, match=r"kapacitor\.url"):
-            parse_kapacitor({}, ["am"])
+            from_mapping({"kapacitor": {"default_target": "am"}, "target": [am]})
         with pytest.raises(ConfigError, match=r"kapacitor\.reconcile_intervall"):
-            parse_kapacitor({"url": "http://k:9092", "reconcile_intervall": "1m"}, ["am"])
+            from_mapping({"kapacitor": {"url": "http://k:9092", "reconcile_intervall": "1m"}})
+        assert from_mapping({}).kapacitor.url is None
+
+    def test_ha_members_each_triggered(self):
+        """A route to an HA target triggers on every member without an incident."""
+        routes = Routes((("main:cpu:alert2", "am"),), None, {"am": ("am", "am@2")})
+        s = state(kev("cpu:host=a", "CRITICAL"))
+        assert lines(plan(s, [Incident("am", "cpu:host=a", "CRITICAL")], routes, never_busy, READ_AT)) == [
+            "trigger am@2 cpu:host=a CRITICAL"
+        ]
