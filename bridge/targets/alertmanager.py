@@ -176,14 +176,12 @@ class Alertmanager:
     def from_options(cls, name: str, opts: Options) -> "Alertmanager":
         single = opts.str("url")
         many = opts.str_list("urls")
-        if single and many:
-            raise ConfigError(f"{opts.prefix}.urls", "give either url or urls, not both")
         if not single and not many:
             raise ConfigError(f"{opts.prefix}.url", "is required (or urls = [...] for an HA cluster)")
-        raw = [single] if single else list(many)
+        named = ([("url", single)] if single else []) + [(f"urls[{i}]", u) for i, u in enumerate(many)]
         urls: List[str] = []
-        for i, item in enumerate(raw):
-            check_url(opts, "url" if single else f"urls[{i}]", item)
+        for key, item in named:
+            check_url(opts, key, item)
             url = item.rstrip("/")
             urls.append(url if url.endswith(API_PATH) else url + API_PATH)
         if len(set(urls)) != len(urls):

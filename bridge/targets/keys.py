@@ -59,8 +59,8 @@ TARGET_KEYS: Tuple[Key, ...] = (
     Key(
         "urls",
         STRING_LIST,
-        "Every member of an Alertmanager HA cluster (members share no alerts): each gets its own "
-        "queue (`<name>@2`…), so a failing member is retried alone. Instead of `url`.",
+        "Members of an Alertmanager HA cluster (after `url`, if given; members share no alerts): "
+        "each gets every alert through its own queue (`<name>@2`…), so a failing member is retried alone.",
         types=("alertmanager",),
     ),
     Key(

@@ -174,9 +174,10 @@ class TestConfig:
             target(severity="x")
 
     def test_urls_for_ha(self):
-        """``urls`` lists every HA member; ``url`` and ``urls`` together are refused."""
+        """``urls`` lists HA members (after ``url`` if given); the same member twice is refused."""
         t = build("alertmanager", {"urls": [URL, "http://am2.example.net:9093"]})
         assert t.members == (URL + "/api/v2/alerts", "http://am2.example.net:9093/api/v2/alerts")
+        assert build("alertmanager", {"url": URL, "urls": ["http://am2.example.net:9093"]}).members == t.members
         with pytest.raises(ConfigError, match=r"target\.t\.urls"):
             build("alertmanager", {"url": URL, "urls": [URL]})
 

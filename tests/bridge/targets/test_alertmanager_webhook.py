@@ -137,9 +137,9 @@ class TestReceiver:
         with OnCallAlertmanagerReceiver() as rx:
             t = target(url=rx.url)
             assert send(t.render(event())).json() == "Ok."
-            assert rx.incidents == {GK: "open"}
+            assert rx.incidents == {"disk_used:host=db-7": "open"}
             send(t.render(recovery()))
-            assert rx.incidents == {GK: "resolved"}
+            assert rx.incidents == {"disk_used:host=db-7": "resolved"}
 
 
 class TestProperties:
