@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -340,7 +341,10 @@ def reconcile_file(
         if own:
             client.close()
     stamp = time.time() if now is None else now
-    conn = open_store(store_path, create=False)
+    if dry_run and not os.path.exists(store_path):
+        # The bridge never ran: it has told the platforms nothing.
+        return [a for a in plan(state, [], routes, lambda t, k: False, stamp) if a.target in set(targets)]
+    conn = open_store(store_path, create=True)
     try:
         busy = {(t, k) for t, k in conn.execute("SELECT DISTINCT target, key FROM outbox WHERE state IN ('pending', 'inflight')")}
         wanted = set(targets)
