@@ -107,7 +107,6 @@ def measure(alerts: int, runs: int) -> Dict[str, Any]:
             assert result.alerts == alerts and result.failed == 0, result
             rows.append({"wall": wall, "cpu": cpu, "requests": result.requests, "max_hold": max(timed.holds)})
         keepalive.stop()
-        sender.close()
         box.close()
     finally:
         receiver.close()

@@ -38,6 +38,8 @@ BATCH = 500
 class _Send(Protocol):
     def send(self, target: TargetConfig, request: Any) -> Any: ...
 
+    def close(self) -> None: ...
+
 
 @dataclass(frozen=True)
 class Round:
@@ -96,6 +98,7 @@ class KeepAlive:
         if self._thread is not None:
             self._thread.join(timeout)
         self._pool.shutdown(wait=False)
+        self.sender.close()
 
     def _run(self) -> None:
         due = {name: 0.0 for name in self.targets}

@@ -234,3 +234,17 @@ class TestProperties:
         body = json.dumps({"id": ev.id, "level": "CRITICAL", "time": "2025-06-02T08:15:00Z", "details": ev.details})
         fired = Told("CRITICAL", ("WARNING", "CRITICAL"), body.encode())
         assert problems(AlertmanagerReceiver(), t.render_told(ev, fired, now=NOW)) == []
+
+
+class TestCheckConfig:
+    def test_warns_when_resend_not_below_resolve_timeout(self, tmp_path, capsys):
+        """check-config accepts resend_interval = "5m" but warns that alerts may lapse."""
+        from bridge.cli import main
+
+        path = tmp_path / "bridge.toml"
+        path.write_text(f'[[target]]\nname = "am"\ntype = "alertmanager"\nurl = "{URL}"\nresend_interval = "5m"\n')
+        assert main(["check-config", "--config", str(path)]) == 0
+        assert "warning: target.am: resend_interval = 300s" in capsys.readouterr().err
+        path.write_text(f'[[target]]\nname = "am"\ntype = "alertmanager"\nurl = "{URL}"\nresend_interval = "1m"\n')
+        assert main(["check-config", "--config", str(path)]) == 0
+        assert "resend_interval" not in capsys.readouterr().err
