@@ -18,7 +18,7 @@ from typing import Any, Dict, Optional, Sequence, TextIO
 
 from . import __version__
 from . import log as logmod
-from .config import Config, default_config, format_duration, load, parse_listen
+from .config import Config, bind_bridge_url, default_config, format_duration, load, parse_listen
 from .errors import ConfigError, DeliveryError, StoreError
 from .schema import ConfigErrors
 from .event import LEVELS
@@ -206,6 +206,7 @@ def _check_config(args: argparse.Namespace, config: Config, out: _Out, err: _Out
 def _send_test(args: argparse.Namespace, config: Config, out: _Out, err: _Out) -> int:
     from .delivery import Sender, send_once, synthetic_event
 
+    config = bind_bridge_url(config)
     target = config.targets.get(args.target)
     if target is None:
         known = ", ".join(sorted(config.targets)) or "none"

@@ -65,6 +65,7 @@ __all__ = [
     "ServerConfig",
     "StoreConfig",
     "TargetConfig",
+    "bind_bridge_url",
     "default_config",
     "format_duration",
     "from_mapping",
@@ -394,7 +395,6 @@ def _build(data: Mapping[str, Any], secrets: Set[str], source: Optional[str], er
             errors.add(f"heartbeat.{beat.name}.name", "duplicate heartbeat name")
         heartbeats.append(beat)
     fanout = _fan_out(targets, secrets)
-    _bind_bridge_url(targets, parts["server"])
     _check_routes(parts["kapacitor"], targets, errors)
     if errors:
         return Config(server=parts["server"]) if "server" in parts else None
@@ -436,12 +436,18 @@ def _fan_out(targets: Dict[str, TargetConfig], secrets: Set[str]) -> Dict[str, T
     return fanout
 
 
-def _bind_bridge_url(targets: Dict[str, TargetConfig], server: ServerConfig) -> None:
-    """Targets that name the bridge in their payload (``externalURL``) learn where it listens."""
-    for name, target in list(targets.items()):
+def bind_bridge_url(config: Config) -> Config:
+    """Targets that name the bridge in their payload (``externalURL``) learn where it listens.
+
+    Done by ``serve`` and ``send-test``, not by the loader: the loaded targets stay equal to
+    what their type builds from the same keys.
+    """
+    targets = dict(config.targets)
+    for name, target in config.targets.items():
         bind = getattr(target.target, "with_bridge_url", None)
         if bind is not None:
-            targets[name] = dataclasses.replace(target, target=bind(f"http://{server.listen}"))
+            targets[name] = dataclasses.replace(target, target=bind(f"http://{config.server.listen}"))
+    return dataclasses.replace(config, targets=targets)
 
 
 def _check_routes(kapacitor: KapacitorConfig, targets: Mapping[str, TargetConfig], errors: Errors) -> None:

@@ -26,7 +26,7 @@ from typing import Any, AsyncIterator, Deque, Dict, List, Optional, Tuple
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from .config import Config, listen_error
+from .config import Config, bind_bridge_url, listen_error
 from .delivery import Delivery, Sender
 from .errors import ConfigError, StoreError
 from .event import EventError, parse
@@ -59,6 +59,7 @@ class Service:
     """Config + outbox + delivery + metrics + heartbeats: the running bridge minus HTTP."""
 
     def __init__(self, config: Config, *, registry: Optional[CollectorRegistry] = None) -> None:
+        config = bind_bridge_url(config)
         self.config = config
         self.registry = registry if registry is not None else CollectorRegistry()
         self.metrics = Metrics(self.registry)

@@ -36,6 +36,7 @@ from ._common import (
     rfc3339,
     scrub,
     title,
+    url_option,
 )
 from .base import HttpRequest, Options, RateLimit, register
 
@@ -154,7 +155,7 @@ def _at(seconds: float) -> datetime:
 @register("alertmanager")
 @dataclass(frozen=True)
 class Alertmanager:
-    """POST alerts to ``<url>/api/v2/alerts`` of an Alertmanager (every member of ``urls``)."""
+    """POST alerts to ``<url>/api/v2/alerts`` of an Alertmanager (and of each further HA member in ``urls``)."""
 
     name: str
     #: The first member; may carry basic-auth credentials (``https://user:pass@am.example.net``).
@@ -163,7 +164,7 @@ class Alertmanager:
     link_template: Optional[LinkTemplate] = None
     #: Seconds between keep-alive re-posts of every open alert.
     resend_interval: float = DEFAULT_RESEND
-    #: Every HA member (``urls``); ``url`` alone is a one-member cluster.
+    #: Every HA member: ``url`` then ``urls``; ``url`` alone is a one-member cluster.
     urls: Tuple[str, ...] = field(default=(), repr=False)
     #: Tag keys made labels although the id does not encode them (must be stable per id).
     labels: Tuple[str, ...] = ()
@@ -174,11 +175,9 @@ class Alertmanager:
 
     @classmethod
     def from_options(cls, name: str, opts: Options) -> "Alertmanager":
-        single = opts.str("url")
+        single = url_option(opts)
         many = opts.str_list("urls")
-        if not single and not many:
-            raise ConfigError(f"{opts.prefix}.url", "is required (or urls = [...] for an HA cluster)")
-        named = ([("url", single)] if single else []) + [(f"urls[{i}]", u) for i, u in enumerate(many)]
+        named = [("url", single)] + [(f"urls[{i}]", u) for i, u in enumerate(many)]
         urls: List[str] = []
         for key, item in named:
             check_url(opts, key, item)

@@ -52,15 +52,15 @@ TARGET_KEYS: Tuple[Key, ...] = (
     Key(
         "url",
         URL,
-        "Alertmanager base URL (`/api/v2/alerts` is appended unless present).",
-        default_text="required unless `urls`",
+        "Alertmanager base URL (`/api/v2/alerts` is appended unless present); the first member of an HA cluster.",
+        required=True,
         types=("alertmanager",),
     ),
     Key(
         "urls",
         STRING_LIST,
-        "Members of an Alertmanager HA cluster (after `url`, if given; members share no alerts): "
-        "each gets every alert through its own queue (`<name>@2`…), so a failing member is retried alone.",
+        "Further members of an Alertmanager HA cluster (members share no alerts): each member gets "
+        "every alert through its own queue (`<name>@2`…), so a failing member is retried alone.",
         types=("alertmanager",),
     ),
     Key(

@@ -37,7 +37,8 @@ backoff_max = "300ms"
 [[target]]
 name = "am"
 type = "alertmanager"
-urls = ["{alertmanager.url}", "{second.url}"]
+url = "{alertmanager.url}"
+urls = ["{second.url}"]
 resend_interval = "1s"
 """
     bridge = BridgeProcess(config, tmp_path / "bridge")

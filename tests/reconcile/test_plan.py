@@ -140,7 +140,7 @@ class TestKapacitorShapes:
 class TestConfig:
     def test_parse(self):
         """[kapacitor] keys, defaults, and routes naming configured targets (HA members included)."""
-        am = {"name": "am", "type": "alertmanager", "urls": ["http://a:9093", "http://b:9093"]}
+        am = {"name": "am", "type": "alertmanager", "url": "http://a:9093", "urls": ["http://b:9093"]}
         cfg = from_mapping({"kapacitor": {"url": "http://127.0.0.1:9092", "routes": {"main:*": "am"}}, "target": [am]})
         assert cfg.kapacitor.reconcile_interval == 300
         routes = routes_of(cfg.kapacitor, cfg.fanout)

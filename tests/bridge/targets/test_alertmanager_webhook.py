@@ -9,7 +9,7 @@ from typing import Tuple
 import pytest
 from hypothesis import given
 
-from bridge.config import from_mapping
+from bridge.config import bind_bridge_url, from_mapping
 from bridge.errors import ConfigError
 from bridge.targets.alertmanager_webhook import fingerprint, group_key
 from tests.receivers import OnCallAlertmanagerReceiver, validate_alertmanager_webhook
@@ -114,9 +114,9 @@ class TestRender:
         assert {a["labels"]["severity"]: a["status"] for a in sent["alerts"]} == {"critical": "firing", "warning": "resolved"}
 
     def test_external_url_defaults_to_bridge(self):
-        """Loaded from a config, externalURL is the bridge's own URL unless set."""
-        config = from_mapping({"server": {"listen": "127.0.0.1:9095"},
-                               "target": [{"name": "oc", "type": "alertmanager-webhook", "url": URL}]})
+        """As serve and send-test bind it, externalURL is the bridge's own URL unless set."""
+        config = bind_bridge_url(from_mapping({"server": {"listen": "127.0.0.1:9095"},
+                                               "target": [{"name": "oc", "type": "alertmanager-webhook", "url": URL}]}))
         assert body(config.targets["oc"].target.render(event()))["externalURL"] == "http://127.0.0.1:9095"
 
 
