@@ -1,5 +1,6 @@
 """Keep-alive cost: one re-post round of N open Alertmanager alerts, per alert.
 
+    .venv/bin/python -m bench --sections keepalive      # part of `make bench`
     .venv/bin/python -m bench.keepalive [--alerts 10000] [--runs 5] [--no-write]
 
 N open incidents are written to a fresh store's ledger; :class:`bridge.keepalive.KeepAlive`
@@ -9,7 +10,8 @@ process's CPU), requests, and the longest time one batch held its keys (while he
 new event of those ids waits: that is what keep-alive can cost delivery). The anchor in
 the same run: one plain delivery-sized POST of one alert on the same connection pool,
 so the per-alert figure reads as "x of one single-alert POST". The figures go to the
-"Alertmanager keep-alive" section of ``bench/results.md`` (replaced on each run).
+"Alertmanager keep-alive" section of ``bench/results.md`` (``bench.report`` renders it
+from the results JSON; run alone, this module replaces that section in place).
 """
 
 from __future__ import annotations
