@@ -292,17 +292,8 @@ class _Handlers:
             self.service.outbox.enqueue_with(
                 self._completions.resolver(future), name, event.id, event.level, body, expire_after=expire
             )
-            others: List["asyncio.Future[int]"] = []
-            for member in self.fanout.get(name, ())[1:]:  # HA members: one durable row each
-                more: "asyncio.Future[int]" = loop.create_future()
-                self._waiting.append((time.monotonic() + self.commit_timeout, more))
-                self.service.outbox.enqueue_with(
-                    self._completions.resolver(more), member, event.id, event.level, body, expire_after=expire
-                )
-                others.append(more)
             seq = await future
-            for more in others:
-                await more
+            await self._fan_out(name, event.id, event.level, body, expire)
         except StoreError as exc:
             self._received(name, "store_error")
             log.error("alert.store_failed", target=name, id=event.id, error=str(exc))
@@ -321,6 +312,23 @@ class _Handlers:
         """Answer a refusal in JSON and log it (rate-limited): Kapacitor's log rarely shows why."""
         self.rejections.record(request, status, message, target)
         return _error(status, message, **extra)
+
+    async def _fan_out(self, name: str, key: str, level: str, body: bytes, expire: Optional[float]) -> None:
+        """The other members of an HA target (``<name>@2``…) get their own durable row each."""
+        members = self.fanout.get(name, ())[1:]
+        if not members or self._completions is None:
+            return
+        loop = asyncio.get_running_loop()
+        futures: List["asyncio.Future[int]"] = []
+        for member in members:
+            future: "asyncio.Future[int]" = loop.create_future()
+            self._waiting.append((time.monotonic() + self.commit_timeout, future))
+            self.service.outbox.enqueue_with(
+                self._completions.resolver(future), member, key, level, body, expire_after=expire
+            )
+            futures.append(future)
+        for future in futures:
+            await future
 
     async def healthz(self, request: web.Request) -> web.Response:
         health = await asyncio.get_running_loop().run_in_executor(None, self.service.health)
