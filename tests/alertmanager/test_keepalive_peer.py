@@ -136,3 +136,17 @@ class TestKeepAlive:
         event = kapacitor_event(ID, "CRITICAL", time="2999-01-01T00:00:00Z")
         assert bridge.post_alert("am", event)[0] == 202
         wait_until(lambda: alertmanager.active().get(ID) == ["critical"], timeout=10, message="future alert lost")
+
+
+class TestIdentity:
+    def test_ok_with_other_non_group_tag_resolves(self, bridge: BridgeProcess, alertmanager: Alertmanager) -> None:
+        """CRITICAL with cpu=cpu3, OK with cpu=cpu-total (groupBy host): the OK still resolves the alert."""
+        fire = kapacitor_event(ID, "CRITICAL", tags={"host": "web-01", "cpu": "cpu3"})
+        assert bridge.post_alert("am", fire)[0] == 202
+        wait_until(lambda: alertmanager.active().get(ID) == ["critical"], timeout=10, message="never active")
+        [alert] = alertmanager.alerts(active="true")
+        assert alert["labels"] == {"alertname": "cpu", "host": "web-01", "kapacitor_id": ID, "severity": "critical"}
+        assert alert["annotations"]["cpu"] == "cpu3"
+        ok = kapacitor_event(ID, "OK", previous_level="CRITICAL", tags={"host": "web-01", "cpu": "cpu-total"})
+        assert bridge.post_alert("am", ok)[0] == 202
+        wait_until(lambda: ID not in alertmanager.active(), timeout=5, message="OK with another cpu tag did not resolve")

@@ -152,3 +152,38 @@ def test_unreachable_kapacitor_changes_nothing(stack: Callable[..., Stack]) -> N
     s.bridge.start()
     s.bridge.wait_until(lambda: s.bridge.metric("oncall_reconcile_errors_total") == 1, message="error counted")
     assert s.receiver.incidents.get(ALERT_ID) == "open"
+
+
+TOPIC_AND_HANDLER = """
+stream
+    |from()
+        .measurement('cpu')
+        .groupBy('host')
+    |alert()
+        .id('{{ .Name }}:{{ .Group }}')
+        .message('{{ .ID }} is {{ .Level }}')
+        .crit(lambda: "usage_user" > 90.0)
+        .stateChangesOnly()
+        .topic('cpu')
+        .post()
+            .endpoint('oncall-bridge')
+"""
+
+
+def test_id_in_two_topics_is_one_trigger(stack: Callable[..., Stack]) -> None:
+    """A node with .topic('cpu') and a handler lists the id in two topics: reconcile sends one trigger."""
+    s = stack(routes=f'routes = {{ "cpu" = "{TARGET}" }}')
+    k = s.kapacitord
+    k.define_task("cpu_topic", TOPIC_AND_HANDLER, dbrps=[DBRP])
+    k.wait_task("cpu_topic", lambda t: bool(t["executing"]))
+    s.write(BASELINE + SPIKE)
+    for topic in ("cpu", "main:cpu_topic:alert2"):
+        k.wait_for(lambda topic=topic: k.topic_events(topic), lambda ev: bool(ev) and ev[0]["state"]["level"] == "CRITICAL",
+                   15, what=f"topic {topic}")
+    dry = s.bridge.cli("reconcile", "--dry-run")
+    assert (dry.returncode, dry.stdout.strip()) == (0, f"trigger {TARGET} {ALERT_ID} CRITICAL"), dry.stdout + dry.stderr
+    s.bridge.start()
+    wait_until(lambda: s.receiver.incidents.get(ALERT_ID) == "open", 15, message="reconcile triggered it")
+    s.bridge.wait_until(lambda: s.bridge.metric("oncall_reconcile_actions_total", {"target": TARGET, "action": "trigger"}) == 1,
+                        message="one trigger counted")
+    assert [(r.json()["id"], r.json()["level"]) for r in s.receiver.requests] == [(ALERT_ID, "CRITICAL")]
