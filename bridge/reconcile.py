@@ -346,7 +346,13 @@ def reconcile_file(
         return [a for a in plan(state, [], routes, lambda t, k: False, stamp) if a.target in set(targets)]
     conn = open_store(store_path, create=True)
     try:
-        busy = {(t, k) for t, k in conn.execute("SELECT DISTINCT target, key FROM outbox WHERE state IN ('pending', 'inflight')")}
+        # Like Outbox.idle: a key with a queued, in-flight or silenced row is left alone.
+        busy = {
+            (t, k)
+            for t, k in conn.execute(
+                "SELECT DISTINCT target, key FROM outbox WHERE state IN ('pending', 'inflight', 'silenced')"
+            )
+        }
         wanted = set(targets)
         actions = [a for a in plan(state, open_incidents(conn), routes, lambda t, k: (t, k) in busy, stamp)
                    if a.target in wanted]
