@@ -50,6 +50,8 @@ class Round:
     requests: int
     failed: int
     skipped_busy: int
+    #: Alerts not tried this round because the Alertmanager failed the batch before.
+    abandoned: int = 0
 
 
 def keepalive_targets(targets: Mapping[str, TargetConfig]) -> Dict[str, TargetConfig]:
@@ -121,7 +123,9 @@ class KeepAlive:
         am: Alertmanager = config.target
         incidents = self.ledger.incidents(name)
         alerts = requests = failed = busy = 0
-        for chunk in _chunks([i.key for i in incidents], self._batch):
+        keys = [i.key for i in incidents]
+        abandoned = 0
+        for start, chunk in enumerate(_chunks(keys, self._batch)):
             with self.ledger.hold(name, chunk) as held:
                 busy += len(chunk) - len(held)
                 stamp = self._clock() if now is None else now
@@ -132,7 +136,12 @@ class KeepAlive:
             alerts += len(batch)
             requests += len(outcomes)
             failed += sum(1 for ok in outcomes if not ok)
-        result = Round(name, alerts, requests, failed, busy)
+            if not any(outcomes):
+                # Unreachable: the other batches would each wait out a timeout while holding
+                # their keys from delivery. The next round tries again.
+                abandoned = len(keys) - (start + 1) * self._batch
+                break
+        result = Round(name, alerts, requests, failed, busy, max(0, abandoned))
         self._count(result)
         if alerts or failed:
             log.info(
@@ -142,6 +151,7 @@ class KeepAlive:
                 requests=requests,
                 failed=failed,
                 skipped_busy=busy,
+                abandoned=result.abandoned,
             )
         return result
 
