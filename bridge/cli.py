@@ -1,4 +1,4 @@
-"""``kapacitor-oncall-bridge``: serve, check-config, config-reference, send-test, queue, replay.
+"""``kapacitor-oncall-bridge``: serve, check-config, config-reference, send-test, queue, replay, reconcile.
 
 Exit codes: 0 success, 1 the operation failed (a send-test the platform
 refused), 2 bad configuration or usage, 3 the store is unusable. Every line
@@ -18,7 +18,7 @@ from typing import Any, Dict, Optional, Sequence, TextIO
 
 from . import __version__
 from . import log as logmod
-from .config import Config, default_config, format_duration, load, parse_listen
+from .config import Config, bind_bridge_url, default_config, format_duration, load, parse_listen
 from .errors import ConfigError, DeliveryError, StoreError
 from .schema import ConfigErrors
 from .event import LEVELS
@@ -76,6 +76,14 @@ def _parser() -> argparse.ArgumentParser:
     replay = add("replay", "Put dead letters back into the queue (a running bridge picks them up).")
     replay.add_argument("--target", "-t")
     replay.add_argument("--id", dest="alert_id", help="only this alert id")
+    rec = add(
+        "reconcile",
+        "Compare Kapacitor's alert state with what the platforms were told; queue the missing "
+        "resolves and triggers (a running bridge sends them).",
+        True,
+    )
+    rec.add_argument("--dry-run", action="store_true", help="only print the differences")
+    rec.add_argument("--json", action="store_true", help="machine-readable output")
     return parser
 
 
@@ -182,6 +190,14 @@ def _check_config(args: argparse.Namespace, config: Config, out: _Out, err: _Out
         for h in config.heartbeats:
             ping = "  kapacitor ping: yes" if h.kapacitor_url else ""
             out.line(f"  {h.name:<20} every {_dur(h.interval)}  {h.method}{ping}")
+    if config.kapacitor.url is not None:
+        k = config.kapacitor
+        routes = ", ".join(f"{topic} -> {target}" for topic, target in (k.routes or {}).items()) or "none"
+        out.line(f"kapacitor  reconcile every {_dur(k.reconcile_interval)}  routes: {routes}  "
+                 f"default_target: {k.default_target or 'none'}  token: {'set' if k.token else 'none'}")
+    for t in config.targets.values():
+        for warning in getattr(t.target, "warnings", lambda: [])():
+            err.line(f"warning: target.{t.name}: {warning}")
     if not s.is_loopback and not s.token:
         err.line(f"warning: server.listen: {s.listen} is not a loopback address and has no token (--insecure)")
     return EXIT_OK
@@ -190,6 +206,7 @@ def _check_config(args: argparse.Namespace, config: Config, out: _Out, err: _Out
 def _send_test(args: argparse.Namespace, config: Config, out: _Out, err: _Out) -> int:
     from .delivery import Sender, send_once, synthetic_event
 
+    config = bind_bridge_url(config)
     target = config.targets.get(args.target)
     if target is None:
         known = ", ".join(sorted(config.targets)) or "none"
@@ -266,12 +283,34 @@ def _replay(args: argparse.Namespace, config: Config, out: _Out, err: _Out) -> i
     return EXIT_OK
 
 
+def _reconcile(args: argparse.Namespace, config: Config, out: _Out, err: _Out) -> int:
+    from .reconcile import reconcile_file, routes_of
+
+    if config.kapacitor.url is None:
+        raise ConfigError("kapacitor.url", "is required for reconcile (add a [kapacitor] table)")
+    routes = routes_of(config.kapacitor, config.fanout)
+    actions = reconcile_file(config.kapacitor, routes, config.store.path, config.targets, dry_run=args.dry_run)
+    if actions is None:
+        err.line(f"{PROG}: Kapacitor could not be read; nothing was changed (see the log line above)")
+        return EXIT_FAILED
+    if args.json:
+        out.line(json.dumps({"in_sync": not actions, "dry_run": args.dry_run,
+                             "actions": [a.as_dict() for a in actions]}, indent=2))
+        return EXIT_OK
+    if not actions:
+        out.line("in sync")
+    for action in actions:
+        out.line(action.line())
+    return EXIT_OK
+
+
 _COMMANDS: Dict[str, Any] = {
     "serve": _serve,
     "check-config": _check_config,
     "send-test": _send_test,
     "queue": _queue,
     "replay": _replay,
+    "reconcile": _reconcile,
 }
 
 

@@ -414,7 +414,7 @@ class Delivery:
             return
         try:
             event = parse(row.body)
-            request = target.target.render(event)
+            request = self._render(head, target, event)
         except EventError as exc:
             self._dead(head, row.attempts, f"stored event is invalid: {exc}", None, "")
             return
@@ -451,6 +451,14 @@ class Delivery:
                 status=response.status,
                 seconds=round(response.elapsed, 4),
             )
+
+    def _render(self, head: Head, target: TargetConfig, event: AlertEvent) -> Request:
+        """``render_told`` (seam 3) when the target has it: the request depends on what the
+        platform was told (Alertmanager resolves exactly the severities that fired)."""
+        render_told = getattr(target.target, "render_told", None)
+        if render_told is None:
+            return target.target.render(event)  # type: ignore[no-any-return]
+        return render_told(event, self.outbox.told(head.target, head.key))  # type: ignore[no-any-return]
 
     def _observe(self, target: str, started: float) -> None:
         if self.metrics is not None:
