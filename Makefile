@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: venv kapacitor test demo bench check proto clean
+.PHONY: venv kapacitor promtool chromium test demo bench check proto clean
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,7 +19,14 @@ venv: $(STAMP)
 kapacitor:
 	scripts/kapacitor-build >/dev/null
 
-test: venv kapacitor
+# promtool checks deploy/prometheus rules; Chromium drives the status page (tests/ui).
+promtool:
+	nice scripts/promtool-build >/dev/null
+
+chromium:
+	scripts/chromium-install
+
+test: venv kapacitor promtool chromium
 	$(BIN)/python -m pytest
 
 demo: venv kapacitor
