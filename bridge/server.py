@@ -35,6 +35,7 @@ from .log import get_logger
 from .metrics import Metrics
 from .outbox import Outbox
 from .store import Stats
+from .ui import setup_ui
 
 __all__ = ["Health", "Service", "check_listen", "make_app", "serve"]
 
@@ -297,6 +298,7 @@ def make_app(service: Service) -> web.Application:
     app.router.add_post("/alerts/{target}", handlers.post_alert)
     app.router.add_get("/healthz", handlers.healthz)
     app.router.add_get("/metrics", handlers.metrics_text)
+    setup_ui(app, service)
 
     async def sweeper(app: web.Application) -> AsyncIterator[None]:
         task = asyncio.get_running_loop().create_task(handlers.sweep())
