@@ -39,7 +39,9 @@ SECURITY_HEADERS = {
     ),
     "X-Frame-Options": "DENY",
     "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
+    # Not no-referrer: with it Chromium sends "Origin: null" on form posts, and the same-origin
+    # check below needs the real origin. same-origin still sends nothing to other sites.
+    "Referrer-Policy": "same-origin",
     "Cache-Control": "no-store",
 }
 _STATIC_TYPES = {".css": "text/css", ".js": "text/javascript"}
@@ -80,7 +82,7 @@ class _UI:
             "auth_enabled": self.auth.enabled,
             "signed_in": signed_in,
             "csrf": self.auth.csrf(cookie) if signed_in and cookie else "",
-            "refresh": REFRESH_SECONDS,
+            "refresh": _refresh(request),
             "message": message,
             "message_bad": request.query.get("bad") == "1",
             **extra,
@@ -213,6 +215,12 @@ class _UI:
         await loop.run_in_executor(None, lambda: self.service.outbox.check_external(wait=True))
         log.info("ui.dropped", seq=seq, remote=request.remote)
         return self._back(f"dropped dead letter #{seq}")
+
+
+def _refresh(request: web.Request) -> int:
+    """``?refresh=N`` (1..300 s) overrides the default, e.g. for a wall screen."""
+    raw = request.query.get("refresh", "")
+    return min(300, max(1, int(raw))) if raw.isdigit() else REFRESH_SECONDS
 
 
 def _guard(handler: Handler) -> Handler:
