@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any, AsyncIterator, Deque, Dict, List, Optional, Tuple
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, generate_latest
 
 from .config import Config
 from .delivery import Delivery
@@ -34,6 +34,7 @@ from .heartbeat import Heartbeat
 from .log import get_logger
 from .metrics import Metrics
 from .outbox import Outbox
+from .silences import Silencer
 from .store import Stats
 from .ui import setup_ui
 
@@ -62,6 +63,9 @@ class Service:
         self.metrics = Metrics(self.registry)
         self.outbox = Outbox(config.store.path, on_change=self._on_change)
         self.delivery = Delivery(config, self.outbox, metrics=self.metrics)
+        silenced = Gauge("oncall_silences_active", "Silences in force (read from the store).", registry=self.registry)
+        self.silencer = Silencer(config.store.path, self.outbox.transact, on_read=silenced.set)
+        self.delivery.hold = self.silencer.holds
         self.heartbeats = [Heartbeat(h, self.healthy, metrics=self.metrics) for h in config.heartbeats]
         self.draining = False
         self._probe_at = 0.0
@@ -78,6 +82,7 @@ class Service:
     def start(self) -> None:
         """Open the store (recovering a crash), start delivery and heartbeats."""
         self.outbox.open()
+        self.silencer.start()
         self.delivery.start()
         for heartbeat in self.heartbeats:
             heartbeat.start()
@@ -90,6 +95,7 @@ class Service:
         self.draining = True
         for heartbeat in self.heartbeats:
             heartbeat.stop()
+        self.silencer.stop()
         clean = self.delivery.stop(timeout)
         left = self.outbox.stats().total_pending
         self.outbox.close()

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from .errors import StoreError
+from .silences import list_silences, matches, row_fields
 
 __all__ = [
     "DeadLetter",
@@ -214,10 +215,8 @@ def _per_target(conn: sqlite3.Connection) -> Dict[str, Dict[str, Any]]:
 
 def _incidents(conn: sqlite3.Connection, tables: set[str]) -> List[Incident]:
     """Open incidents: the ledger when the store has one, else the last level told per id."""
-    if "incidents" in tables:
-        columns = {r[1] for r in conn.execute("PRAGMA table_info(incidents)")}
-        where = " WHERE closed_at IS NULL" if "closed_at" in columns else ""
-        rows = conn.execute(f"SELECT target, key, level, opened_at FROM incidents{where} ORDER BY opened_at")
+    if "ledger" in tables:
+        rows = conn.execute("SELECT target, key, level, opened_at FROM ledger WHERE open = 1 ORDER BY opened_at")
     else:
         rows = conn.execute(
             "SELECT target, key, level, sent_at FROM last_forwarded WHERE level != 'OK' ORDER BY sent_at"
@@ -226,15 +225,22 @@ def _incidents(conn: sqlite3.Connection, tables: set[str]) -> List[Incident]:
 
 
 def _silences(conn: sqlite3.Connection, tables: set[str], now: float) -> List[Silence]:
+    """Active silences, with how many rows each holds (matched here: a row may match several)."""
     if "silences" not in tables:
         return []
-    rows = conn.execute(
-        "SELECT id, matchers, starts_at, ends_at, comment, created_by,"
-        " (SELECT count(*) FROM outbox WHERE state = 'silenced' AND silence_id = s.id)"
-        " FROM silences s WHERE expired_at IS NULL AND ends_at > ? ORDER BY ends_at",
-        (now,),
-    )
-    return [Silence(*r) for r in rows]
+    active = [s for s in list_silences(conn, now=now) if s.active(now)]
+    held: Dict[str, int] = {s.id: 0 for s in active}
+    if active:
+        for target, key, level, body in conn.execute(
+            "SELECT target, key, level, body FROM outbox WHERE state = 'silenced' ORDER BY seq DESC LIMIT 5000"
+        ):
+            fields = row_fields(target, bytes(body), key, level)
+            for silence in active:
+                if matches(silence, fields):
+                    held[silence.id] += 1
+    return [
+        Silence(s.id, s.text, s.starts_at, s.ends_at, s.comment, s.created_by, held[s.id]) for s in active
+    ]
 
 
 def snapshot(

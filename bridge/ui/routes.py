@@ -16,10 +16,12 @@ from urllib.parse import quote, urlsplit
 
 from aiohttp import web
 
+from .. import silences
 from ..errors import StoreError
 from ..log import get_logger
 from ..status import Snapshot, connect, snapshot, summarise
 from .actions import dead_row, drop_dead
+from .api import SilenceAPI, write_silence
 from .auth import COOKIE, SESSION_SECONDS, Auth
 from .render import environment
 
@@ -216,6 +218,37 @@ class _UI:
         log.info("ui.dropped", seq=seq, remote=request.remote)
         return self._back(f"dropped dead letter #{seq}")
 
+    async def add_silence(self, request: web.Request) -> web.Response:
+        refused = await self._authorised(request)
+        if refused is not None:
+            return refused
+        form = await request.post()
+        lines = str(form.get("matchers", "")).splitlines()
+        comment = str(form.get("comment", ""))
+        try:
+            matchers = silences.parse_matchers(lines)
+            seconds = silences.parse_duration(str(form.get("duration", "")))
+            made = await write_silence(
+                self.service,
+                lambda cur: silences.add(cur, matchers, seconds, comment, f"status page ({request.remote})"),
+            )
+        except silences.SilenceError as exc:
+            return self._back(f"silence not added: {exc}", bad=True)
+        log.info("silence.added", silence=made.id, matchers=made.text, until=made.ends_at, by=made.created_by)
+        return self._back(f"silence {made.id} added: {made.text}")
+
+    async def expire_silence(self, request: web.Request) -> web.Response:
+        refused = await self._authorised(request)
+        if refused is not None:
+            return refused
+        silence_id = request.match_info["id"]
+        try:
+            await write_silence(self.service, lambda cur: silences.expire(cur, silence_id))
+        except silences.SilenceError as exc:
+            return self._back(str(exc), bad=True)
+        log.info("silence.expired", silence=silence_id, remote=request.remote)
+        return self._back(f"silence {silence_id} expired; held alerts are released now")
+
 
 def _refresh(request: web.Request) -> int:
     """``?refresh=N`` (1..300 s) overrides the default, e.g. for a wall screen."""
@@ -249,4 +282,7 @@ def setup_ui(app: web.Application, service: "Service") -> "_UI":
     router.add_post("/ui/logout", _guard(ui.logout))
     router.add_post("/ui/dead/{seq}/replay", _guard(ui.replay))
     router.add_post("/ui/dead/{seq}/drop", _guard(ui.drop))
+    router.add_post("/ui/silences", _guard(ui.add_silence))
+    router.add_post("/ui/silences/{id}/expire", _guard(ui.expire_silence))
+    SilenceAPI(service).register(app)
     return ui
