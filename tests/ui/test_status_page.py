@@ -85,6 +85,11 @@ url = "{down.url}/chat"
         assert b.post_alert("pager", kapacitor_event("cpu:host=web-01", "CRITICAL"))[0] == 202
         assert b.post_alert("pager", kapacitor_event("poison:host=web-02", "WARNING"))[0] == 202
         assert b.post_alert("chat", kapacitor_event("disk:host=db-1", "CRITICAL"))[0] == 202
+        silence = {"matchers": ["id=~maint:.*"], "for": "2h", "comment": "kernel upgrade web-07", "created_by": "ops"}
+        made = requests.post(f"{b.url}/api/silences", json=silence, headers={"Authorization": f"Bearer {TOKEN}"})
+        assert made.status_code == 201, made.text
+        assert b.post_alert("pager", kapacitor_event("maint:host=web-07", "CRITICAL"))[0] == 202
+        wait_until(lambda: _states(b).get("maint:host=web-07") == "silenced", message="held by the silence")
         wait_until(lambda: platform.got("cpu:host=web-01"), message="delivery of cpu:host=web-01")
         wait_until(lambda: _states(b).get("poison:host=web-02") == "dead", message="poison dead")
         wait_until(lambda: down.requests, message="first attempt at chat")
@@ -138,6 +143,11 @@ class TestReadOnly:
         assert _text(browser, "#sum-dead") == "1"
         assert _text(browser, "#sum-queued") == "1"
         assert _text(browser, "#sum-incidents") == "1"
+        assert _text(browser, "#sum-silenced") == "1"
+        held = browser.find_element(By.CSS_SELECTOR, '#queued tr[data-state="silenced"]')
+        assert "maint:host=web-07" in held.text
+        silence = browser.find_element(By.CSS_SELECTOR, "#silences li.silence")
+        assert "id=~maint:.*" in silence.text and "kernel upgrade web-07" in silence.text and "1 held" in silence.text
         pager = browser.find_element(By.CSS_SELECTOR, '#targets tr[data-target="pager"]')
         assert "dead" in pager.find_element(By.CSS_SELECTOR, ".badge").text
         assert "HTTP 400" in pager.find_element(By.CSS_SELECTOR, '[data-field="last-error"]').text
@@ -269,6 +279,37 @@ class TestActions:
         assert "poison:host=web-09" not in _states(bridge)
         assert not browser.find_elements(By.CSS_SELECTOR, '#dead li[data-key="poison:host=web-09"]')
         assert bridge.metric("oncall_outbox_dead", {"target": "pager"}) == 0
+
+    def test_add_and_expire_a_silence(self, browser: webdriver.Chrome, bridge: BridgeProcess, platform: Platform) -> None:
+        """The form adds a silence that holds the next alert; Expire now releases it to the platform."""
+        _sign_in(browser, bridge)
+        browser.find_element(By.ID, "matchers").send_keys("host=web-42\nlevel!=INFO")
+        duration = browser.find_element(By.ID, "duration")
+        duration.clear()
+        duration.send_keys("45m")
+        browser.find_element(By.ID, "comment").send_keys("disk swap on web-42")
+        browser.find_element(By.CSS_SELECTOR, "#silence-form button").click()
+        text = _flash(browser, "added")
+        silence_id = text.split()[1]
+        row = browser.find_element(By.CSS_SELECTOR, f'#silences li[data-id="{silence_id}"]')
+        assert "host=web-42, level!=INFO" in row.text and "disk swap on web-42" in row.text
+        event = kapacitor_event("cpu:host=web-42", "CRITICAL", tags={"host": "web-42"})
+        assert bridge.post_alert("pager", event)[0] == 202
+        wait_until(lambda: _states(bridge).get("cpu:host=web-42") == "silenced", message="held by the page's silence")
+        assert not platform.got("cpu:host=web-42")
+        browser.get(bridge.url + "/")
+        browser.find_element(By.CSS_SELECTOR, f'#silences li[data-id="{silence_id}"] button.expire').click()
+        _flash(browser, "expired")
+        assert not browser.find_elements(By.CSS_SELECTOR, f'#silences li[data-id="{silence_id}"]')
+        got = wait_until(lambda: platform.got("cpu:host=web-42"), message="released delivery")
+        assert got[0].json()["level"] == "CRITICAL"
+
+    def test_a_bad_silence_is_explained(self, browser: webdriver.Chrome, bridge: BridgeProcess) -> None:
+        _sign_in(browser, bridge)
+        browser.find_element(By.ID, "matchers").send_keys("host=~(")
+        browser.find_element(By.ID, "comment").send_keys("x")
+        browser.find_element(By.CSS_SELECTOR, "#silence-form button").click()
+        assert "bad regular expression" in _flash(browser, "silence not added")
 
     def test_sign_out(self, browser: webdriver.Chrome, bridge: BridgeProcess) -> None:
         _sign_in(browser, bridge)
