@@ -19,6 +19,9 @@ from bridge.store import open_store
 from .conftest import webhook_config
 from .harness import BridgeProcess, Receiver, kapacitor_event
 
+#: Loopback only: never through a proxy from the environment.
+HTTP = requests.Session()
+HTTP.trust_env = False
 TOKEN = "silence-test-token"
 
 
@@ -182,7 +185,7 @@ def _api(bridge: BridgeProcess, path: str, doc: Optional[Dict[str, Any]] = None,
     headers = {"Content-Type": content_type}
     if token:
         headers["Authorization"] = f"Bearer {token}"
-    return requests.post(bridge.url + path, data=json.dumps(doc or {}), headers=headers, timeout=10)
+    return HTTP.post(bridge.url + path, data=json.dumps(doc or {}), headers=headers, timeout=10)
 
 
 def _sent(receiver: Receiver) -> List[tuple[str, str]]:
@@ -247,7 +250,7 @@ class TestBridge:
         _wait_state(bridge, "disk:host=db-1", "CRITICAL", "silenced")
         bridge.kill9()
         bridge.start()
-        listed = requests.get(bridge.url + "/api/silences", timeout=10).json()
+        listed = HTTP.get(bridge.url + "/api/silences", timeout=10).json()
         assert [s["id"] for s in listed] == [silence_id]
         assert bridge.post_alert("pager", kapacitor_event("disk:host=db-2", "WARNING"))[0] == 202
         _wait_state(bridge, "disk:host=db-2", "WARNING", "silenced")
@@ -271,7 +274,7 @@ class TestBridge:
             resp = _api(bridge, "/api/silences", doc)
             assert resp.status_code == 400 and says in resp.json()["error"], (doc, resp.text)
         assert _api(bridge, "/api/silences/nope/expire").status_code == 404
-        assert requests.get(bridge.url + "/api/silences?all=1", timeout=10).json() == []
+        assert HTTP.get(bridge.url + "/api/silences?all=1", timeout=10).json() == []
 
     def test_cli_errors(self, make_bridge: Callable[..., BridgeProcess], receiver: Receiver) -> None:
         bridge = make_bridge(_config(receiver), start=False)

@@ -22,6 +22,9 @@ from selenium.webdriver.remote.webelement import WebElement
 from tests.bridge.harness import BridgeProcess, Receiver, Recorded, Reply, ReplySpec, kapacitor_event, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
+#: Loopback only: never through a proxy from the environment.
+HTTP = requests.Session()
+HTTP.trust_env = False
 TOKEN = "ui-test-token-8d1f"
 
 
@@ -86,7 +89,7 @@ url = "{down.url}/chat"
         assert b.post_alert("pager", kapacitor_event("poison:host=web-02", "WARNING"))[0] == 202
         assert b.post_alert("chat", kapacitor_event("disk:host=db-1", "CRITICAL"))[0] == 202
         silence = {"matchers": ["id=~maint:.*"], "for": "2h", "comment": "kernel upgrade web-07", "created_by": "ops"}
-        made = requests.post(f"{b.url}/api/silences", json=silence, headers={"Authorization": f"Bearer {TOKEN}"})
+        made = HTTP.post(f"{b.url}/api/silences", json=silence, headers={"Authorization": f"Bearer {TOKEN}"})
         assert made.status_code == 201, made.text
         assert b.post_alert("pager", kapacitor_event("maint:host=web-07", "CRITICAL"))[0] == 202
         wait_until(lambda: _states(b).get("maint:host=web-07") == "silenced", message="held by the silence")
@@ -177,7 +180,7 @@ class TestReadOnly:
     def test_post_without_session_is_refused(self, bridge: BridgeProcess) -> None:
         """A bare POST (no cookie) is sent to the login page and changes nothing."""
         seq = _dead_seq(bridge, "poison:host=web-02")
-        resp = requests.post(f"{bridge.url}/ui/dead/{seq}/replay", data={"csrf": "x"}, allow_redirects=False)
+        resp = HTTP.post(f"{bridge.url}/ui/dead/{seq}/replay", data={"csrf": "x"}, allow_redirects=False)
         assert resp.status_code == 303 and resp.headers["Location"] == "/ui/login"
         assert _states(bridge)["poison:host=web-02"] == "dead"
 
@@ -250,10 +253,10 @@ class TestActions:
         seq = _dead_seq(bridge, "poison:host=web-02")
         url = f"{bridge.url}/ui/dead/{seq}/drop"
         csrf = browser.find_element(By.CSS_SELECTOR, f'#dead li[data-seq="{seq}"] input[name="csrf"]').get_attribute("value")
-        assert requests.post(url, cookies=cookies, data={}, allow_redirects=False).status_code == 403
-        assert requests.post(url, cookies=cookies, data={"csrf": "0" * 64}, allow_redirects=False).status_code == 403
+        assert HTTP.post(url, cookies=cookies, data={}, allow_redirects=False).status_code == 403
+        assert HTTP.post(url, cookies=cookies, data={"csrf": "0" * 64}, allow_redirects=False).status_code == 403
         foreign = {"Origin": "http://evil.example"}
-        resp = requests.post(url, cookies=cookies, data={"csrf": csrf}, headers=foreign, allow_redirects=False)
+        resp = HTTP.post(url, cookies=cookies, data={"csrf": csrf}, headers=foreign, allow_redirects=False)
         assert resp.status_code == 403
         assert _states(bridge)["poison:host=web-02"] == "dead"
 
