@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import importlib.resources
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Dict, Mapping, Optional
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 from aiohttp import web
 
@@ -32,6 +32,8 @@ __all__ = ["REFRESH_SECONDS", "SECURITY_HEADERS", "setup_ui"]
 
 log = get_logger("bridge.ui")
 
+#: One-shot cookie with the outcome of the last action ("ok:..." / "bad:...").
+FLASH = "oncall_flash"
 #: How often the page re-fetches its live part.
 REFRESH_SECONDS = 10
 SECURITY_HEADERS = {
@@ -79,14 +81,15 @@ class _UI:
     def _context(self, request: web.Request, **extra: Any) -> Dict[str, Any]:
         cookie = request.cookies.get(COOKIE)
         signed_in = self.auth.session_ok(cookie)
-        message = request.query.get("msg", "")[:300]
+        flash = unquote(request.cookies.get(FLASH, ""))[:400]
+        bad, _, message = flash.partition(":")
         return {
             "auth_enabled": self.auth.enabled,
             "signed_in": signed_in,
             "csrf": self.auth.csrf(cookie) if signed_in and cookie else "",
             "refresh": _refresh(request),
             "message": message,
-            "message_bad": request.query.get("bad") == "1",
+            "message_bad": bad == "bad",
             **extra,
         }
 
@@ -96,8 +99,12 @@ class _UI:
 
     @staticmethod
     def _back(message: str, bad: bool = False) -> web.Response:
-        location = "/?msg=" + quote(message) + ("&bad=1" if bad else "")
-        return web.Response(status=303, headers={"Location": location, **SECURITY_HEADERS})
+        """303 to the page, carrying the outcome in a one-shot cookie (not the URL, so
+        nobody can link to a page that shows words of their choosing)."""
+        response = web.Response(status=303, headers={"Location": "/", **SECURITY_HEADERS})
+        value = quote(("bad:" if bad else "ok:") + message[:300])
+        response.set_cookie(FLASH, value, max_age=60, path="/", httponly=True, samesite="Strict")
+        return response
 
     @staticmethod
     def _same_origin(request: web.Request) -> bool:
@@ -132,7 +139,10 @@ class _UI:
         except StoreError as exc:
             return web.Response(text=f"store unreadable: {exc}", status=503, headers=SECURITY_HEADERS)
         context = self._context(request, snap=snap, totals=summarise(snap.targets))
-        return self._html("page.html", context)
+        response = self._html("page.html", context)
+        if FLASH in request.cookies:
+            response.del_cookie(FLASH, path="/")
+        return response
 
     async def live(self, request: web.Request) -> web.Response:
         try:

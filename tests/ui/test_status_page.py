@@ -177,6 +177,12 @@ class TestReadOnly:
         assert browser.find_element(By.ID, "login-link")
         assert TOKEN not in browser.page_source
 
+    def test_no_words_from_the_url(self, browser: webdriver.Chrome, bridge: BridgeProcess) -> None:
+        """Outcome messages come from a one-shot cookie, so a link cannot make the page say things."""
+        browser.get(bridge.url + "/?msg=Token+expired,+log+in+at+evil.example&bad=1")
+        assert not browser.find_elements(By.ID, "flash")
+        assert "evil.example" not in browser.page_source
+
     def test_post_without_session_is_refused(self, bridge: BridgeProcess) -> None:
         """A bare POST (no cookie) is sent to the login page and changes nothing."""
         seq = _dead_seq(bridge, "poison:host=web-02")
