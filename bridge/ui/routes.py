@@ -137,7 +137,8 @@ class _UI:
         try:
             snap = await self._snapshot()
         except StoreError as exc:
-            return web.Response(text=f"store unreadable: {exc}", status=503, headers=SECURITY_HEADERS)
+            return web.json_response({"status": "error", "error": f"store unreadable: {exc}"}, status=503,
+                                     headers=SECURITY_HEADERS)
         context = self._context(request, snap=snap, totals=summarise(snap.targets))
         response = self._html("page.html", context)
         if FLASH in request.cookies:
@@ -148,7 +149,8 @@ class _UI:
         try:
             snap = await self._snapshot()
         except StoreError as exc:
-            return web.Response(text=f"store unreadable: {exc}", status=503, headers=SECURITY_HEADERS)
+            return web.json_response({"status": "error", "error": f"store unreadable: {exc}"}, status=503,
+                                     headers=SECURITY_HEADERS)
         return self._html("live.html", self._context(request, snap=snap, totals=summarise(snap.targets)))
 
     async def static_file(self, request: web.Request) -> web.Response:
