@@ -12,7 +12,7 @@ STAMP  := $(VENV)/.installed-stamp
 KAPACITOR_VERSIONS ?= 1.8.6,1.5.9
 export KAPACITOR_VERSIONS
 
-.PHONY: venv kapacitor kapacitor-default influxdb alertmanager peers test demo bench check proto docs dist clean
+.PHONY: venv kapacitor kapacitor-default influxdb alertmanager promtool chromium peers test demo bench check proto docs dist clean
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,7 +38,14 @@ influxdb:
 alertmanager:
 	scripts/alertmanager-build >/dev/null
 
-peers: kapacitor influxdb alertmanager
+# promtool checks deploy/prometheus rules; Chromium drives the status page (tests/ui).
+promtool:
+	nice scripts/promtool-build >/dev/null
+
+chromium:
+	scripts/chromium-install
+
+peers: kapacitor influxdb alertmanager promtool chromium
 
 test: venv peers
 	$(BIN)/python -m pytest

@@ -84,7 +84,45 @@ def _parser() -> argparse.ArgumentParser:
     )
     rec.add_argument("--dry-run", action="store_true", help="only print the differences")
     rec.add_argument("--json", action="store_true", help="machine-readable output")
+    _silence_parser(sub)
     return parser
+
+
+def _silence_parser(sub: Any) -> None:
+    """``silence add|list|expire``: each takes ``--config`` after the verb, like the others."""
+    help_text = "Hold deliveries of matching alerts for a while (maintenance); list or expire silences."
+    silence = sub.add_parser("silence", help=help_text, description=help_text)
+    config_help = "TOML config file (for [store] path; required)"
+    levels = ["debug", "info", "warning", "error"]
+    silence.add_argument("--config", "-c", help=config_help)
+    silence.add_argument("--log-level", default="warning", choices=levels)
+    verbs = silence.add_subparsers(dest="silence_command", required=True, metavar="VERB")
+
+    def verb(name: str, text: str) -> argparse.ArgumentParser:
+        # Accepted before or after the verb; SUPPRESS keeps a verb from erasing the parent's value.
+        p: argparse.ArgumentParser = verbs.add_parser(name, help=text, description=text)
+        p.add_argument("--config", "-c", default=argparse.SUPPRESS, help=config_help)
+        p.add_argument("--log-level", default=argparse.SUPPRESS, choices=levels)
+        return p
+
+    add = verb(
+        "add",
+        "Add a silence starting now. Matching alerts are stored and shown but not delivered; when it "
+        "ends, each id's latest state goes out (a resolve only if its trigger had been sent).",
+    )
+    add.add_argument(
+        "--match", "-m", action="append", required=True, metavar="MATCHER",
+        help="NAME=VALUE, NAME!=VALUE, NAME=~REGEX or NAME!~REGEX; NAME is id, target, level or a tag; "
+        "repeat for several (all must match). Example: 'id=~cpu:host=web-.*'",
+    )
+    add.add_argument("--for", dest="duration", required=True, help="how long: 30m, 2h, 1h30m, 1d (at most 30d)")
+    add.add_argument("--comment", required=True, help="why (shown on the status page)")
+    add.add_argument("--by", dest="created_by", help="who (default: the login name)")
+    listing = verb("list", "List the active silences (--all: also ended and expired ones).")
+    listing.add_argument("--all", action="store_true")
+    listing.add_argument("--json", action="store_true", help="machine-readable output")
+    expire = verb("expire", "End a silence now; held alerts are released within a second by a running bridge.")
+    expire.add_argument("silence_id", metavar="ID")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -304,7 +342,54 @@ def _reconcile(args: argparse.Namespace, config: Config, out: _Out, err: _Out) -
     return EXIT_OK
 
 
+def _silence(args: argparse.Namespace, config: Config, out: _Out, err: _Out) -> int:
+    import getpass
+    import socket
+    import sqlite3
+    import time
+
+    from . import silences
+    from .store import open_store
+
+    if not args.config:
+        err.line(f"{PROG}: silence: --config is required (the silences live in its [store] path)")
+        return EXIT_CONFIG
+    now = time.time()
+    conn = open_store(config.store.path, create=args.silence_command == "add")
+    try:
+        if args.silence_command == "list":
+            found = silences.list_silences(conn, include_ended=args.all, now=now)
+            if args.json:
+                out.line(silences.dumps(found, now))
+                return EXIT_OK
+            if not found:
+                out.line("no active silences")
+            for x in found:
+                state = "active" if x.active(now) else "ended"
+                out.line(f"{x.id}  {state}  until {_iso(x.ends_at)}  by {x.created_by}  [{x.text}]  {x.comment}")
+            return EXIT_OK
+        # Autocommit: each of these is one write statement; a running bridge re-reads within a second.
+        try:
+            if args.silence_command == "add":
+                by = args.created_by or f"{getpass.getuser()}@{socket.gethostname()}"
+                matchers = silences.parse_matchers(args.match)
+                made = silences.add(conn, matchers, silences.parse_duration(args.duration), args.comment, by, now)
+                out.line(f"{made.id}  until {_iso(made.ends_at)}  [{made.text}]")
+            else:
+                ended = silences.expire(conn, args.silence_id, now)
+                out.line(f"expired {ended.id}; a running bridge releases what it held within a second")
+        except sqlite3.Error as exc:
+            raise StoreError(f"store {config.store.path}: silence {args.silence_command} failed ({exc})") from None
+        except silences.SilenceError as exc:
+            err.line(f"{PROG}: silence: {exc}")
+            return EXIT_CONFIG
+    finally:
+        conn.close()
+    return EXIT_OK
+
+
 _COMMANDS: Dict[str, Any] = {
+    "silence": _silence,
     "serve": _serve,
     "check-config": _check_config,
     "send-test": _send_test,

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any, AsyncIterator, Deque, Dict, List, Optional, Tuple
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, generate_latest
 
 from .config import Config, bind_bridge_url, listen_error
 from .delivery import Delivery, Sender
@@ -37,7 +37,9 @@ from .metrics import Metrics
 from .outbox import Outbox
 from .reconcile import Reconciler, routes_of
 from .rejections import RejectionLog, json_error, json_errors
+from .silences import Silencer
 from .store import Stats
+from .ui import setup_ui
 
 __all__ = ["Health", "Service", "check_listen", "make_app", "serve"]
 
@@ -65,6 +67,9 @@ class Service:
         self.metrics = Metrics(self.registry)
         self.outbox = Outbox(config.store.path, on_change=self._on_change)
         self.delivery = Delivery(config, self.outbox, metrics=self.metrics)
+        silenced = Gauge("oncall_silences_active", "Silences in force (read from the store).", registry=self.registry)
+        self.silencer = Silencer(config.store.path, self.outbox.transact, on_read=silenced.set)
+        self.delivery.hold = self.silencer.holds
         self.heartbeats = [Heartbeat(h, self.healthy, metrics=self.metrics) for h in config.heartbeats]
         self.keepalive = KeepAlive(config.targets, self.outbox, Sender(config.delivery), metrics=self.metrics)
         self.reconciler: Optional[Reconciler] = None
@@ -92,6 +97,7 @@ class Service:
     def start(self) -> None:
         """Open the store (recovering a crash), start delivery and heartbeats."""
         self.outbox.open()
+        self.silencer.start()
         self.delivery.start()
         for heartbeat in self.heartbeats:
             heartbeat.start()
@@ -110,6 +116,7 @@ class Service:
         if self.reconciler is not None:
             self.reconciler.stop()
         self.keepalive.stop()
+        self.silencer.stop()
         clean = self.delivery.stop(timeout)
         left = self.outbox.stats().total_pending
         self.outbox.close()
@@ -349,6 +356,7 @@ def make_app(service: Service) -> web.Application:
     app.router.add_post("/alerts/{target}", handlers.post_alert)
     app.router.add_get("/healthz", handlers.healthz)
     app.router.add_get("/metrics", handlers.metrics_text)
+    setup_ui(app, service)
 
     async def sweeper(app: web.Application) -> AsyncIterator[None]:
         task = asyncio.get_running_loop().create_task(handlers.sweep())
