@@ -31,5 +31,5 @@ def test_replica_storm_balances(tmp_path: Path) -> None:
     assert ledger.balanced, ledger.to_markdown()
     assert ledger.kills == 8 and facts["pg_restarts"] == 1
     # The limit was binding (the storm wanted more) and never exceeded, across three senders.
-    assert facts["rate_limit_excess"] == 0 and facts["rate_limit_peak"] >= 60
+    assert facts["rate_limit_excess"] == 0 and facts["rate_limit_peak_full_period"] >= 60
     assert facts["singleton_samples"] > 5
