@@ -4,9 +4,10 @@ Data flow: Kapacitor → :class:`~udf.agent.Agent` → :class:`AlertStateHandler
 (protobuf in and out) → :class:`~udf.state.Evaluator` (the pure state machine) →
 the same point, extended with ``alert_*`` fields.
 
-Why it is fast: the handler reads only ``group``, ``time`` and the evaluated field
-of each point, and answers with the input point's own bytes followed by encoded
-``alert_*`` map entries (protobuf lets a later map entry extend the message). The
+Why it is fast and exact: the handler parses only a view of each point (``group``,
+``time`` and the numeric field maps, :mod:`udf.point_view_pb2`), so the field is
+found as a full parse finds it, and answers with the input point's own bytes
+followed by encoded ``alert_*`` map entries (protobuf lets a later map entry extend the message). The
 entries that depend only on the state (level, previous level, changed, pending,
 flapping) are encoded once per distinct state and cached; only ``duration`` and
 ``count`` are encoded per point.
@@ -20,11 +21,12 @@ import sys
 from typing import Callable, Dict, List, Optional, Sequence, Set, Tuple
 
 import structlog
+from google.protobuf.message import DecodeError
 
 from . import udf_pb2 as pb
 from .agent import Agent, Handler, HandlerFactory, main as agent_main
 from .framing import encode_uvarint
-from .point_view_pb2 import PointHead
+from .point_view_pb2 import PointNumbers
 from .options import INFO_OPTIONS, LEVEL_NAMES, AlertOptions, OptionError, parse_options
 from .state import Evaluator, Groups, SnapshotError, decode_snapshot, encode_snapshot
 
@@ -209,7 +211,8 @@ class AlertStateHandler(Handler):
     def _not_initialized(self, data: bytes) -> None:
         raise RuntimeError("point before init")
 
-    def _missing(self, group: str) -> None:
+    def _missing(self, v: PointNumbers, data: bytes) -> None:
+        group = v.group
         if group not in self._missing_logged and len(self._missing_logged) < _MISSING_LOG_LIMIT:
             self._missing_logged.add(group)
             assert self.opts is not None
@@ -218,22 +221,13 @@ class AlertStateHandler(Handler):
     def _make_point_path(self, opts: AlertOptions, groups: Groups) -> Callable[[bytes], None]:
         """Build the per-point function with everything it needs bound to locals.
 
-        The evaluated field is located by searching the point's bytes for its
-        encoded ``fieldsDouble`` entry head (entry tag and length, key, fixed64
-        value tag), accepted only when it occurs exactly once; anything else (an
-        int field, a missing field, a repeated key) takes the full protobuf parse.
-        The one input the shortcut could misread is a point whose double field is
-        absent while some string in it (a tag value, a string field) holds that
-        exact run of control bytes; real telemetry does not.
+        The evaluated field is read from a :class:`PointNumbers` view of the point
+        (its time, group and numeric field maps; the protobuf runtime skips every
+        other field by its wire structure), so the value is exactly what a full
+        ``Point`` parse would give: ``fieldsDouble`` first, then ``fieldsInt``.
         """
         field = opts.field
-        key = field.encode()
-        body_len = 1 + len(encode_uvarint(len(key))) + len(key) + 1 + 8
-        needle = bytes((_DOUBLE_MAP,)) + encode_uvarint(body_len) + b"\x0a" + encode_uvarint(len(key)) + key + b"\x11"
-        skip = len(needle)
-        unpack = struct.Struct("<d").unpack_from
-        head = PointHead.FromString
-        parse = pb.Point.FromString
+        view = PointNumbers.FromString
         get_state = groups.get
         update = groups.evaluator.update
         enc = _Encoder(opts.prefix)
@@ -248,23 +242,19 @@ class AlertStateHandler(Handler):
         handler = self
 
         def on_point(data: bytes) -> None:
-            i = data.find(needle)
-            if i >= 0 and data.find(needle, i + skip) < 0:
-                value = unpack(data, i + skip)[0]
-                h = head(data)
-                group = h.group
-                t = h.time
-            else:
-                point = parse(data)
-                value = point.fieldsDouble.get(field)
+            try:
+                v = view(data)
+            except DecodeError as exc:
+                raise DecodeError(f"{len(data)}-byte point is not a valid agent.Point ({exc})") from None
+            value = v.fieldsDouble.get(field)
+            if value is None:
+                value = v.fieldsInt.get(field)
                 if value is None:
-                    value = point.fieldsInt.get(field)
-                    if value is None:
-                        missing(point.group)
-                        emit(data)
-                        return
-                group = point.group
-                t = point.time
+                    missing(v, data)
+                    emit(data)
+                    return
+            group = v.group
+            t = v.time
             if not group:
                 group = handler._batch_group
             s = get_state(group, t)
