@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import struct
 import sys
+import time
 from typing import Callable, Dict, List, Optional, Sequence, Set, Tuple
 
 import structlog
@@ -47,6 +48,8 @@ _DOUBLE_MAP, _INT_MAP, _STRING_MAP, _BOOL_MAP = 0x42, 0x4A, 0x52, 0x62
 _pack_double = struct.Struct("<d").pack
 #: Groups whose "field missing" was logged are remembered up to this many.
 _MISSING_LOG_LIMIT = 10_000
+#: At most this many field names are listed in the "field not seen" warning.
+_NAMES_SHOWN = 30
 
 
 def annotation_fields(prefix: str) -> Dict[str, str]:
@@ -150,12 +153,22 @@ class AlertStateHandler(Handler):
     """One task node's alert state: every group of its stream, isolated."""
 
     batch = False
+    #: A task whose points never carry the field (a misspelled ``.field()``) logs one
+    #: warning after this many such points in a row, or this many seconds of them,
+    #: whichever comes first: soon on a busy stream, within a minute on a quiet one.
+    field_warn_points = 1000
+    field_warn_seconds = 60.0
 
     def __init__(self, agent: Agent) -> None:
         super().__init__(agent)
         self.opts: Optional[AlertOptions] = None
         self.groups: Optional[Groups] = None
         self._missing_logged: Set[str] = set()
+        self._task = ("", "")
+        self._without = 0
+        self._without_since = 0.0
+        self._warned = False
+        self._names_seen: Dict[str, None] = {}
         self._batch_group = ""
         self._on_point: Callable[[bytes], None] = self._not_initialized
 
@@ -174,6 +187,7 @@ class AlertStateHandler(Handler):
             return pb.InitResponse(success=False, error=f"@alertState(): {exc}")
         self.opts = opts
         self.groups = Groups(Evaluator(opts))
+        self._task = (init.taskID, init.nodeID)
         self._on_point = self._make_point_path(opts, self.groups)
         log.info("alert_state.init", task=init.taskID, node=init.nodeID, field=opts.field)
         return pb.InitResponse(success=True)
@@ -212,11 +226,52 @@ class AlertStateHandler(Handler):
         raise RuntimeError("point before init")
 
     def _missing(self, v: PointNumbers, data: bytes) -> None:
+        """A point without the field: passed through; counted until the warning is due."""
         group = v.group
         if group not in self._missing_logged and len(self._missing_logged) < _MISSING_LOG_LIMIT:
             self._missing_logged.add(group)
             assert self.opts is not None
             log.debug("alert_state.field_missing", group=group, field=self.opts.field)
+        if self._warned:
+            return
+        if self.groups:
+            # A group exists only once some point carried the field: not a misspelling.
+            self._without = 0
+            return
+        now = time.monotonic()
+        if self._without == 0:
+            self._without_since = now
+        self._without += 1
+        if len(self._names_seen) < _NAMES_SHOWN:
+            self._note_names(data)
+        if self._without >= self.field_warn_points or now - self._without_since >= self.field_warn_seconds:
+            self._warn_field_not_seen(now)
+
+    def _note_names(self, data: bytes) -> None:
+        try:
+            p = pb.Point.FromString(data)
+        except DecodeError:  # a name that is not UTF-8: the view was enough to pass it on
+            return
+        for fields in (p.fieldsDouble, p.fieldsInt, p.fieldsString, p.fieldsBool):
+            for name in fields:
+                if len(self._names_seen) < _NAMES_SHOWN:
+                    self._names_seen[name] = None
+
+    def _warn_field_not_seen(self, now: float) -> None:
+        """Log once per task: on kapacitord's stderr pipe, it becomes a ``UDF log`` line."""
+        assert self.opts is not None
+        self._warned = True
+        names = sorted(self._names_seen)
+        log.warning(
+            "alert_state.field_not_seen",
+            task=self._task[0],
+            node=self._task[1],
+            field=self.opts.field,
+            points=self._without,
+            seconds=round(now - self._without_since, 1),
+            fields_seen=",".join(names) + (",..." if len(names) >= _NAMES_SHOWN else ""),
+            hint="none of these points carried the field: check .field() in the TICKscript",
+        )
 
     def _make_point_path(self, opts: AlertOptions, groups: Groups) -> Callable[[bytes], None]:
         """Build the per-point function with everything it needs bound to locals.
