@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.metadata
 import json
 import sys
 from datetime import datetime, timezone
@@ -29,6 +30,9 @@ PROG = "kapacitor-oncall-bridge"
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG, description="Durable bridge from Kapacitor alert events to on-call platforms."
+    )
+    parser.add_argument(
+        "--version", action="version", version=f"%(prog)s {importlib.metadata.version('kapacitor-oncall')}"
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 

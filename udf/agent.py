@@ -38,6 +38,7 @@ __all__ = [
     "HandlerFactory",
     "configure_logging",
     "main",
+    "package_version",
     "serve_socket",
     "serve_stdio",
 ]
@@ -461,18 +462,36 @@ def serve_socket(
     return 0
 
 
+def package_version() -> str:
+    """The installed kapacitor-oncall version (package metadata), for ``--version``."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("kapacitor-oncall")
+    except PackageNotFoundError:
+        return "unknown (kapacitor-oncall is not installed)"
+
+
 def main(
     factory: HandlerFactory,
     argv: Optional[Sequence[str]] = None,
     *,
     description: str = "Kapacitor UDF",
+    epilog: Optional[str] = None,
     add_arguments: Optional[Callable[[argparse.ArgumentParser], None]] = None,
     configure: Optional[Callable[[argparse.Namespace], HandlerFactory]] = None,
 ) -> int:
     """Command line shared by our UDFs: stdio by default, ``--socket PATH`` to serve."""
-    parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--socket", metavar="PATH", help="serve on this unix socket")
-    parser.add_argument("--log-level", default=os.environ.get("UDF_LOG_LEVEL", "info"))
+    parser = argparse.ArgumentParser(
+        description=description, epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--socket", metavar="PATH", help="serve on this unix socket (socket mode)")
+    parser.add_argument(
+        "--log-level",
+        default=os.environ.get("UDF_LOG_LEVEL", "info"),
+        help="debug, info, warning or error (default: $UDF_LOG_LEVEL or info); logs go to stderr",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     if add_arguments is not None:
         add_arguments(parser)
     args = parser.parse_args(argv)

@@ -28,7 +28,7 @@ from . import udf_pb2 as pb
 from .agent import Agent, Handler, HandlerFactory, main as agent_main
 from .framing import encode_uvarint
 from .point_view_pb2 import PointNumbers
-from .options import INFO_OPTIONS, LEVEL_NAMES, AlertOptions, OptionError, parse_options
+from .options import INFO_OPTIONS, LEVEL_NAMES, AlertOptions, OptionError, options_help, parse_options
 from .state import Evaluator, Groups, SnapshotError, decode_snapshot, encode_snapshot
 
 __all__ = ["AlertStateHandler", "annotation_fields", "main"]
@@ -346,12 +346,29 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+_DESCRIPTION = """\
+Kapacitor UDF @alertState(): annotates every point with its group's alert state
+(alert_level, alert_changed, alert_duration, ...).
+
+kapacitord starts this program itself, once per task node, and speaks the UDF
+protocol on its stdin/stdout; declare it in kapacitor.conf:
+
+  [udf.functions.alertState]
+    prog = "/path/to/kapacitor-alert-state"
+    timeout = "10s"
+
+Run it by hand only in socket mode (--socket PATH, with socket = PATH in that
+section instead of prog). Started by hand without --socket it waits for
+Kapacitor's requests on stdin."""
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Console script ``kapacitor-alert-state``."""
     return agent_main(
         AlertStateHandler,
         argv,
-        description="Kapacitor UDF that annotates every point with its alert state",
+        description=_DESCRIPTION,
+        epilog="@alertState() options (TICKscript; value types as Kapacitor checks them):\n" + options_help(),
         add_arguments=_arguments,
         configure=_factory,
     )
