@@ -133,7 +133,9 @@ def run(args: argparse.Namespace) -> int:
     facts["total_s"] = round(time.perf_counter() - started, 1)
     if args.sections and json_path.exists():
         old = load_results(json_path)
-        figures = merge_results(old["figures"], figures)
+        # A re-measured section replaces all its old figures (keys may have changed).
+        fresh = {f.key.split(".")[0] for f in figures}
+        figures = merge_results([f for f in old["figures"] if f.key.split(".")[0] not in fresh], figures)
         notes = {**old.get("notes", {}), **notes}
         facts = {**old.get("facts", {}), **{k: v for k, v in facts.items() if k != "total_s"}}
         facts["total_s"] = old.get("facts", {}).get("total_s", facts.get("total_s", 0))

@@ -295,6 +295,7 @@ class AlertStateHandler(Handler):
         emit = self.agent.write_point_bytes
         missing = self._missing
         handler = self
+        changes_only = opts.changes_only
 
         def on_point(data: bytes) -> None:
             try:
@@ -306,7 +307,8 @@ class AlertStateHandler(Handler):
                 value = v.fieldsInt.get(field)
                 if value is None:
                     missing(v, data)
-                    emit(data)
+                    if not changes_only:
+                        emit(data)
                     return
             group = v.group
             t = v.time
@@ -314,6 +316,8 @@ class AlertStateHandler(Handler):
                 group = handler._batch_group
             s = get_state(group, t)
             update(s, value, t)
+            if changes_only and not s.changed:
+                return
             st = (s.level, s.previous, s.changed, s.pending, s.flapping)
             static = cache.get(st)
             if static is None:

@@ -67,6 +67,7 @@ OPTIONS: Tuple[OptionSpec, ...] = (
     OptionSpec("history", ("INT",), "state-change history length for flapping (default 21)"),
     OptionSpec("prefix", ("STRING",), "prefix of the added fields (default 'alert_')"),
     OptionSpec("expire", ("DURATION",), "drop the state of a group silent this long (default never)"),
+    OptionSpec("changesOnly", (), "emit only the points whose level changed (default: every point)"),
 )
 """Every option, in the order --help lists them."""
 
@@ -101,6 +102,7 @@ class AlertOptions:
     history: int = 21
     prefix: str = "alert_"
     expire_ns: int = 0
+    changes_only: bool = False
 
 
 # Per level code: (threshold option, reset option, AlertOptions attributes).
@@ -173,7 +175,7 @@ def parse_options(options: Sequence[Tuple[str, Sequence[object]]]) -> AlertOptio
         raise OptionError("field", "must not be empty")
 
     below = "below" in raw
-    kw: Dict[str, object] = {"field": field, "below": below}
+    kw: Dict[str, object] = {"field": field, "below": below, "changes_only": "changesOnly" in raw}
     thresholds = []  # (code, option name, value) of the thresholds that are set
     for code, tname, rname, tattr, rattr in _LEVELS:
         thr = one(tname)
