@@ -15,7 +15,7 @@ rounds, so a noisy neighbour slows them alike):
   handler): the control for tasks that end in an alert;
 * ``alert-udf`` / ``alert-udf-changes``: ``@alertState()`` (without / with
   ``.changesOnly()``) ``|where(alert_changed)|alert()`` (tick/cpu_alert_state.tick
-  without its handler).
+  without its handler); ``alert-udf-changes-socket``: the same in socket mode.
 
 A run ends when the counting node has seen every point it should (``collected`` in
 the task's node stats): the workload ends with one point of group ``host=zz-end``,
@@ -29,9 +29,11 @@ UDF process and of this load generator over each run say where the cost goes.
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import shutil
 import statistics
+import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -71,6 +73,7 @@ class Variant:
     counter: str  # regex of the node whose ``collected`` ends a run
     udf: str = ""  # substring of the UDF process's command line ("" = no UDF)
     answered: str = "all"  # what the counter sees: "all" points, "end" only, "changes"
+    socket: bool = False  # the UDF is our long-lived socket server, not a child of kapacitord
 
 
 VARIANTS = [
@@ -91,6 +94,9 @@ VARIANTS = [
             r"where\d+", "udf.alert_state"),
     Variant("alert-udf-changes", "@alertState().changesOnly() → where(changed) → alert()",
             _FROM + _STATE + ".changesOnly()\n" + _ALERT_UDF, r"where\d+", "udf.alert_state", "changes"),
+    Variant("alert-udf-changes-socket", "the same in socket mode (one kapacitor-alert-state --socket server)",
+            _FROM + _STATE.replace("@alertState()", "@alertStateSocket()") + ".changesOnly()\n" + _ALERT_UDF,
+            r"where\d+", "udf.alert_state", "changes", socket=True),
 ]
 #: (numerator, denominator, label, target, threshold) of per-round rate ratios, per version.
 RATIOS = [
@@ -98,6 +104,8 @@ RATIOS = [
     ("alert-udf", "alert-plain", "@alertState() → alert ÷ alert control", "", None),
     ("alert-udf-changes", "alert-plain", "@alertState().changesOnly() → alert ÷ alert control",
      "≥ 0.5× on 1.8.6 (issue 14.3)", 0.5),
+    ("alert-udf-changes-socket", "alert-plain", "@alertState().changesOnly(), socket mode → alert ÷ alert control",
+     "", None),
 ]
 
 
@@ -178,8 +186,6 @@ def changes_expected(points: int, groups: int) -> int:
 
 def _binary(version: str) -> Any:
     """The bin dir of kapacitord ``version``: built (or found) by scripts/kapacitor-build's cache."""
-    import os
-    import subprocess
     from pathlib import Path
 
     from tests.e2e.kapacitord import ensure_built
@@ -197,7 +203,7 @@ def _binary(version: str) -> Any:
     return bin_dir
 
 
-def _config(workdir: Any, port: int) -> Any:
+def _config(workdir: Any, port: int, socket_path: str) -> Any:
     from tests.e2e.kapacitord import render_config
 
     config = render_config(
@@ -212,7 +218,8 @@ def _config(workdir: Any, port: int) -> Any:
         f'\n[udf.functions.{name}]\n  prog = "{PYTHON}"\n  args = ["-m", "bench.udf_hop", "--answer", "{mode}"]\n'
         '  timeout = "10s"\n'
         for name, mode in HOP_UDFS.items()
-    )
+    ) + f'\n[udf.functions.alertStateSocket]\n  socket = "{socket_path}"\n  timeout = "10s"\n'
+
     with open(config, "a", encoding="utf-8") as f:
         f.write(extra)
     return config
@@ -280,7 +287,8 @@ DESCRIPTION = (
     "`@alertState()` (tick/cpu_alert_state.tick's options) → `httpOut`; and the tasks that end in an alert: "
     "`|alert()` with lambda thresholds and `.stateChangesOnly()` (tick/cpu_alert.tick, the control), "
     "`@alertState()|where(alert_changed)|alert()` (tick/cpu_alert_state.tick), and the same with "
-    "`.changesOnly()` ({changes:,} changes per run reach the where node). Alert nodes have no handler, so "
+    "`.changesOnly()` ({changes:,} changes per run reach the where node), also in socket mode (one "
+    "`kapacitor-alert-state --socket` server started before kapacitord). Alert nodes have no handler, so "
     "delivery costs nothing in either."
 )
 
@@ -325,8 +333,19 @@ def _measure_version(
     workdir = WORK_DIR / f"kapacitord-{version}"
     shutil.rmtree(workdir, ignore_errors=True)
     port = free_port()
-    config = _config(workdir, port)
+    workdir.mkdir(parents=True, exist_ok=True)
+    sock = f"/tmp/kapacitor-oncall-bench-{port}.sock"  # short: a unix socket path has ~100 bytes
+    config = _config(workdir, port, sock)
     env = {"PYTHONPATH": str(REPO_ROOT), "UDF_LOG_LEVEL": "warning"}
+    # kapacitord probes every configured UDF at startup: the socket server must be up first.
+    server = subprocess.Popen([PYTHON, "-m", "udf.alert_state", "--socket", sock, "--log-level", "warning"],
+                              env={**os.environ, **env}, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 15
+    while not os.path.exists(sock):
+        if server.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError("the alert-state socket server did not start")
+        time.sleep(0.05)
+    server_proc = psutil.Process(server.pid)
     k = kapacitord(bin_dir, config, workdir, http_port=port, env=env, log_level="info")
     figs = {
         v.key: Figure(
@@ -353,7 +372,9 @@ def _measure_version(
                 k.define_task(task_id, v.script, dbrps=((DB, RP),))
                 k.wait_task(task_id, lambda t: bool(t["executing"]), timeout=30)
                 udf = None
-                if v.udf:
+                if v.socket:
+                    udf = server_proc
+                elif v.udf:
                     # "executing" is set before the UDF node's goroutine has spawned the process.
                     deadline = time.monotonic() + 15
                     while (udf := _udf_process(kp, v.udf, created, seen_pids)) is None and time.monotonic() < deadline:
@@ -402,6 +423,8 @@ def _measure_version(
         session.close()
     finally:
         k.stop()
+        server.terminate()
+        server.wait(10)
     return figs
 
 
