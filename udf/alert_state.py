@@ -7,10 +7,11 @@ the same point, extended with ``alert_*`` fields.
 Why it is fast and exact: the handler parses only a view of each point (``group``,
 ``time`` and the numeric field maps, :mod:`udf.point_view_pb2`), so the field is
 found as a full parse finds it, and answers with the input point's own bytes
-followed by encoded ``alert_*`` map entries (protobuf lets a later map entry extend the message). The
-entries that depend only on the state (level, previous level, changed, pending,
-flapping) are encoded once per distinct state and cached; only ``duration`` and
-``count`` are encoded per point.
+followed by encoded ``alert_*`` map entries (protobuf lets a later map entry
+extend the message). The entries that depend only on the state (level, previous
+level, changed, pending, flapping) are encoded once per distinct state and
+cached; only ``duration`` and ``count`` are encoded per point. With
+``.changesOnly()`` only the points whose level changed are answered.
 """
 
 from __future__ import annotations
