@@ -131,6 +131,27 @@ def _udf_process(k_proc: psutil.Process, marker: str, after: float, seen: Set[in
     return best
 
 
+def _wait_ready(p: psutil.Process, timeout: float = 20.0) -> None:
+    """Wait until a freshly started UDF has imported and answered Info/Init: asleep, CPU time still.
+
+    Its start-up (the interpreter and imports, ~0.2-0.5 s of CPU) must count neither in the
+    run's wall time nor in the UDF's CPU per point.
+    """
+    deadline = time.monotonic() + timeout
+    last, still = -1.0, 0
+    while time.monotonic() < deadline:
+        try:
+            cpu = _cpu(p)
+            asleep = p.status() == psutil.STATUS_SLEEPING
+        except psutil.Error:
+            return
+        still = still + 1 if (cpu == last and asleep) else 0
+        if still >= 3:
+            return
+        last = cpu
+        time.sleep(0.05)
+
+
 def _cpu(p: Optional[psutil.Process]) -> float:
     if p is None:
         return 0.0
@@ -382,6 +403,7 @@ def _measure_version(
                     if udf is None:
                         raise RuntimeError(f"no UDF process found under kapacitord:\n{k.log_tail()}")
                     seen_pids.add(udf.pid)
+                    _wait_ready(udf)
                 want = expect[v.answered]
                 c_k, c_u, c_me = _cpu(kp), _cpu(udf), _cpu(me)
                 busy0 = machine_busy()
