@@ -286,7 +286,9 @@ def measure(
                     target=target if version == "1.8.6" else "",
                     compare="ge" if thr and version == "1.8.6" else "",
                     threshold=thr if version == "1.8.6" else None,
-                    notes="per-round ratio (both measured back to back in the same round)",
+                    notes="per-round ratio (both measured back to back in the same round); "
+                    "cpu_ratio: the control's CPU per point (kapacitord + UDF) ÷ this task's",
+                    extra={"cpu_ratio": _cpu_ratios(figs[num], figs[den])},
                 ))
         if "udf" in figs and "plain" in figs:
             notes["bottleneck"][version] = _bottleneck(figs["udf"], figs["plain"])
@@ -314,6 +316,20 @@ DESCRIPTION = (
 )
 
 
+def _cpu_ratios(num: Figure, den: Figure) -> List[float]:
+    """Per round: den's CPU per point (kapacitord + UDF) ÷ num's, what two idle cores would give.
+
+    The rate ratio is what was measured, but on a shared machine a starved control
+    inflates it (or a starved UDF task deflates it); CPU per point is disturbed far less.
+    """
+    def per_round(f: Figure) -> List[float]:
+        k = f.extra.get("kapacitord_us_per_point", [])
+        u = f.extra.get("udf_us_per_point", [0.0] * len(k))
+        return [a + b for a, b in zip(k, u)]
+
+    return [round(d / n, 3) for n, d in zip(per_round(num), per_round(den)) if n > 0]
+
+
 def _hop_text(version: str, figs: Dict[str, Figure]) -> str:
     """kapacitord's CPU per point for each variant, and the differences that attribute it."""
     us = {k: f.extra_median("kapacitord_us_per_point") for k, f in figs.items()}
@@ -334,6 +350,14 @@ def _hop_text(version: str, figs: Dict[str, Figure]) -> str:
             + (f" (the control: {us['alert-plain']:.1f})" if us.get("alert-plain") is not None else "")
             + "."
         )
+        if "alert-plain" in figs and "alert-udf-changes" in figs:
+            cr = _cpu_ratios(figs["alert-udf-changes"], figs["alert-plain"])
+            if cr:
+                text += (
+                    f" Counting kapacitord's and the UDF's CPU together, the `.changesOnly()` alert task needs "
+                    f"{1 / statistics.median(cr):.2f}× the control's CPU per point (CPU-time ratio "
+                    f"{statistics.median(cr):.2f}×)."
+                )
     return text + " "
 
 

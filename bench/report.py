@@ -298,6 +298,7 @@ def write_markdown(data: Dict[str, Any], path: Path, png_name: str = "results.pn
                 ("UDF cores", "udf_cpu", "{:.2f}"),
                 ("UDF µs/point", "udf_us_per_point", "{:.1f}"),
                 ("other cores", "other_cpu", "{:.2f}"),
+                ("CPU-time ratio", "cpu_ratio", "{:.2f}×"),
             ],
         )
         bottleneck = e2e.get("bottleneck", "")
