@@ -4,7 +4,8 @@
     .venv/bin/python -m bench [--official-agent DIR] [--runs 5] [--sections udf memory ...] [--quick]
 
 Sections: ``udf`` (throughput vs InfluxData's agent), ``memory``, ``kapacitord``
-(through a real kapacitord), ``bridge``, ``profile``. ``--sections`` re-measures
+(through a real kapacitord), ``bridge``, ``replicas`` (PostgreSQL replicas beside
+SQLite), ``profile``. ``--sections`` re-measures
 only those and merges them into the previous ``bench/.work/results.json``.
 ``--quick`` shrinks every input for a smoke run (figures meaningless).
 """
@@ -22,10 +23,10 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from .common import BENCH_DIR, WORK_DIR, Figure, load_results, machine_facts, merge_results, save_results
 
-SECTIONS = ("udf", "memory", "kapacitord", "bridge", "profile", "keepalive")
+SECTIONS = ("udf", "memory", "kapacitord", "bridge", "replicas", "profile", "keepalive")
 #: Section name on the command line -> figure key prefix and report heading key.
-REPORT_KEY = {"udf": "udf", "memory": "mem", "kapacitord": "e2e", "bridge": "bridge", "profile": "profile",
-              "keepalive": "keepalive"}
+REPORT_KEY = {"udf": "udf", "memory": "mem", "kapacitord": "e2e", "bridge": "bridge", "replicas": "replicas",
+              "profile": "profile", "keepalive": "keepalive"}
 
 @dataclass(frozen=True)
 class Size:
@@ -141,6 +142,14 @@ def run(args: argparse.Namespace) -> int:
             figures.extend(sec.figures)
             notes["bridge"] = sec.notes
         section("bridge", bridge)
+    if "replicas" in sections:
+        def replicas() -> None:
+            from .replicas import measure
+
+            sec = measure(runs=min(runs, 3), alerts=300 if args.quick else 5_000, log=_log)
+            figures.extend(sec.figures)
+            notes["replicas"] = sec.notes
+        section("replicas", replicas)
     if "profile" in sections:
         def profile() -> None:
             from .profile import profile_bridge, profile_udf, transport_ab, udf_ab

@@ -138,7 +138,7 @@ def _commands(figs: List[Figure]) -> List[str]:
     return out
 
 
-SECTION_ORDER = ["udf", "mem", "e2e", "bridge"]
+SECTION_ORDER = ["udf", "mem", "e2e", "bridge", "replicas"]
 
 
 def write_markdown(data: Dict[str, Any], path: Path, png_name: str = "results.png") -> None:
@@ -347,6 +347,27 @@ def write_markdown(data: Dict[str, Any], path: Path, png_name: str = "results.pn
             if f.notes and f.key.startswith("bridge.drain.ids1") and f.key.endswith("ids1"):
                 L += ["", f"*1 id:* {f.notes}."]
         L += _commands(by_prefix["bridge"])
+        L.append("")
+
+    if "replicas" in by_prefix:
+        rp = notes.get("replicas", {})
+        L += [
+            "## Replicas on PostgreSQL",
+            "",
+            _origin(provenance, "replicas"),
+            "",
+            f"`serve` processes on one private PostgreSQL 15 (fsync on, same machine) beside the SQLite "
+            f"store as anchor, measured in the same run. Accept: {rp.get('clients', 50)} keep-alive clients "
+            f"spread over the replicas post {rp.get('alerts_per_run', 0):,} events (1,000 ids), target "
+            "throttled so only the accept path runs; p99 from first byte to the 202. Drain: the same "
+            "stores restarted with `rate_limit = \"off\"`, deliveries/s to the fast receiver from the first "
+            f"arrival to the last. Failover gap: two replicas, `lease = {rp.get('lease', 3)}s`; the receiver "
+            "never answers the first request, the replica holding the key is `kill -9`'ed, and the gap runs "
+            "until the other replica's delivery arrives.",
+            "",
+        ]
+        L += _section_table(by_prefix["replicas"], [])
+        L += _commands(by_prefix["replicas"])
         L.append("")
 
     profiles = notes.get("profiles") or []

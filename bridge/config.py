@@ -146,12 +146,39 @@ class ServerConfig:
 
 @dataclass(frozen=True)
 class StoreConfig:
-    """``[store]``: the SQLite outbox."""
+    """``[store]``: the durable outbox (SQLite file, or PostgreSQL for several replicas)."""
 
     path: str = setting(NONEMPTY, "SQLite outbox file (WAL, fsync per commit group), created with mode 0600.", "kapacitor-oncall.db")
     keep_delivered: int = setting(
         INTEGER, "Delivered and suppressed rows kept for `queue` statistics; dead letters are always kept.", 10000, minimum=0
     )
+    backend: str = setting(
+        NONEMPTY,
+        "`sqlite` (one process, the file at `path`) or `postgres` (any number of replicas sharing the database at `dsn`).",
+        "sqlite",
+        choices=("sqlite", "postgres"),
+    )
+    dsn: Optional[str] = setting(
+        NONEMPTY,
+        "PostgreSQL connection (libpq DSN or `postgresql://` URL) when `backend = \"postgres\"`; "
+        "write `env:BRIDGE_PG_DSN` or `file:…` to keep the password out of the file. Never logged.",
+        None,
+        secret=True,
+    )
+    replica_id: Optional[str] = setting(
+        NONEMPTY,
+        "PostgreSQL: this replica's name in leases, `/healthz` and `/metrics`; unset: `<hostname>:<port>`. "
+        "Must differ between replicas and stay the same across restarts.",
+        None,
+    )
+    lease: float = setting(
+        DURATION,
+        "PostgreSQL: how long a replica's claim on an in-flight row or a singleton job lasts without renewal; "
+        "a killed replica's work moves to another after this.",
+        15.0,
+        positive=True,
+    )
+    pool_size: int = setting(INTEGER, "PostgreSQL: connections per replica.", 8, minimum=2, maximum=100)
 
 
 @dataclass(frozen=True)
@@ -376,6 +403,9 @@ def _build(data: Mapping[str, Any], secrets: Set[str], source: Optional[str], er
         collect_secrets(table, secrets, [k.name for k in keys if k.secret])
         parts[name] = cls(**values)
     delivery: DeliveryConfig = parts["delivery"]
+    store: StoreConfig = parts["store"]
+    if store.backend == "postgres" and not store.dsn:
+        errors.add("store.dsn", "required when store.backend is \"postgres\" (e.g. \"env:BRIDGE_PG_DSN\")")
     if delivery.backoff_max < delivery.backoff_initial:
         errors.add("delivery.backoff_max", "must not be smaller than delivery.backoff_initial")
     targets: Dict[str, TargetConfig] = {}

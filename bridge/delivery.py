@@ -37,7 +37,7 @@ from .errors import DeliveryError, PermanentError, RetryableError, StoreError
 from .event import AlertEvent, EventError, format_time, parse, parse_time
 from .log import get_logger
 from .metrics import Metrics
-from .outbox import Outbox
+from .backend import Limiters, Store
 from .store import Head
 from .ratelimit import RateLimiters
 from .targets.base import EmailMessage, HttpRequest, Request
@@ -200,12 +200,12 @@ class Delivery:
     def __init__(
         self,
         config: Config,
-        outbox: Outbox,
+        outbox: Store,
         *,
         metrics: Optional[Metrics] = None,
         sender: Optional[Sender] = None,
         clock: Callable[[], float] = time.time,
-        limiters: Optional[RateLimiters] = None,
+        limiters: Optional[Limiters] = None,
     ) -> None:
         self.config = config
         self.targets: Mapping[str, TargetConfig] = config.targets
@@ -216,7 +216,7 @@ class Delivery:
         #: row, or None. Set by the service (see :mod:`bridge.silences`).
         self.hold: Optional[Callable[[str, str, str, bytes], Optional[str]]] = None
         self.policy = RetryPolicy(config.delivery.backoff_initial, config.delivery.backoff_max)
-        self.limiters = limiters or RateLimiters({n: t.rate_limit for n, t in self.targets.items()})
+        self.limiters: Limiters = limiters or RateLimiters({n: t.rate_limit for n, t in self.targets.items()})
         self._clock = clock
         workers = config.delivery.workers
         self._workers_n = workers

@@ -8,10 +8,10 @@ URLs, never anything a client sent that is not a configured target.
 
 from __future__ import annotations
 
-from typing import Callable, Iterable, Iterator, Optional
+from typing import Any, Callable, Iterable, Iterator, Optional
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from .store import Stats
@@ -92,6 +92,37 @@ class Metrics:
     def watch_outbox(self, stats: Callable[[], Optional[Stats]], targets: Iterable[str]) -> None:
         """Export queue depth, dead letters and oldest age, read at scrape time."""
         self.registry.register(OutboxCollector(stats, tuple(targets)))
+
+
+    def watch_cluster(self, cluster: Any) -> None:
+        """Export the replica id, the singleton jobs it holds and the database's reachability."""
+        self.registry.register(ClusterCollector(cluster))
+
+
+class ClusterCollector(Collector):
+    """Replica facts of a shared store (:class:`bridge.backend.Cluster`), read at scrape time."""
+
+    def __init__(self, cluster: Any) -> None:
+        self._cluster = cluster
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())
+
+    def collect(self) -> Iterator[Metric]:
+        c = self._cluster
+        info = GaugeMetricFamily("oncall_replica_info", "This replica's id (value 1).", labels=["replica"])
+        info.add_metric([c.replica_id], 1.0)
+        yield info
+        held = GaugeMetricFamily("oncall_singleton_held", "1 while this replica holds the singleton job.", labels=["job"])
+        for job, on in sorted(c.singletons().items()):
+            held.add_metric([job], float(on))
+        yield held
+        yield GaugeMetricFamily("oncall_database_reachable", "1 when the last database call worked.",
+                                value=float(c.reachable()))
+        yield CounterMetricFamily("oncall_lease_resumed", "Rows this replica took over after another's lease ran out.",
+                                  value=float(c.resumed))
+        yield CounterMetricFamily("oncall_duplicate_posts", "Posts of an event already stored (dedup, 202 both).",
+                                  value=float(c.duplicates))
 
 
 class OutboxCollector(Collector):

@@ -34,6 +34,7 @@ from .heartbeat import Heartbeat
 from .keepalive import KeepAlive
 from .log import get_logger
 from .metrics import Metrics
+from .backend import open_backend
 from .outbox import Outbox
 from .reconcile import Reconciler, routes_of
 from .rejections import RejectionLog, json_error, json_errors
@@ -65,13 +66,21 @@ class Service:
         self.config = config
         self.registry = registry if registry is not None else CollectorRegistry()
         self.metrics = Metrics(self.registry)
-        self.outbox = Outbox(config.store.path, on_change=self._on_change)
-        self.delivery = Delivery(config, self.outbox, metrics=self.metrics)
-        silenced = Gauge("oncall_silences_active", "Silences in force (read from the store).", registry=self.registry)
-        self.silencer = Silencer(config.store.path, self.outbox.transact, on_read=silenced.set)
-        self.delivery.hold = self.silencer.holds
-        self.heartbeats = [Heartbeat(h, self.healthy, metrics=self.metrics) for h in config.heartbeats]
-        self.keepalive = KeepAlive(config.targets, self.outbox, Sender(config.delivery), metrics=self.metrics)
+        backend = open_backend(config, on_change=self._on_change)
+        self.outbox = backend.store
+        #: Set when replicas share the store (PostgreSQL): replica id, singletons, reachability.
+        self.cluster = backend.cluster
+        self.delivery = Delivery(config, self.outbox, metrics=self.metrics, limiters=backend.limiters)
+        #: Silences live in the SQLite file (bridge/silences.py); not available on PostgreSQL yet.
+        self.silencer: Optional[Silencer] = None
+        if isinstance(self.outbox, Outbox):
+            silenced = Gauge("oncall_silences_active", "Silences in force (read from the store).",
+                             registry=self.registry)
+            self.silencer = Silencer(config.store.path, self.outbox.transact, on_read=silenced.set)
+            self.delivery.hold = self.silencer.holds
+        self.heartbeats = [Heartbeat(h, self._beat_allowed, metrics=self.metrics) for h in config.heartbeats]
+        self.keepalive = KeepAlive(config.targets, self.outbox, Sender(config.delivery), metrics=self.metrics,
+                                   allowed=lambda: self._singleton("keepalive"))
         self.reconciler: Optional[Reconciler] = None
         if config.kapacitor.url is not None:
             self.reconciler = Reconciler(
@@ -81,12 +90,23 @@ class Service:
                 targets=config.targets,
                 metrics=self.metrics,
                 on_enqueue=self._on_change,
+                allowed=lambda: self._singleton("reconcile"),
             )
         self.draining = False
         self._probe_at = 0.0
         self._probe_ok = True
         self._probe_lock = threading.Lock()
         self.metrics.watch_outbox(self._stats, config.targets)
+        if self.cluster is not None:
+            self.metrics.watch_cluster(self.cluster)
+
+    def _singleton(self, job: str) -> bool:
+        """Alone, or the replica holding ``job``'s lease: work that must happen once."""
+        return self.cluster is None or self.cluster.holds(job)
+
+    def _beat_allowed(self) -> bool:
+        """Healthy, and with replicas only the one holding the ``heartbeat`` job beats."""
+        return (self.cluster is None or self.cluster.holds("heartbeat")) and self.healthy()
 
     def _on_change(self) -> None:
         self.delivery.wake()
@@ -97,7 +117,8 @@ class Service:
     def start(self) -> None:
         """Open the store (recovering a crash), start delivery and heartbeats."""
         self.outbox.open()
-        self.silencer.start()
+        if self.silencer is not None:
+            self.silencer.start()
         self.delivery.start()
         for heartbeat in self.heartbeats:
             heartbeat.start()
@@ -116,7 +137,8 @@ class Service:
         if self.reconciler is not None:
             self.reconciler.stop()
         self.keepalive.stop()
-        self.silencer.stop()
+        if self.silencer is not None:
+            self.silencer.stop()
         clean = self.delivery.stop(timeout)
         left = self.outbox.stats().total_pending
         self.outbox.close()
@@ -153,7 +175,7 @@ class Service:
         }
         body = {
             "status": "draining" if self.draining else ("ok" if ok else "unhealthy"),
-            "store": {"path": self.config.store.path, "writable": writable, "error": stats.last_error},
+            "store": self._store_health(writable, stats),
             "workers": {"alive": running, "expected": expected},
             "queue": {
                 "pending": sum(stats.pending.values()),
@@ -166,6 +188,19 @@ class Service:
             "targets": targets,
         }
         return Health(ok, body)
+
+    def _store_health(self, writable: bool, stats: Stats) -> Dict[str, Any]:
+        if self.cluster is None:
+            return {"path": self.config.store.path, "writable": writable, "error": stats.last_error}
+        # The DSN is a secret: say what the store is, never where or with which credentials.
+        return {
+            "backend": "postgres",
+            "replica": self.cluster.replica_id,
+            "database_reachable": self.cluster.reachable(),
+            "singletons": self.cluster.singletons(),
+            "writable": writable,
+            "error": stats.last_error,
+        }
 
 
 class _Completions:
@@ -403,7 +438,8 @@ async def serve(config: Config, *, insecure: bool = False, registry: Optional[Co
         "bridge.started",
         listen=config.server.listen,
         targets=sorted(config.targets),
-        store=config.store.path,
+        store=config.store.path if service.cluster is None else "postgres",
+        replica=None if service.cluster is None else service.cluster.replica_id,
         pending=stats.total_pending,
         dead=sum(stats.dead.values()),
         recovered_inflight=service.outbox.recovered_inflight,

@@ -254,6 +254,9 @@ class TestWholeRun:
             "e2e.1.5.9.alert-udf-changes",
             "bridge.accept.ids1000",
             "bridge.drain.ids1000",
+            "replicas.accept.postgres3",
+            "replicas.drain.postgres1",
+            "replicas.failover_gap",
         ):
             assert key in figs, key
         for f in figs.values():
@@ -264,7 +267,8 @@ class TestWholeRun:
         assert notes.get("failures") is None
         md = data["md"]
         for heading in ("## Machine", "## Targets", "## UDF throughput", "## UDF memory",
-                        "## Through a real kapacitord", "## Bridge", "## Profiles and proposed fixes"):
+                        "## Through a real kapacitord", "## Bridge", "## Replicas on PostgreSQL",
+                        "## Profiles and proposed fixes"):
             assert heading in md
         assert "**Bottleneck, kapacitord 1.5.9.**" in md and "udf/alert_state.py" in md
         assert json.loads((tmp_path / "out" / "results.json").read_text())["facts"]["quick"] is True
