@@ -17,412 +17,61 @@ crash go back to ``pending``: at-least-once) and whenever another process
 
 Memory is O(distinct keys), never O(rows): a long outage grows the file, not
 the process.
+
+Invariants (``tests/bridge/test_outbox_invariants.py`` checks them with a
+hypothesis state machine against the real SQLite file):
+
+1. At most one row per ``(target, key)`` is in flight, and it is the seq the
+   index marks busy for that key.
+2. Only heads go out: a claimed row is the lowest-seq unfinished (pending or
+   in-flight) row of its key, so an id's events reach the platform in order.
+3. Every row that was answered 202 ends in exactly one final state:
+   ``delivered``, ``dead``, ``superseded`` (coalesced away, data kept) or
+   ``suppressed`` (a repeat). A final row changes again only by an explicit
+   ``replay`` (dead -> pending).
+4. State changes are checked against the current state: finishing a row that
+   is not the key's claimed, unfinished row changes nothing (a late or
+   duplicate finish can never resurrect a delivered row).
+5. The incident ledger changes in the same transaction as the delivery it
+   records: an id is open exactly when its last delivered level was not OK.
+6. The index (heads, counts) agrees with the file after every commit.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import heapq
 import queue
 import sqlite3
 import threading
 import time
 from concurrent.futures import Future
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Set, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Set, Tuple
 
 from .errors import StoreError
-from .ledger import Incident, open_incidents, record_delivery
+from .ledger import Incident, open_incidents
 from .ledger import told as _told
 from .log import get_logger
-from .store import (
-    _ROW_COLUMNS,
-    Forwarded,
-    Head,
-    Row,
-    Stats,
-    _replay,
-    _row,
-    _store_error,
-    open_store,
+from .outbox_ops import (
+    MAX_BATCH,
+    Done,
+    Key,
+    MakeResolve,
+    _FireExpiries,
+    _Finish,
+    _Insert,
+    _mark_inflight,
+    _insert_rows,
+    _Op,
+    _Probe,
+    _Prune,
+    _Rebuild,
+    _Replay,
+    _SetInflight,
 )
+from .store import _ROW_COLUMNS, Forwarded, Head, Row, Stats, _row, _store_error, open_store
 
 __all__ = ["Outbox"]
-
-#: Most operations folded into one transaction; bounds commit latency under a flood.
-MAX_BATCH = 2000
-_PRUNE_CHUNK = 5000
-
-Key = Tuple[str, str]
-#: What a finish of a row that is no longer claimed returns: nothing was changed.
-_STALE = object()
-Done = Callable[[Any, Optional[BaseException]], None]
-MakeResolve = Callable[[str, str, bytes, float], Optional[bytes]]
-
-# -- operations run by the writer thread ------------------------------------------
-
-
-class _Op:
-    """One unit of work for the writer. ``apply`` runs inside the transaction;
-    ``after`` runs after COMMIT with the index lock held; ``done`` is the caller's callback."""
-
-    done: Optional[Done] = None
-
-    def apply(self, box: "Outbox", cur: sqlite3.Cursor) -> Any:
-        raise NotImplementedError
-
-    def after(self, box: "Outbox", result: Any) -> None:
-        """Update the in-memory index; only called once the change is durable."""
-
-
-class _Insert(_Op):
-    __slots__ = ("target", "key", "level", "body", "received_at", "expire_at", "synthetic", "done")
-
-    def __init__(
-        self,
-        target: str,
-        key: str,
-        level: str,
-        body: bytes,
-        received_at: float,
-        expire_at: Optional[float],
-        done: Optional[Done],
-        synthetic: bool = False,
-    ) -> None:
-        self.target, self.key, self.level, self.body = target, key, level, body
-        self.received_at, self.expire_at, self.done, self.synthetic = received_at, expire_at, done, synthetic
-
-    def apply(self, box: "Outbox", cur: sqlite3.Cursor) -> int:
-        return _insert_rows(box, cur, [self])[0]
-
-    def after(self, box: "Outbox", seq: int) -> None:
-        box._bump(box._pending, self.target, 1)
-        box._offer(Head(self.target, self.key, seq, self.received_at, self.level, self.received_at))
-
-
-_UPSERT_EXPIRY = (
-    "INSERT INTO expiry (target, key, due_at, body) VALUES (?, ?, ?, ?)"
-    " ON CONFLICT (target, key) DO UPDATE SET due_at = excluded.due_at, body = excluded.body"
-)
-_DELETE_EXPIRY = "DELETE FROM expiry WHERE target = ? AND key = ?"
-#: Rows per multi-row statement; powers of two keep the statement cache small.
-_CHUNK = 256
-
-
-@functools.lru_cache(maxsize=16)
-def _insert_sql(rows: int) -> str:
-    values = ",".join(["(?, ?, ?, ?, ?, ?, 'pending', ?, ?)"] * rows)
-    return (
-        "INSERT INTO outbox (target, key, level, body, received_at, queued_at, state, next_attempt_at, synthetic)"
-        f" VALUES {values}"
-    )
-
-
-@functools.lru_cache(maxsize=16)
-def _inflight_sql(rows: int) -> str:
-    marks = ",".join(["?"] * rows)
-    return f"UPDATE outbox SET state = 'inflight' WHERE state = 'pending' AND seq IN ({marks})"
-
-
-def _chunks(count: int) -> List[int]:
-    """Split ``count`` into power-of-two sizes of at most ``_CHUNK``."""
-    sizes = []
-    while count:
-        size = min(_CHUNK, 1 << (count.bit_length() - 1))
-        sizes.append(size)
-        count -= size
-    return sizes
-
-
-def _insert_rows(box: "Outbox", cur: sqlite3.Cursor, ops: Sequence["_Insert"]) -> List[int]:
-    """Insert a run of rows with one statement per chunk.
-
-    Each ``execute`` releases and re-takes the GIL; one per row would make the
-    writer queue behind the event loop thread for every row (the convoy effect).
-    With the write lock held, AUTOINCREMENT hands out consecutive seqs, so the
-    chunk's seqs end at ``lastrowid``.
-    """
-    seqs: List[int] = []
-    start = 0
-    for size in _chunks(len(ops)):
-        params: List[Any] = []
-        for op in ops[start : start + size]:
-            params += (op.target, op.key, op.level, op.body, op.received_at, op.received_at,
-                       op.received_at, int(op.synthetic))
-        cur.execute(_insert_sql(size), params)
-        last = int(cur.lastrowid)  # type: ignore[arg-type]
-        seqs.extend(range(last - size + 1, last + 1))
-        start += size
-    # The last event of a key decides its auto-resolve timer.
-    final: Dict[Key, "_Insert"] = {}
-    for op in ops:
-        final[(op.target, op.key)] = op
-    upserts = [(op.target, op.key, op.expire_at, op.body) for op in final.values() if op.expire_at is not None]
-    if upserts:
-        cur.executemany(_UPSERT_EXPIRY, upserts)
-    if box._has_expiries:
-        deletes = [k for k, op in final.items() if op.expire_at is None]
-        if deletes:
-            cur.executemany(_DELETE_EXPIRY, deletes)
-    if upserts:
-        box._has_expiries = True
-    return seqs
-
-
-def _mark_inflight(cur: sqlite3.Cursor, ops: Sequence["_SetInflight"]) -> List[None]:
-    start = 0
-    for size in _chunks(len(ops)):
-        cur.execute(_inflight_sql(size), [op.seq for op in ops[start : start + size]])
-        start += size
-    return [None] * len(ops)
-
-
-class _SetInflight(_Op):
-    __slots__ = ("seq",)
-
-    def __init__(self, seq: int) -> None:
-        self.seq = seq
-
-    def apply(self, box: "Outbox", cur: sqlite3.Cursor) -> None:
-        cur.execute("UPDATE outbox SET state = 'inflight' WHERE seq = ? AND state = 'pending'", (self.seq,))
-
-
-def _next_head(cur: sqlite3.Cursor, target: str, key: str) -> Optional[Head]:
-    found = cur.execute(
-        "SELECT seq, next_attempt_at, level, received_at FROM outbox"
-        " WHERE target = ? AND key = ? AND state = 'pending' ORDER BY seq LIMIT 1",
-        (target, key),
-    ).fetchone()
-    if found is None:
-        return None
-    return Head(target, key, found[0], found[1], found[2], found[3])
-
-
-class _Finish(_Op):
-    """A claimed row reached a final state (delivered, dead, suppressed) or goes back to pending."""
-
-    __slots__ = ("head", "state", "attempts", "next_at", "error", "status", "done")
-
-    def __init__(
-        self,
-        head: Head,
-        state: str,
-        attempts: Optional[int],
-        next_at: Optional[float],
-        error: Optional[str],
-        status: Optional[int],
-        done: Optional[Done],
-    ) -> None:
-        self.head, self.state, self.attempts, self.next_at = head, state, attempts, next_at
-        self.error, self.status, self.done = error, status, done
-
-    def apply(self, box: "Outbox", cur: sqlite3.Cursor) -> Any:
-        h = self.head
-        now = box._clock()
-        with box._lock:
-            claimed = box._busy.get((h.target, h.key)) == h.seq
-        if not claimed:
-            # A duplicate or late finish: the row was finished already and its key may be
-            # claimed by the next row. Changing anything now could resurrect a delivered row.
-            return _STALE
-        # 'pending' too: the claim's 'inflight' mark may have failed to commit.
-        where = " WHERE seq = ? AND state IN ('inflight', 'pending')"
-        if self.state == "pending":
-            changed = cur.execute(
-                "UPDATE outbox SET state = 'pending', attempts = COALESCE(?, attempts), next_attempt_at = ?,"
-                " last_error = ?, last_status = ?" + where,
-                (self.attempts, self.next_at, self.error, self.status, h.seq),
-            ).rowcount
-        elif self.state == "suppressed":
-            changed = cur.execute("UPDATE outbox SET state = 'suppressed', done_at = ?" + where, (now, h.seq)).rowcount
-        else:
-            changed = cur.execute(
-                "UPDATE outbox SET state = ?, attempts = COALESCE(?, attempts), last_error = ?, last_status = ?,"
-                " done_at = ?" + where,
-                (self.state, self.attempts, self.error, self.status, now, h.seq),
-            ).rowcount
-        if not changed:
-            return _STALE
-        if self.state == "delivered":
-            cur.execute(
-                "INSERT INTO last_forwarded (target, key, level, received_at, sent_at) VALUES (?, ?, ?, ?, ?)"
-                " ON CONFLICT (target, key) DO UPDATE SET level = excluded.level,"
-                " received_at = excluded.received_at, sent_at = excluded.sent_at",
-                (h.target, h.key, h.level, h.received_at, now),
-            )
-            body = cur.execute("SELECT body FROM outbox WHERE seq = ?", (h.seq,)).fetchone()[0]
-            record_delivery(cur, h.target, h.key, h.level, bytes(body), h.seq, now)
-        return _next_head(cur, h.target, h.key)
-
-    def after(self, box: "Outbox", nxt: Any) -> None:
-        h = self.head
-        if nxt is _STALE:
-            log.warning("outbox.stale_finish", target=h.target, id=h.key, seq=h.seq, state=self.state)
-            return
-        box._busy.pop((h.target, h.key), None)
-        if self.state == "pending":
-            box._bump(box._pending, h.target, 1)
-        elif self.state == "dead":
-            box._bump(box._dead, h.target, 1)
-        elif self.state == "delivered":
-            box._forwarded[(h.target, h.key)] = Forwarded(h.level, h.received_at)
-        if nxt is not None:
-            box._offer(nxt)
-
-
-class _Rebuild(_Op):
-    """Reload the index from the file: at startup, and after another process committed."""
-
-    __slots__ = ("only_if_changed", "recover_inflight")
-
-    def __init__(self, only_if_changed: bool, recover_inflight: bool = False) -> None:
-        self.only_if_changed = only_if_changed
-        self.recover_inflight = recover_inflight
-
-    def apply(self, box: "Outbox", cur: sqlite3.Cursor) -> int:
-        version = cur.execute("PRAGMA data_version").fetchone()[0]
-        if self.only_if_changed and version == box._data_version:
-            return -1
-        box._data_version = version
-        recovered = 0
-        if self.recover_inflight:
-            recovered = cur.execute("UPDATE outbox SET state = 'pending' WHERE state = 'inflight'").rowcount
-        # Everything below reads; holding the index lock keeps claims out while we swap.
-        with box._lock:
-            heads = [
-                Head(*r)
-                for r in cur.execute(
-                    "SELECT o.target, o.key, o.seq, o.next_attempt_at, o.level, o.received_at FROM outbox o"
-                    " WHERE o.seq IN (SELECT MIN(seq) FROM outbox WHERE state = 'pending' GROUP BY target, key)"
-                )
-            ]
-            pending: Dict[str, int] = {}
-            dead: Dict[str, int] = {}
-            for target, state, count in cur.execute(
-                "SELECT target, state, count(*) FROM outbox WHERE state IN ('pending', 'dead') GROUP BY target, state"
-            ):
-                (pending if state == "pending" else dead)[target] = count
-            # Claimed rows whose 'inflight' mark is still queued behind us read as pending here.
-            for (target, _key), seq in box._busy.items():
-                state_row = cur.execute("SELECT state FROM outbox WHERE seq = ?", (seq,)).fetchone()
-                if state_row is not None and state_row[0] == "pending" and pending.get(target, 0) > 0:
-                    pending[target] -= 1
-            box._pending, box._dead = pending, dead
-            box._heads = {}
-            box._heaps = {}
-            box._parked = {}
-            for head in heads:
-                key = (head.target, head.key)
-                if key in box._held:
-                    box._parked[key] = head
-                elif key not in box._busy:
-                    box._heads[key] = head
-            for head in box._heads.values():
-                box._heaps.setdefault(head.target, []).append((head.due, head.seq, head.key))
-            for heap in box._heaps.values():
-                heapq.heapify(heap)
-            box._forwarded = {
-                (t, k): Forwarded(level, received)
-                for t, k, level, received in cur.execute(
-                    "SELECT target, key, level, received_at FROM last_forwarded"
-                )
-            }
-            box._has_expiries = cur.execute("SELECT 1 FROM expiry LIMIT 1").fetchone() is not None
-        return recovered
-
-
-class _Replay(_Op):
-    __slots__ = ("target", "key", "done")
-
-    def __init__(self, target: Optional[str], key: Optional[str], done: Optional[Done]) -> None:
-        self.target, self.key, self.done = target, key, done
-
-    def apply(self, box: "Outbox", cur: sqlite3.Cursor) -> int:
-        count = _replay(cur, self.target, self.key, box._clock())
-        if count:
-            _Rebuild(only_if_changed=False).apply(box, cur)
-        return count
-
-
-class _FireExpiries(_Op):
-    """Turn due auto-resolve timers into synthetic OK rows, atomically with deleting them."""
-
-    __slots__ = ("make", "done", "inserted")
-
-    def __init__(self, make: MakeResolve, done: Optional[Done]) -> None:
-        self.make, self.done = make, done
-        self.inserted: List[_Insert] = []
-
-    def apply(self, box: "Outbox", cur: sqlite3.Cursor) -> List[Tuple[int, str, str]]:
-        now = box._clock()
-        self.inserted = []
-        due = cur.execute(
-            "SELECT target, key, body FROM expiry WHERE due_at <= ? ORDER BY due_at LIMIT 500", (now,)
-        ).fetchall()
-        fired: List[Tuple[int, str, str]] = []
-        for target, key, body in due:
-            cur.execute("DELETE FROM expiry WHERE target = ? AND key = ?", (target, key))
-            resolved = self.make(target, key, bytes(body), now)
-            if resolved is None:
-                continue
-            ins = _Insert(target, key, "OK", resolved, now, None, None, synthetic=True)
-            seq = ins.apply(box, cur)
-            self.inserted.append(ins)
-            fired.append((seq, target, key))
-        return fired
-
-    def after(self, box: "Outbox", fired: List[Tuple[int, str, str]]) -> None:
-        for ins, (seq, _t, _k) in zip(self.inserted, fired):
-            ins.after(box, seq)
-
-
-class _Prune(_Op):
-    """Forget old delivered/suppressed rows and stale repeat-suppression entries."""
-
-    __slots__ = ("keep", "forget_before", "done")
-
-    def __init__(self, keep: int, forget_before: Optional[float], done: Optional[Done]) -> None:
-        self.keep, self.forget_before, self.done = keep, forget_before, done
-
-    def apply(self, box: "Outbox", cur: sqlite3.Cursor) -> Tuple[int, List[Key]]:
-        removed = 0
-        for state in ("delivered", "suppressed"):
-            removed += cur.execute(
-                "DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox WHERE state = ?"
-                " ORDER BY seq DESC LIMIT ? OFFSET ?)",
-                (state, _PRUNE_CHUNK, self.keep),
-            ).rowcount
-        forgotten: List[Key] = []
-        if self.forget_before is not None:
-            forgotten = [
-                (t, k)
-                for t, k in cur.execute(
-                    "SELECT target, key FROM last_forwarded WHERE received_at < ? LIMIT ?",
-                    (self.forget_before, _PRUNE_CHUNK),
-                )
-            ]
-            cur.executemany("DELETE FROM last_forwarded WHERE target = ? AND key = ?", forgotten)
-        return removed, forgotten
-
-    def after(self, box: "Outbox", result: Tuple[int, List[Key]]) -> None:
-        for key in result[1]:
-            box._forwarded.pop(key, None)
-
-
-class _Probe(_Op):
-    __slots__ = ("done",)
-
-    def __init__(self, done: Optional[Done]) -> None:
-        self.done = done
-
-    def apply(self, box: "Outbox", cur: sqlite3.Cursor) -> bool:
-        cur.execute(
-            "INSERT INTO meta (name, value) VALUES ('probe', ?)"
-            " ON CONFLICT (name) DO UPDATE SET value = excluded.value",
-            (repr(box._clock()),),
-        )
-        return True
-
 
 _STOP = object()
 log = get_logger("bridge.outbox")
