@@ -1,4 +1,4 @@
-"""``kapacitor-oncall-bridge``: serve, check-config, send-test, queue, replay.
+"""``kapacitor-oncall-bridge``: serve, check-config, send-test, queue, replay, move, drop, incidents.
 
 Exit codes: 0 success, 1 the operation failed (a send-test the platform
 refused), 2 bad configuration or usage, 3 the store is unusable. Every line
@@ -15,6 +15,7 @@ import sys
 from datetime import datetime, timezone
 from typing import Any, Dict, Optional, Sequence, TextIO
 
+from . import cli_store
 from . import log as logmod
 from .config import Config, default_config, load
 from .errors import ConfigError, DeliveryError, StoreError
@@ -55,9 +56,17 @@ def _parser() -> argparse.ArgumentParser:
     queue.add_argument("--dead", action="store_true", help="list dead letters with their last error")
     queue.add_argument("--target", "-t")
     queue.add_argument("--json", action="store_true", help="machine-readable output")
-    replay = add("replay", "Put dead letters back into the queue (a running bridge picks them up).")
+    replay = add(
+        "replay",
+        "Put dead letters back into the queue (a running bridge picks them up); one that a later "
+        "event of its id supersedes is reported, not re-sent.",
+    )
     replay.add_argument("--target", "-t")
     replay.add_argument("--id", dest="alert_id", help="only this alert id")
+    replay.add_argument(
+        "--force", action="store_true", help="re-send superseded dead letters too (after the newer events)"
+    )
+    cli_store.add_parsers(add)
     return parser
 
 
@@ -212,26 +221,15 @@ def _queue(args: argparse.Namespace, config: Config, out: _Out, err: _Out) -> in
         conn.close()
 
 
-def _replay(args: argparse.Namespace, config: Config, out: _Out, err: _Out) -> int:
-    from .store import open_store, replay
-
-    if args.target and args.target not in config.targets:
-        err.line(f"warning: target {args.target!r} is not configured; its rows will not be delivered")
-    conn = open_store(config.store.path, create=False)
-    try:
-        count = replay(conn, args.target, args.alert_id)
-    finally:
-        conn.close()
-    out.line(f"replayed {count} dead letter(s); a running bridge picks them up within a second")
-    return EXIT_OK
-
-
 _COMMANDS: Dict[str, Any] = {
     "serve": _serve,
     "check-config": _check_config,
     "send-test": _send_test,
     "queue": _queue,
-    "replay": _replay,
+    "replay": cli_store.run_replay,
+    "move": cli_store.move,
+    "drop": cli_store.drop,
+    "incidents": cli_store.incidents,
 }
 
 

@@ -69,6 +69,7 @@ from .outbox_ops import (
     _Replay,
     _SetInflight,
 )
+from .store_ops import Replayed, serving_lock
 from .store import _ROW_COLUMNS, Forwarded, Head, Row, Stats, _row, _store_error, open_store
 
 __all__ = ["Outbox"]
@@ -108,6 +109,7 @@ class Outbox:
         self._writer: Optional[threading.Thread] = None
         self._conn: Optional[sqlite3.Connection] = None
         self._readers: List[sqlite3.Connection] = []
+        self._lock_file: Optional[contextlib.ExitStack] = None
         self._local = threading.local()
         self._closed = True
         self._writable = True
@@ -119,6 +121,12 @@ class Outbox:
     def open(self) -> "Outbox":
         """Open the file, put crash-orphaned inflight rows back to pending, build the index."""
         conn = open_store(self.path, create=True)
+        lock = contextlib.ExitStack()
+        try:
+            lock.enter_context(serving_lock(self.path))
+        except BaseException:
+            conn.close()
+            raise
         try:
             conn.execute("PRAGMA synchronous=FULL")
             conn.execute("PRAGMA journal_size_limit=67108864")
@@ -129,8 +137,10 @@ class Outbox:
             self._data_version = conn.execute("PRAGMA data_version").fetchone()[0]
         except sqlite3.Error as exc:
             conn.close()
+            lock.close()
             raise _store_error(self.path, exc, "recovery") from None
         self._conn = conn
+        self._lock_file = lock
         self._closed = False
         self._writer = threading.Thread(target=self._run, name="outbox-writer", daemon=True)
         self._writer.start()
@@ -150,6 +160,9 @@ class Outbox:
             readers, self._readers = self._readers, []
         for reader in readers:
             reader.close()
+        if self._lock_file is not None:
+            self._lock_file.close()
+            self._lock_file = None
 
     def __enter__(self) -> "Outbox":
         return self.open()
@@ -463,9 +476,11 @@ class Outbox:
         else:
             self._submit(op)
 
-    def replay(self, target: Optional[str] = None, key: Optional[str] = None) -> int:
-        """Dead letters back to pending (fresh attempts and age); returns how many."""
-        return int(self._run_sync(_Replay(target, key, None)))
+    def replay(self, target: Optional[str] = None, key: Optional[str] = None, *, force: bool = False) -> Replayed:
+        """Dead letters back to pending (fresh attempts and age), order-safe: see
+        :func:`bridge.store_ops.replay_rows`."""
+        result: Replayed = self._run_sync(_Replay(target, key, force, None))
+        return result
 
     def probe(self, timeout: float = 5.0) -> bool:
         """Prove the store can commit right now (a real fsync'd write)."""

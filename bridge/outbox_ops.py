@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence,
 
 from .ledger import record_delivery
 from .log import get_logger
-from .store import Forwarded, Head, _replay
+from .store import Forwarded, Head
+from .store_ops import Replayed, replay_rows
 
 if TYPE_CHECKING:
     from .outbox import Outbox
@@ -304,16 +305,16 @@ class _Rebuild(_Op):
 
 
 class _Replay(_Op):
-    __slots__ = ("target", "key", "done")
+    __slots__ = ("target", "key", "force", "done")
 
-    def __init__(self, target: Optional[str], key: Optional[str], done: Optional[Done]) -> None:
-        self.target, self.key, self.done = target, key, done
+    def __init__(self, target: Optional[str], key: Optional[str], force: bool, done: Optional[Done]) -> None:
+        self.target, self.key, self.force, self.done = target, key, force, done
 
-    def apply(self, box: "Outbox", cur: sqlite3.Cursor) -> int:
-        count = _replay(cur, self.target, self.key, box._clock())
-        if count:
+    def apply(self, box: "Outbox", cur: sqlite3.Cursor) -> Replayed:
+        result = replay_rows(cur, self.target, self.key, box._clock(), force=self.force)
+        if result.count:
             _Rebuild(only_if_changed=False).apply(box, cur)
-        return count
+        return result
 
 
 class _FireExpiries(_Op):

@@ -103,15 +103,32 @@ class OutboxMachine(RuleBasedStateMachine):
         else:
             self.box.finish(head, state, attempts=9)
 
-    @rule(key=st.one_of(st.none(), st.sampled_from(KEYS)))
-    def replay(self, key: Optional[str]) -> None:
-        count = self.box.replay("t", key)
-        expected = [s for s, (k, _l, st_) in self.rows.items() if st_ == "dead" and (key is None or k == key)]
-        assert count == len(expected)
-        for seq in expected:
+    @rule(key=st.one_of(st.none(), st.sampled_from(KEYS)), force=st.booleans())
+    def replay(self, key: Optional[str], force: bool) -> None:
+        """Dead letters with no later event go back in place; superseded ones stay dead,
+        or with ``force`` are queued again after the newer events."""
+        result = self.box.replay("t", key, force=force)
+        dead = sorted(s for s, (k, _l, st_) in self.rows.items() if st_ == "dead" and (key is None or k == key))
+        in_place = [s for s in dead if not any(
+            later > s and self.rows[later][0] == self.rows[s][0] and self.rows[later][2] != "dead"
+            for later in self.rows
+        )]
+        superseded = [s for s in dead if s not in in_place]
+        assert [r.seq for r in result.requeued] == in_place
+        if force:
+            assert [f.row.seq for f in result.forced] == superseded and not result.superseded
+        else:
+            assert [s_.row.seq for s_ in result.superseded] == superseded and not result.forced
+        for seq in in_place:
             k, level, _ = self.rows[seq]
             self.rows[seq] = (k, level, "pending")
-        self.finished = [h for h in self.finished if h.seq not in expected]
+        for f in result.forced:
+            k, level, _ = self.rows[f.row.seq]
+            self.rows[f.row.seq] = (k, level, "superseded")
+            assert f.new_seq > max(self.rows)
+            self.rows[f.new_seq] = (k, level, "pending")
+        gone = set(in_place) | {f.row.seq for f in result.forced}
+        self.finished = [h for h in self.finished if h.seq not in gone]
 
     @rule()
     def restart(self) -> None:
