@@ -32,6 +32,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 import tenacity
 
+from . import supervise
 from .config import Config, DeliveryConfig, TargetConfig
 from .errors import DeliveryError, PermanentError, RetryableError, StoreError
 from .event import AlertEvent, EventError, format_time, parse, parse_time
@@ -234,12 +235,10 @@ class Delivery:
 
     def start(self) -> None:
         """Start the workers and the dispatcher."""
+        stopping = self._stopping.is_set
         for i in range(self._workers_n):
-            thread = threading.Thread(target=self._work, name=f"delivery-{i}", daemon=True)
-            thread.start()
-            self._threads.append(thread)
-        self._dispatcher = threading.Thread(target=self._dispatch, name="dispatcher", daemon=True)
-        self._dispatcher.start()
+            self._threads.append(supervise.start(f"delivery-{i}", self._work, stopping=stopping))
+        self._dispatcher = supervise.start("dispatcher", self._dispatch, stopping=stopping)
 
     def stop(self, timeout: float = 30.0) -> bool:
         """Claim nothing new, let attempts in flight finish; True if all workers exited."""

@@ -48,12 +48,15 @@ import time
 from concurrent.futures import Future
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Set, Tuple
 
+from . import supervise
 from .errors import StoreError
-from .ledger import Incident, open_incidents
+from .ledger import Incident, open_counts, open_incidents
 from .ledger import told as _told
 from .log import get_logger
 from .outbox_ops import (
+    _WITHDRAWN,
     MAX_BATCH,
+    SEAL_LOCK,
     Done,
     Key,
     MakeResolve,
@@ -68,11 +71,12 @@ from .outbox_ops import (
     _Rebuild,
     _Replay,
     _SetInflight,
+    Ticket,
 )
 from .store_ops import Replayed, serving_lock
 from .store import _ROW_COLUMNS, Forwarded, Head, Row, Stats, _row, _store_error, open_store
 
-__all__ = ["Outbox"]
+__all__ = ["Outbox", "Ticket"]
 
 _STOP = object()
 log = get_logger("bridge.outbox")
@@ -94,6 +98,8 @@ class Outbox:
         self._on_change = on_change
         self.commit_timeout = commit_timeout
         self._lock = threading.Lock()
+        #: Store operations that failed with nobody waiting for them, by operation name.
+        self._failed_ops: Dict[str, int] = {}
         self._heads: Dict[Key, Head] = {}
         self._heaps: Dict[str, List[Tuple[float, int, str]]] = {}
         self._busy: Dict[Key, int] = {}
@@ -142,8 +148,7 @@ class Outbox:
         self._conn = conn
         self._lock_file = lock
         self._closed = False
-        self._writer = threading.Thread(target=self._run, name="outbox-writer", daemon=True)
-        self._writer.start()
+        self._writer = supervise.start("outbox-writer", self._run, stopping=lambda: self._closed)
         return self
 
     def close(self, timeout: float = 10.0) -> None:
@@ -216,15 +221,23 @@ class Outbox:
     def _commit(self, batch: List[_Op]) -> None:
         assert self._conn is not None
         cur = self._conn.cursor()
+        live: List[_Op] = []
         try:
             cur.execute("BEGIN IMMEDIATE")
-            results = self._apply_all(batch, cur)
+            # Only now, with the write lock held, is a commit imminent: seal the batch so a
+            # withdrawn insert is skipped and a sealed one can no longer be withdrawn.
+            with SEAL_LOCK:
+                live = [op for op in batch if op.seal()]
+            results = self._apply_all(live, cur)
             cur.execute("COMMIT")
         except Exception as exc:  # noqa: BLE001 - any failure must fail the callers, not the thread
             try:
                 self._conn.execute("ROLLBACK")
             except sqlite3.Error:
                 pass
+            with SEAL_LOCK:
+                for op in live:
+                    op.unseal()
             if len(batch) > 1:
                 # One bad operation must not fail its neighbours: retry them one by one.
                 for op in batch:
@@ -235,24 +248,45 @@ class Outbox:
                 error = _store_error(self.path, exc, "commit")
                 self._writable = False
                 self._last_error = str(error)
-            if batch[0].done is not None:
-                batch[0].done(None, error)
+            self._failed(batch[0], error)
             return
         self._writable = True
         self._last_error = None
+        if len(live) != len(batch):
+            withdrawn = StoreError(f"store {self.path}: withdrawn before commit (the client was told NOT stored)")
+            for op in batch:
+                if isinstance(op, _Insert) and op.phase == _WITHDRAWN:
+                    self._failed(op, withdrawn)
         with self._lock:
-            for op, result in zip(batch, results):
+            for op, result in zip(live, results):
                 try:
                     op.after(self, result)
                 except Exception:  # noqa: BLE001 - the writer thread must outlive a bug
                     log.error("outbox.index_error", op=type(op).__name__, exc_info=True)
-        for op, result in zip(batch, results):
+        for op, result in zip(live, results):
             if op.done is not None:
                 try:
                     op.done(result, None)
                 except Exception:  # noqa: BLE001
                     log.error("outbox.callback_error", op=type(op).__name__, exc_info=True)
         self._on_change()
+
+    def _failed(self, op: _Op, error: BaseException) -> None:
+        """Tell the caller; an operation nobody waits for is logged and counted, never lost silently."""
+        if op.done is not None:
+            try:
+                op.done(None, error)
+            except Exception:  # noqa: BLE001
+                log.error("outbox.callback_error", op=type(op).__name__, exc_info=True)
+            return
+        if isinstance(op, _Insert) and op.phase == _WITHDRAWN:
+            return
+        self._count_failure(type(op).__name__.lstrip("_"))
+        log.error("outbox.op_failed", op=type(op).__name__, error=str(error))
+
+    def _count_failure(self, op: str) -> None:
+        with self._lock:
+            self._failed_ops[op] = self._failed_ops.get(op, 0) + 1
 
     def _apply_all(self, batch: List[_Op], cur: sqlite3.Cursor) -> List[Any]:
         """Apply a batch in order, folding runs of inserts / inflight marks into few statements."""
@@ -314,13 +348,16 @@ class Outbox:
         expire_after: Optional[float] = None,
         received_at: Optional[float] = None,
         synthetic: bool = False,
-    ) -> None:
+    ) -> Ticket:
         """Queue an insert; ``done(seq, None)`` runs (in the writer thread) once it is durable,
         ``done(None, StoreError)`` if it could not be committed. ``synthetic`` marks events
-        the bridge made itself (auto-resolve, reconcile)."""
+        the bridge made itself (auto-resolve, reconcile). The returned ticket's
+        ``withdraw()`` guarantees, when it returns True, that the row is never committed."""
         now = self._clock() if received_at is None else received_at
         expire_at = None if expire_after is None else now + expire_after
-        self._submit(_Insert(target, key, level, body, now, expire_at, done, synthetic=synthetic))
+        op = _Insert(target, key, level, body, now, expire_at, done, synthetic=synthetic)
+        self._submit(op)
+        return op
 
     def enqueue(
         self,
@@ -492,28 +529,34 @@ class Outbox:
     # -- statistics ------------------------------------------------------------------
 
     def stats(self) -> Stats:
-        """Queue depth from the index, the oldest pending age from the file."""
+        """Queue depth from the index; ages and open incidents from the file."""
         with self._lock:
             pending = {t: n for t, n in self._pending.items() if n}
             dead = {t: n for t, n in self._dead.items() if n}
             inflight: Dict[str, int] = {}
             for target, _key in self._busy:
                 inflight[target] = inflight.get(target, 0) + 1
-        oldest: Optional[float] = None
-        if pending or inflight:
-            try:
-                oldest = self._oldest_received()
-            except sqlite3.Error:
-                oldest = None
-        age = None if oldest is None else max(0.0, self._clock() - oldest)
-        return Stats(pending, inflight, dead, age, self._writable, self._last_error)
+            failed = dict(self._failed_ops)
+        now = self._clock()
+        ages: Dict[str, float] = {}
+        incidents: Dict[str, int] = {}
+        try:
+            for target in sorted(set(pending) | set(inflight)):
+                oldest = self._oldest_received(target)
+                if oldest is not None:
+                    ages[target] = max(0.0, now - oldest)
+            incidents = open_counts(self._reader())
+        except sqlite3.Error:
+            pass
+        age = max(ages.values()) if ages else None
+        return Stats(pending, inflight, dead, age, self._writable, self._last_error, ages, incidents, failed)
 
-    def _oldest_received(self) -> Optional[float]:
+    def _oldest_received(self, target: str) -> Optional[float]:
         reader = self._reader()
         best: Optional[float] = None
         for state in ("pending", "inflight"):
             found = reader.execute(
-                "SELECT received_at FROM outbox WHERE state = ? ORDER BY seq LIMIT 1", (state,)
+                "SELECT received_at FROM outbox WHERE state = ? AND target = ? ORDER BY seq LIMIT 1", (state, target)
             ).fetchone()
             if found is not None and (best is None or found[0] < best):
                 best = found[0]

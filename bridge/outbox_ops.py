@@ -11,7 +11,8 @@ from __future__ import annotations
 import functools
 import heapq
 import sqlite3
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple
+import threading
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Protocol, Sequence, Tuple
 
 from .ledger import record_delivery
 from .log import get_logger
@@ -47,9 +48,33 @@ class _Op:
     def after(self, box: "Outbox", result: Any) -> None:
         """Update the in-memory index; only called once the change is durable."""
 
+    def seal(self) -> bool:
+        """Called with the write lock held, before ``apply``: False drops the op unapplied."""
+        return True
+
+    def unseal(self) -> None:
+        """The transaction that sealed the op rolled back."""
+
+
+class Ticket(Protocol):
+    """What :meth:`bridge.outbox.Outbox.enqueue_with` returns: a handle on the queued insert."""
+
+    def withdraw(self) -> bool:
+        """True: the row will never be committed. False: a commit of it is under way."""
+
+
+#: Guards the queued -> sealed -> withdrawn phases of every insert (one lock: a phase
+#: change is a few instructions, and the writer seals a whole batch in one acquire).
+SEAL_LOCK = threading.Lock()
+_QUEUED, _SEALED, _WITHDRAWN = 0, 1, 2
+
 
 class _Insert(_Op):
-    __slots__ = ("target", "key", "level", "body", "received_at", "expire_at", "synthetic", "done")
+    """An accepted alert on its way to the file. Until the writer holds the write lock and
+    seals it, the accepting side may withdraw it: then it is never committed, so a
+    "NOT stored" answer is the truth (issue 12 item 5)."""
+
+    __slots__ = ("target", "key", "level", "body", "received_at", "expire_at", "synthetic", "done", "phase")
 
     def __init__(
         self,
@@ -64,6 +89,26 @@ class _Insert(_Op):
     ) -> None:
         self.target, self.key, self.level, self.body = target, key, level, body
         self.received_at, self.expire_at, self.done, self.synthetic = received_at, expire_at, done, synthetic
+        self.phase = _QUEUED
+
+    def seal(self) -> bool:
+        if self.phase == _WITHDRAWN:
+            return False
+        self.phase = _SEALED
+        return True
+
+    def unseal(self) -> None:
+        if self.phase == _SEALED:
+            self.phase = _QUEUED
+
+    def withdraw(self) -> bool:
+        """True if the row will never be committed; False if a commit of it is under way
+        (its outcome then arrives through ``done``)."""
+        with SEAL_LOCK:
+            if self.phase == _SEALED:
+                return False
+            self.phase = _WITHDRAWN
+            return True
 
     def apply(self, box: "Outbox", cur: sqlite3.Cursor) -> int:
         return _insert_rows(box, cur, [self])[0]
@@ -317,6 +362,10 @@ class _Replay(_Op):
         return result
 
 
+#: A timer whose resolve could not be made is tried again this much later.
+EXPIRY_RETRY_SECONDS = 60.0
+
+
 class _FireExpiries(_Op):
     """Turn due auto-resolve timers into synthetic OK rows, atomically with deleting them."""
 
@@ -334,14 +383,28 @@ class _FireExpiries(_Op):
         ).fetchall()
         fired: List[Tuple[int, str, str]] = []
         for target, key, body in due:
-            cur.execute("DELETE FROM expiry WHERE target = ? AND key = ?", (target, key))
-            resolved = self.make(target, key, bytes(body), now)
-            if resolved is None:
-                continue
-            ins = _Insert(target, key, "OK", resolved, now, None, None, synthetic=True)
-            seq = ins.apply(box, cur)
-            self.inserted.append(ins)
-            fired.append((seq, target, key))
+            # One timer that cannot fire (a bug rendering its resolve, a bad row) must not
+            # hold back every other auto-resolve: it is put back a minute later, alone.
+            cur.execute("SAVEPOINT expiry_one")
+            try:
+                cur.execute("DELETE FROM expiry WHERE target = ? AND key = ?", (target, key))
+                resolved = self.make(target, key, bytes(body), now)
+                if resolved is not None:
+                    ins = _Insert(target, key, "OK", resolved, now, None, None, synthetic=True)
+                    seq = ins.apply(box, cur)
+                    self.inserted.append(ins)
+                    fired.append((seq, target, key))
+                cur.execute("RELEASE expiry_one")
+            except Exception as exc:  # noqa: BLE001 - isolate the one timer
+                cur.execute("ROLLBACK TO expiry_one")
+                cur.execute("RELEASE expiry_one")
+                cur.execute(
+                    "UPDATE expiry SET due_at = ? WHERE target = ? AND key = ?",
+                    (now + EXPIRY_RETRY_SECONDS, target, key),
+                )
+                box._count_failure("Expiry")
+                log.error("outbox.expiry_failed", target=target, id=key, error=f"{type(exc).__name__}: {exc}",
+                          retry_in=EXPIRY_RETRY_SECONDS)
         return fired
 
     def after(self, box: "Outbox", fired: List[Tuple[int, str, str]]) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from .errors import StoreError
@@ -180,6 +180,12 @@ class Stats:
     oldest_pending_age: Optional[float]
     writable: bool
     last_error: Optional[str]
+    #: Age of the oldest undelivered row per target (configured or not).
+    oldest_by_target: Dict[str, float] = field(default_factory=dict)
+    #: Open incidents per target, from the ledger on file.
+    incidents_open: Dict[str, int] = field(default_factory=dict)
+    #: Store operations that failed with nobody waiting for them, by operation.
+    failed_ops: Dict[str, int] = field(default_factory=dict)
 
     @property
     def total_pending(self) -> int:
