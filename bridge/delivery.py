@@ -230,6 +230,7 @@ class Delivery:
         self._dispatcher: Optional[threading.Thread] = None
         self._rotation = 0
         self._next_prune = 0.0
+        self.coalesce_mode: str = getattr(config.delivery, "coalesce", "worst-then-latest")
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -298,11 +299,13 @@ class Delivery:
 
     def _fill(self, target: str, now: float) -> Optional[float]:
         """Claim ready heads of one target while workers are free; return when to look again."""
+        self._coalesce(target)
+        limited = self.targets[target].rate_limit is not None
         while not self._stopping.is_set():
             with self._lock:
                 if self._free <= 0 or self._inflight[target] >= self._cap:
                     return None
-            head, due = self.outbox.peek(target, now)
+            head, due = self.outbox.peek(target, now, resolves_first=limited)
             if head is None:
                 return due
             kind = "suppress" if self._suppressed(head) else "send"
@@ -319,6 +322,16 @@ class Delivery:
                 self._inflight[target] += 1
             self._jobs.put(_Job(kind, head))
         return None
+
+    def _coalesce(self, target: str) -> None:
+        """Turn a backlog of history into state before claiming (see :mod:`bridge.coalesce`)."""
+        if self.coalesce_mode == "off" or not self.outbox.coalescible(target):
+            return
+        gone = self.outbox.coalesce(target, self.coalesce_mode)
+        if gone:
+            log.info("delivery.coalesced", target=target, superseded=gone, mode=self.coalesce_mode)
+            if self.metrics is not None:
+                self.metrics.deliveries.labels(target, "superseded").inc(gone)
 
     def _suppressed(self, head: Head) -> bool:
         interval = self.config.delivery.repeat_interval

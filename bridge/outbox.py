@@ -61,6 +61,7 @@ from .outbox_ops import (
     Key,
     MakeResolve,
     _FireExpiries,
+    _Coalesce,
     _Finish,
     _Insert,
     _mark_inflight,
@@ -102,6 +103,10 @@ class Outbox:
         self._failed_ops: Dict[str, int] = {}
         self._heads: Dict[Key, Head] = {}
         self._heaps: Dict[str, List[Tuple[float, int, str]]] = {}
+        #: The same, for heads that are resolves: under a rate limit they go first.
+        self._ok_heaps: Dict[str, List[Tuple[float, int, str]]] = {}
+        #: Keys with more than one pending row, per target: candidates for coalescing.
+        self._coalescible: Dict[str, Set[str]] = {}
         self._busy: Dict[Key, int] = {}
         #: Idle keys held by :meth:`hold`; their heads wait in ``_parked`` until release.
         self._held: Set[Key] = set()
@@ -333,7 +338,13 @@ class Outbox:
         if current is not None and current.seq <= head.seq:
             return
         self._heads[key] = head
-        heapq.heappush(self._heaps.setdefault(head.target, []), (head.due, head.seq, head.key))
+        self._push(head)
+
+    def _push(self, head: Head) -> None:
+        entry = (head.due, head.seq, head.key)
+        heapq.heappush(self._heaps.setdefault(head.target, []), entry)
+        if head.level == "OK":
+            heapq.heappush(self._ok_heaps.setdefault(head.target, []), entry)
 
     # -- accepting ---------------------------------------------------------------
 
@@ -386,20 +397,53 @@ class Outbox:
 
     # -- dispatching -------------------------------------------------------------
 
-    def peek(self, target: str, now: float) -> Tuple[Optional[Head], Optional[float]]:
-        """The ready head of ``target`` with the earliest due time, or the next due time."""
+    def peek(
+        self, target: str, now: float, *, resolves_first: bool = False
+    ) -> Tuple[Optional[Head], Optional[float]]:
+        """The ready head of ``target`` with the earliest due time, or the next due time.
+        With ``resolves_first`` a ready resolve (an OK head) is preferred: under a rate
+        limit the platform hears "recovered" before new triggers of other ids."""
         with self._lock:
-            heap = self._heaps.get(target)
-            while heap:
-                due, seq, key = heap[0]
-                head = self._heads.get((target, key))
-                if head is None or head.seq != seq or head.due != due:
-                    heapq.heappop(heap)
-                    continue
-                if due <= now:
-                    return head, None
-                return None, due
-            return None, None
+            if resolves_first:
+                ready = self._top(self._ok_heaps.get(target), target)
+                if ready is not None and ready.due <= now:
+                    return ready, None
+            head = self._top(self._heaps.get(target), target)
+            if head is None:
+                return None, None
+            if head.due <= now:
+                return head, None
+            return None, head.due
+
+    def _top(self, heap: Optional[List[Tuple[float, int, str]]], target: str) -> Optional[Head]:
+        """The valid head at the top of a lazily cleaned heap (lock held)."""
+        while heap:
+            due, seq, key = heap[0]
+            head = self._heads.get((target, key))
+            if head is None or head.seq != seq or head.due != due:
+                heapq.heappop(heap)
+                continue
+            return head
+        return None
+
+    # -- coalescing ----------------------------------------------------------------
+
+    def coalescible(self, target: str) -> List[str]:
+        """Keys of ``target`` with several pending rows and nothing in flight."""
+        with self._lock:
+            keys = self._coalescible.get(target)
+            if not keys:
+                return []
+            return [k for k in keys if (target, k) not in self._busy]
+
+    def coalesce(self, target: str, mode: str, limit: int = 5000) -> int:
+        """Supersede what :func:`bridge.coalesce.keep` drops for the coalescible keys of
+        ``target``; returns how many rows were superseded."""
+        keys = self.coalescible(target)[:limit]
+        if not keys or mode == "off":
+            return 0
+        result = self._run_sync(_Coalesce(target, keys, mode, None))
+        return sum(gone for _key, _head, gone in result)
 
     def claim(self, head: Head) -> bool:
         """Take ``head`` for delivery; its key stays busy until :meth:`finish`."""

@@ -14,7 +14,8 @@ import sqlite3
 import threading
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Protocol, Sequence, Tuple
 
-from .ledger import record_delivery
+from .coalesce import keep
+from .ledger import last_told, record_delivery
 from .log import get_logger
 from .store import Forwarded, Head
 from .store_ops import Replayed, replay_rows
@@ -115,6 +116,9 @@ class _Insert(_Op):
 
     def after(self, box: "Outbox", seq: int) -> None:
         box._bump(box._pending, self.target, 1)
+        k = (self.target, self.key)
+        if k in box._heads or k in box._parked:
+            box._coalescible.setdefault(self.target, set()).add(self.key)
         box._offer(Head(self.target, self.key, seq, self.received_at, self.level, self.received_at))
 
 
@@ -205,15 +209,17 @@ class _SetInflight(_Op):
         cur.execute("UPDATE outbox SET state = 'inflight' WHERE seq = ? AND state = 'pending'", (self.seq,))
 
 
-def _next_head(cur: sqlite3.Cursor, target: str, key: str) -> Optional[Head]:
+def _next_head(cur: sqlite3.Cursor, target: str, key: str) -> Optional[Tuple[Head, bool]]:
+    """The key's new head, and whether more rows wait behind it (then it may coalesce)."""
     found = cur.execute(
         "SELECT seq, next_attempt_at, level, received_at FROM outbox"
-        " WHERE target = ? AND key = ? AND state = 'pending' ORDER BY seq LIMIT 1",
+        " WHERE target = ? AND key = ? AND state = 'pending' ORDER BY seq LIMIT 2",
         (target, key),
-    ).fetchone()
-    if found is None:
+    ).fetchall()
+    if not found:
         return None
-    return Head(target, key, found[0], found[1], found[2], found[3])
+    first = found[0]
+    return Head(target, key, first[0], first[1], first[2], first[3]), len(found) > 1
 
 
 class _Finish(_Op):
@@ -285,7 +291,10 @@ class _Finish(_Op):
         elif self.state == "delivered":
             box._forwarded[(h.target, h.key)] = Forwarded(h.level, h.received_at)
         if nxt is not None:
-            box._offer(nxt)
+            head, more = nxt
+            if more:
+                box._coalescible.setdefault(h.target, set()).add(h.key)
+            box._offer(head)
 
 
 class _Rebuild(_Op):
@@ -335,10 +344,18 @@ class _Rebuild(_Op):
                     box._parked[key] = head
                 elif key not in box._busy:
                     box._heads[key] = head
+            box._ok_heaps = {}
             for head in box._heads.values():
                 box._heaps.setdefault(head.target, []).append((head.due, head.seq, head.key))
-            for heap in box._heaps.values():
+                if head.level == "OK":
+                    box._ok_heaps.setdefault(head.target, []).append((head.due, head.seq, head.key))
+            for heap in list(box._heaps.values()) + list(box._ok_heaps.values()):
                 heapq.heapify(heap)
+            box._coalescible = {}
+            for target, key in cur.execute(
+                "SELECT target, key FROM outbox WHERE state = 'pending' GROUP BY target, key HAVING count(*) > 1"
+            ):
+                box._coalescible.setdefault(target, set()).add(key)
             box._forwarded = {
                 (t, k): Forwarded(level, received)
                 for t, k, level, received in cur.execute(
@@ -458,3 +475,64 @@ class _Probe(_Op):
             (repr(box._clock()),),
         )
         return True
+
+
+class _Coalesce(_Op):
+    """Mark the pending events of some ids ``superseded`` per :func:`bridge.coalesce.keep`.
+
+    The first kept row inherits the old head's retry schedule (attempts, due time), so
+    a platform that is still down sees the same backoff, not a fresh burst.
+    """
+
+    __slots__ = ("target", "keys", "mode", "done")
+
+    def __init__(self, target: str, keys: List[str], mode: str, done: Optional[Done]) -> None:
+        self.target, self.keys, self.mode, self.done = target, keys, mode, done
+
+    def apply(self, box: "Outbox", cur: sqlite3.Cursor) -> List[Tuple[str, Optional[Head], int]]:
+        now = box._clock()
+        out: List[Tuple[str, Optional[Head], int]] = []
+        for key in self.keys:
+            rows = cur.execute(
+                "SELECT seq, level, attempts, next_attempt_at, last_error, last_status, received_at FROM outbox"
+                " WHERE target = ? AND key = ? AND state = 'pending' ORDER BY seq",
+                (self.target, key),
+            ).fetchall()
+            told = last_told(cur.connection, self.target, key)
+            kept = set(keep([(r[0], r[1]) for r in rows], None if told is None else told.level, self.mode))
+            gone = [r[0] for r in rows if r[0] not in kept]
+            if not gone:
+                out.append((key, None, 0))
+                continue
+            latest = rows[-1][0]
+            cur.executemany(
+                "UPDATE outbox SET state = 'superseded', done_at = ?, last_error = ? WHERE seq = ? AND state = 'pending'",
+                [(now, f"superseded by #{latest} (coalesced)", seq) for seq in gone],
+            )
+            first = next(r for r in rows if r[0] in kept)
+            old = rows[0]
+            due = first[3]
+            if old[0] != first[0]:
+                due = max(first[3], old[3])
+                cur.execute(
+                    "UPDATE outbox SET attempts = ?, next_attempt_at = ?, last_error = COALESCE(?, last_error),"
+                    " last_status = COALESCE(?, last_status) WHERE seq = ?",
+                    (max(first[2], old[2]), due, old[4], old[5], first[0]),
+                )
+            out.append((key, Head(self.target, key, first[0], due, first[1], first[6]), len(gone)))
+        return out
+
+    def after(self, box: "Outbox", result: List[Tuple[str, Optional[Head], int]]) -> None:
+        for key, head, gone in result:
+            k = (self.target, key)
+            box._coalescible.get(self.target, set()).discard(key)
+            if head is None:
+                continue
+            box._bump(box._pending, self.target, -gone)
+            if k in box._busy:
+                continue
+            if k in box._held:
+                box._parked[k] = head
+                continue
+            box._heads[k] = head
+            box._push(head)
