@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: venv kapacitor test demo bench check proto clean
+.PHONY: venv kapacitor test demo bench check proto docs clean
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,10 @@ bench: venv kapacitor
 
 proto:
 	scripts/gen-proto
+
+# docs/configuration.md is generated from the config schema (a test fails when it is stale).
+docs: venv
+	$(BIN)/python -m bridge config-reference --output docs/configuration.md
 
 check: venv
 	scripts/gen-proto --check

@@ -230,7 +230,7 @@ class Delivery:
         self._dispatcher: Optional[threading.Thread] = None
         self._rotation = 0
         self._next_prune = 0.0
-        self.coalesce_mode: str = getattr(config.delivery, "coalesce", "worst-then-latest")
+        self.coalesce_mode = config.delivery.coalesce
 
     # -- lifecycle -------------------------------------------------------------
 

@@ -26,7 +26,7 @@ from typing import Any, AsyncIterator, Deque, Dict, List, Optional, Tuple
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from .config import Config
+from .config import Config, listen_error
 from .delivery import Delivery
 from .errors import ConfigError, StoreError
 from .event import EventError, parse
@@ -337,14 +337,9 @@ def make_app(service: Service) -> web.Application:
 
 def check_listen(config: Config, insecure: bool) -> None:
     """Refuse an open listener without a token: alerts are a way to page people at night."""
-    server = config.server
-    if server.is_loopback or server.token or insecure:
-        return
-    raise ConfigError(
-        "server.listen",
-        f"{server.listen} is not a loopback address and server.token is not set; "
-        "set a token or pass --insecure",
-    )
+    problem = None if insecure else listen_error(config.server)
+    if problem is not None:
+        raise problem
 
 
 async def serve(config: Config, *, insecure: bool = False, registry: Optional[CollectorRegistry] = None) -> int:
