@@ -327,7 +327,12 @@ class Delivery:
         """Turn a backlog of history into state before claiming (see :mod:`bridge.coalesce`)."""
         if self.coalesce_mode == "off" or not self.outbox.coalescible(target):
             return
-        gone = self.outbox.coalesce(target, self.coalesce_mode)
+        try:
+            gone = self.outbox.coalesce(target, self.coalesce_mode)
+        except (StoreError, TimeoutError) as exc:
+            # Not coalescing only costs extra deliveries: deliver history this round.
+            log.error("store.error", target=target, op="coalesce", error=str(exc))
+            return
         if gone:
             log.info("delivery.coalesced", target=target, superseded=gone, mode=self.coalesce_mode)
             if self.metrics is not None:
