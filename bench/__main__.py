@@ -4,7 +4,8 @@
     .venv/bin/python -m bench [--official-agent DIR] [--runs 5] [--sections udf memory ...] [--quick]
 
 Sections: ``udf`` (throughput vs InfluxData's agent), ``memory``, ``kapacitord``
-(through a real kapacitord), ``bridge``, ``profile``. ``--sections`` re-measures
+(through a real kapacitord), ``bridge``, ``coalesce`` (outage backlog under a
+rate limit, fake clock: :mod:`bench.coalesce_drain`), ``profile``. ``--sections`` re-measures
 only those and merges them into the previous ``bench/.work/results.json``.
 ``--quick`` shrinks every input for a smoke run (figures meaningless).
 """
@@ -21,7 +22,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from .common import BENCH_DIR, WORK_DIR, Figure, load_results, machine_facts, merge_results, save_results
 
-SECTIONS = ("udf", "memory", "kapacitord", "bridge", "profile")
+SECTIONS = ("udf", "memory", "kapacitord", "bridge", "coalesce", "profile")
 
 @dataclass(frozen=True)
 class Size:
@@ -120,6 +121,16 @@ def run(args: argparse.Namespace) -> int:
             figures.extend(sec.figures)
             notes["bridge"] = sec.notes
         section("bridge", bridge)
+    if "coalesce" in sections:
+        def coalesce() -> None:
+            from .coalesce_drain import measure
+
+            # Full size even with --quick: it is a fake-clock run of a few seconds, and a backlog
+            # smaller than one rate-limit window would make both drains take no time at all.
+            sec = measure(1, 10_000, 20, log=_log)
+            figures.extend(sec.figures)
+            notes["coalesce"] = sec.notes
+        section("coalesce", coalesce)
     if "profile" in sections:
         def profile() -> None:
             from .profile import profile_bridge, profile_udf, transport_ab, udf_ab

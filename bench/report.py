@@ -324,6 +324,11 @@ def write_markdown(data: Dict[str, Any], path: Path, png_name: str = "results.pn
         L += _commands(by_prefix["bridge"])
         L.append("")
 
+    if "coalesce" in by_prefix:
+        from .coalesce_drain import markdown as coalesce_markdown
+
+        L += coalesce_markdown(by_prefix["coalesce"], notes.get("coalesce", {}))
+
     profiles = notes.get("profiles") or []
     L += ["## Profiles and proposed fixes", ""]
     for prof in profiles:
