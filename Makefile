@@ -6,12 +6,12 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: venv kapacitor test demo bench check proto docs clean
+.PHONY: venv kapacitor test demo bench check proto docs dist clean
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test,bench]'
+	$(BIN)/pip install -q -e '.[test,bench,dist]'
 	touch $@
 
 venv: $(STAMP)
@@ -31,6 +31,12 @@ bench: venv kapacitor
 proto:
 	scripts/gen-proto
 
+# Wheel and sdist in dist/ for hosts without this repository (README "Install").
+dist: venv
+	rm -rf dist build
+	$(BIN)/python -m build --no-isolation --outdir dist .
+	$(BIN)/python -m twine check --strict dist/*
+
 # docs/configuration.md is generated from the config schema (a test fails when it is stale).
 docs: venv
 	$(BIN)/python -m bridge config-reference --output docs/configuration.md
@@ -39,4 +45,4 @@ check: venv
 	scripts/gen-proto --check
 
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis
+	rm -rf $(VENV) .pytest_cache .hypothesis dist build

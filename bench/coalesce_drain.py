@@ -225,8 +225,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.results is not None:
         when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
         provenance = (
-            f"Written by `{CMD} --events {args.events} --flips {args.flips} --results {args.results}` on {when} "
-            f"(load average at start: {', '.join(f'{x:.2f}' for x in load)}; a fake-clock figure does not depend on it)."
+            f"*Measured by `{CMD} --events {args.events} --flips {args.flips} --results {args.results}` on {when} "
+            f"({args.runs} run per figure; load average at start {', '.join(f'{x:.2f}' for x in load)}, "
+            "which a fake-clock figure does not depend on).*"
         )
         splice(args.results, markdown(sec.figures, sec.notes, provenance))
         print(f"wrote the {SECTION!r} section of {args.results}")

@@ -46,6 +46,7 @@ from .schema import (
 )
 from .secret_values import MIN_SECRET_CHARS, collect_secrets, resolve_secrets, scrub
 from .targets.base import Options, RateLimit, get_type, registered_types
+from .targets.keys import keys_for
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -402,8 +403,6 @@ def _target(table: Any, index: int, secrets: Set[str], errors: Errors) -> Option
         known = registered_types()
         errors.add(f"{prefix}.type", unknown_key(str(type_name), known, noun="type"))
         return None
-    from .targets.keys import keys_for
-
     specific = keys_for(type_name)
     values = read_table(table, prefix, common + specific, errors, f"type {type_name}")
     collect_secrets(table, secrets, [k.name for k in common + specific if k.secret])

@@ -13,6 +13,7 @@ from typing import List, Sequence
 from .config import ARRAYS, TargetConfig, sections
 from .schema import Key, format_duration, keys_of
 from .targets.base import get_type, registered_types
+from .targets.keys import keys_for
 
 __all__ = ["reference"]
 
@@ -52,8 +53,6 @@ def reference() -> str:
         "Keys every type accepts:\n"
     )
     out.append(_table(keys_of(TargetConfig)))
-    from .targets.keys import keys_for
-
     for type_name in registered_types():
         cls = get_type(type_name)
         out.append(f"### `type = \"{type_name}\"`\n")

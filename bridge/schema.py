@@ -33,12 +33,14 @@ __all__ = [
     "INTEGER",
     "LEVELS",
     "LISTEN",
+    "NONEMPTY",
     "RATE_LIMIT",
     "STRING",
     "STRING_LIST",
     "STRING_MAP",
     "STRING_OR_LIST",
     "URL",
+    "URL_LIST",
     "ConfigErrors",
     "Errors",
     "Key",
@@ -305,6 +307,15 @@ def _string_list(value: Any, where: str) -> Tuple[str, ...]:
     return tuple(value)
 
 
+def _url_list(value: Any, where: str) -> Tuple[str, ...]:
+    items = _string_list(value, where)
+    if not items:
+        raise ConfigError(where, "needs at least one URL")
+    for i, item in enumerate(items):
+        _url(item, f"{where}[{i}]")
+    return items
+
+
 def _string_or_list(value: Any, where: str) -> Tuple[str, ...]:
     if isinstance(value, str):
         return (value,)
@@ -343,6 +354,7 @@ URL = Kind("URL", _url, '"https://…"')
 FILE = Kind("file path", _file, '"/etc/…"')
 STRING_MAP = Kind("table of strings", _string_map, '{ Name = "value" }')
 STRING_LIST = Kind("array of strings", _string_list, '["a", "b"]')
+URL_LIST = Kind("array of URLs", _url_list, '["https://…", "https://…"]')
 STRING_OR_LIST = Kind("string or array of strings", _string_or_list, '["a@example.com"]')
 LEVELS = Kind("table: level → string", _levels, '{ CRITICAL = "…" }')
 RATE_LIMIT = Kind("rate (count/period) or \"off\"", _rate_limit, '"120/1m"')

@@ -221,6 +221,12 @@ class TestServeWithoutConfig:
         assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
 
 
+    def test_bad_listen_flag(self, capsys: pytest.CaptureFixture[str]) -> None:
+        """A malformed --listen is a usage error naming the flag, before anything starts."""
+        assert main(["serve", "--listen", "localhost"]) == 2
+        assert "config error: --listen: must be host:port" in capsys.readouterr().err
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

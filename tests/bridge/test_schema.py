@@ -4,6 +4,7 @@ generated reference and the example file, all driven by the same declarations.""
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
@@ -59,6 +60,13 @@ def example_blocks(text: str) -> List[str]:
         if current is not None:
             blocks[-1] = "\n".join(current)
     return blocks
+
+
+def resolved(value: Any) -> Any:
+    """``env:NAME`` as the loader resolves it (for calling from_options directly)."""
+    if isinstance(value, str) and value.startswith("env:"):
+        return os.environ[value[4:]]
+    return value
 
 
 @pytest.fixture
@@ -183,6 +191,20 @@ class TestDeclarations:
         assert Section(**values) == Section(interval=60.0, count=3)
         assert [(e.key, e.message) for e in errors.items] == [("x.count", "must be at least 1")]
 
+    def test_url_list_kind(self) -> None:
+        """An array of URLs names the bad element; an empty array is refused."""
+        from bridge.schema import URL_LIST, Key
+
+        key = Key("urls", URL_LIST, "Replicas.")
+        assert key.read(["https://a.example/", "http://b.example:9093"], "t.urls") == (
+            "https://a.example/",
+            "http://b.example:9093",
+        )
+        for bad, where in ((["https://a.example/", "ftp://b"], "t.urls[1]"), ([], "t.urls"), ("https://a/", "t.urls")):
+            with pytest.raises(ConfigError) as info:
+                key.read(bad, "t.urls")
+            assert info.value.key == where
+
     def test_sections_come_from_config(self) -> None:
         """The tables the loader reads are the Config fields declared with section()."""
         assert list(sections()) == ["server", "store", "delivery"]
@@ -236,6 +258,26 @@ class TestExample:
                 assert {k.name for k in keys_for(target.type)} - {"headers", "template", "content_type"} <= given
             assert config.targets or config.heartbeats
         assert shown == set(registered_types())
+
+    def test_declared_defaults_are_the_code_defaults(self, example_env: Path) -> None:
+        """Per type, a table with only the required keys builds the same target whether the
+        loader fills in the declared defaults or the type's code falls back on its own."""
+        import tomllib
+
+        from bridge.targets.base import Options, get_type
+
+        checked = set()
+        for block in example_blocks(EXAMPLE.read_text()):
+            for table in tomllib.loads(block).get("target", []):
+                type_name = table["type"]
+                required = {k.name for k in keys_for(type_name) if k.required}
+                minimal = {k: v for k, v in table.items() if k in required | {"name", "type"}}
+                loaded = from_mapping({"target": [minimal]}).targets[table["name"]].target
+                bare = {k: resolved(v) for k, v in minimal.items() if k not in ("name", "type")}
+                own = get_type(type_name).from_options(table["name"], Options(f"target.{table['name']}", bare))
+                assert own == loaded, type_name
+                checked.add(type_name)
+        assert len(checked) >= 9
 
     def test_token_agrees_with_kapacitor_files(self) -> None:
         """kapacitor.conf.example and the topic handler send the placeholder bridge.toml's token stands for."""
