@@ -12,16 +12,24 @@ When several events of one ``(target, id)`` are pending, at most two go:
 
 The skipped rows keep their data, with state ``superseded``. Pure functions here;
 the outbox applies the plan in its writer transaction.
+
+Coalescing is for a platform that cannot keep up, not for normal flow: an id is
+coalesced only when its oldest queued event has already failed once, has waited
+:data:`BACKLOG_AGE` seconds (the bridge or the platform was down), or the target's
+rate limiter is holding deliveries back. A quick burst to a healthy platform is
+delivered event by event.
 """
 
 from __future__ import annotations
 
 from typing import List, Optional, Sequence, Tuple
 
-__all__ = ["MODES", "SEVERITY", "keep"]
+__all__ = ["BACKLOG_AGE", "MODES", "SEVERITY", "keep"]
 
 MODES = ("worst-then-latest", "latest", "off")
 SEVERITY = {"OK": 0, "INFO": 1, "WARNING": 2, "CRITICAL": 3}
+#: Seconds an id's oldest queued event waits before its queue counts as a backlog.
+BACKLOG_AGE = 10.0
 
 
 def keep(rows: Sequence[Tuple[int, str]], told: Optional[str], mode: str) -> List[int]:

@@ -325,10 +325,13 @@ class Delivery:
 
     def _coalesce(self, target: str) -> None:
         """Turn a backlog of history into state before claiming (see :mod:`bridge.coalesce`)."""
-        if self.coalesce_mode == "off" or not self.outbox.coalescible(target):
+        if self.coalesce_mode == "off":
+            return
+        limited = self.targets[target].rate_limit is not None and self.limiters.wait_time(target) > 0
+        if not self.outbox.coalescible(target, limited=limited):
             return
         try:
-            gone = self.outbox.coalesce(target, self.coalesce_mode)
+            gone = self.outbox.coalesce(target, self.coalesce_mode, limited=limited)
         except (StoreError, TimeoutError) as exc:
             # Not coalescing only costs extra deliveries: deliver history this round.
             log.error("store.error", target=target, op="coalesce", error=str(exc))

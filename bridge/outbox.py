@@ -49,6 +49,7 @@ from concurrent.futures import Future
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Set, Tuple
 
 from . import supervise
+from .coalesce import BACKLOG_AGE
 from .errors import StoreError
 from .ledger import Incident, open_counts, open_incidents
 from .ledger import told as _told
@@ -428,19 +429,34 @@ class Outbox:
 
     # -- coalescing ----------------------------------------------------------------
 
-    def coalescible(self, target: str) -> List[str]:
-        """Keys of ``target`` with several pending rows and nothing in flight."""
+    def coalescible(self, target: str, now: Optional[float] = None, *, limited: bool = False) -> List[str]:
+        """Keys of ``target`` with several pending rows, nothing in flight, and a backlog: the
+        head has failed before, is :data:`~bridge.coalesce.BACKLOG_AGE` old, or ``limited``
+        (the target's rate limiter holds deliveries back)."""
+        now = self._clock() if now is None else now
         with self._lock:
             keys = self._coalescible.get(target)
             if not keys:
                 return []
-            return [k for k in keys if (target, k) not in self._busy]
+            out: List[str] = []
+            for key in list(keys):
+                k = (target, key)
+                if k in self._busy:
+                    continue
+                head = self._heads.get(k) or self._parked.get(k)
+                if head is None:
+                    keys.discard(key)  # nothing pending any more
+                elif limited or head.due > head.received_at or now - head.received_at >= BACKLOG_AGE:
+                    out.append(key)
+            return out
 
-    def coalesce(self, target: str, mode: str, limit: int = 5000) -> int:
+    def coalesce(self, target: str, mode: str, *, limited: bool = False, limit: int = 5000) -> int:
         """Supersede what :func:`bridge.coalesce.keep` drops for the coalescible keys of
         ``target``; returns how many rows were superseded."""
-        keys = self.coalescible(target)[:limit]
-        if not keys or mode == "off":
+        if mode == "off":
+            return 0
+        keys = self.coalescible(target, limited=limited)[:limit]
+        if not keys:
             return 0
         result = self._run_sync(_Coalesce(target, keys, mode, None))
         return sum(gone for _key, _head, gone in result)

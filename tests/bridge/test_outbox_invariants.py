@@ -15,6 +15,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
+from bridge.coalesce import keep
 from bridge.outbox import Outbox
 from bridge.store import Head
 
@@ -37,6 +38,8 @@ class OutboxMachine(RuleBasedStateMachine):
         self.claimed: Dict[str, Head] = {}
         self.finished: List[Head] = []
         self.last_delivered: Dict[str, str] = {}
+        #: Keys coalesced since anything changed their queue: their (at most two) rows are the plan.
+        self.planned: set[str] = set()
 
     def teardown(self) -> None:
         self.box.close()
@@ -61,6 +64,7 @@ class OutboxMachine(RuleBasedStateMachine):
         seq = self.box.enqueue("t", key, level, f'{{"id":"{key}","level":"{level}"}}'.encode()).result(10)
         assert seq not in self.rows
         self.rows[seq] = (key, level, "pending")
+        self.planned.discard(key)
 
     @rule()
     def claim(self) -> None:
@@ -83,6 +87,7 @@ class OutboxMachine(RuleBasedStateMachine):
     def finish(self, data: st.DataObject, state: str) -> None:
         key = data.draw(st.sampled_from(sorted(self.claimed)))
         head = self.claimed.pop(key)
+        self.planned.discard(key)
         if state == "pending":
             self.box.finish(head, "pending", attempts=1, next_at=NOW)
         else:
@@ -128,7 +133,25 @@ class OutboxMachine(RuleBasedStateMachine):
             assert f.new_seq > max(self.rows)
             self.rows[f.new_seq] = (k, level, "pending")
         gone = set(in_place) | {f.row.seq for f in result.forced}
+        self.planned -= {self.rows[s_][0] for s_ in gone}
         self.finished = [h for h in self.finished if h.seq not in gone]
+
+    @rule(mode=st.sampled_from(("worst-then-latest", "latest")))
+    def coalesce(self, mode: str) -> None:
+        """Coalescing supersedes pending rows of idle keys only, keeping what the plan keeps."""
+        expected = 0
+        for key in KEYS:
+            if key in self.claimed or key in self.planned:
+                continue  # planned: nothing changed since its last plan, the outbox leaves it alone
+            pending = [(s, self.rows[s][1]) for s in self.unfinished(key)]
+            if len(pending) > 1:
+                self.planned.add(key)
+            kept = set(keep(pending, self.last_delivered.get(key), mode))
+            for seq, level in pending:
+                if seq not in kept:
+                    self.rows[seq] = (key, level, "superseded")
+                    expected += 1
+        assert self.box.coalesce("t", mode, limited=True) == expected
 
     @rule()
     def restart(self) -> None:
@@ -139,6 +162,7 @@ class OutboxMachine(RuleBasedStateMachine):
             if st_ == "inflight":
                 self.rows[seq] = (k, level, "pending")
         self.claimed.clear()
+        self.planned.clear()
 
     # -- invariants ------------------------------------------------------------
 
@@ -157,6 +181,14 @@ class OutboxMachine(RuleBasedStateMachine):
                 assert self.box._busy.get(("t", key)) == inflight[0]
 
     @invariant()
+    def backlogs_are_known(self) -> None:
+        """Every idle key with more than one pending row is a coalescing candidate."""
+        candidates = set(self.box.coalescible("t", limited=True))
+        for key in KEYS:
+            if key not in self.claimed and key not in self.planned and len(self.unfinished(key)) > 1:
+                assert key in candidates, f"{key} has a backlog the outbox does not know of"
+
+    @invariant()
     def ledger_matches_deliveries(self) -> None:
         open_keys = {i.key: i.level for i in self.box.incidents("t")}
         expected = {k: lv for k, lv in self.last_delivered.items() if lv != "OK"}
@@ -172,7 +204,7 @@ class OutboxMachine(RuleBasedStateMachine):
 
 
 OutboxMachine.TestCase.settings = settings(
-    max_examples=40,
+    max_examples=100,
     stateful_step_count=30,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
