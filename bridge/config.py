@@ -191,7 +191,8 @@ class DeliveryConfig:
     )
     coalesce: str = setting(
         COALESCE,
-        "When several events of one id are queued (an outage), deliver state, not history: "
+        "When several events of one id are queued behind a platform that cannot keep up (its oldest "
+        "failed once, waited 10 s, or the rate limit holds it), deliver state, not history: "
         "`\"worst-then-latest\"` sends the worst skipped level if the platform was not told it, then the latest; "
         "`\"latest\"` only the latest; `\"off\"` every event in order. Skipped rows stay on file as `superseded`.",
         "worst-then-latest",

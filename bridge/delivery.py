@@ -59,6 +59,8 @@ log = get_logger("bridge.delivery")
 #: How often the dispatcher runs housekeeping (expiries, replays by other processes).
 TICK_SECONDS = 0.5
 PRUNE_EVERY = 10.0
+#: Crashes of the dispatch loop in quick succession after which the process exits (bridge.supervise).
+DISPATCHER_CRASHES = 5
 #: The id ``send-test`` uses, so the test incident is easy to find and close.
 SEND_TEST_ID = "kapacitor-oncall-bridge:send-test"
 
@@ -270,12 +272,21 @@ class Delivery:
     # -- dispatcher --------------------------------------------------------------
 
     def _dispatch(self) -> None:
+        crashes = 0
         while not self._stopping.is_set():
+            started = time.monotonic()
             try:
                 self._dispatch_loop()
             except Exception:  # noqa: BLE001 - a dead dispatcher would silently stop every delivery
-                log.error("dispatcher.crashed", exc_info=True)
+                # A crash after a minute of work is a new fault; crashes in quick succession are one.
+                crashes = crashes + 1 if time.monotonic() - started < 60.0 else 1
+                log.error("dispatcher.crashed", crashes=crashes, exc_info=True)
+                if crashes >= DISPATCHER_CRASHES:
+                    # Not a passing fault: let the process die loudly (bridge.supervise) and restart.
+                    raise
                 self._stopping.wait(1.0)
+            else:
+                crashes = 0
 
     def _dispatch_loop(self) -> None:
         next_tick = 0.0

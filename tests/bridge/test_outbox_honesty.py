@@ -269,3 +269,31 @@ class TestSilentFailures:
             box.close()
 
 
+
+
+def test_dispatcher_crash_loop_exits(tmp_path: Path, deaths: List[int], monkeypatch: pytest.MonkeyPatch,
+                                     receiver: Receiver) -> None:
+    """A dispatch loop that keeps crashing is retried a few times, then the process exits."""
+    import bridge.delivery as delivery_mod
+
+    cfg_path = tmp_path / "b.toml"
+    cfg_path.write_text(webhook_config(receiver.url + "/hook") + f'\n[store]\npath = "{tmp_path / "d.db"}"\n')
+    box = Outbox(load(str(cfg_path)).store.path).open()
+    delivery = Delivery(load(str(cfg_path)), box)
+    calls: List[float] = []
+
+    def broken() -> None:
+        calls.append(time.monotonic())
+        raise RuntimeError("simulated dispatcher bug")
+
+    monkeypatch.setattr(delivery, "_dispatch_loop", broken)
+    monkeypatch.setattr(delivery_mod, "DISPATCHER_CRASHES", 3)
+    try:
+        delivery.start()
+        deadline = time.monotonic() + 10
+        while not deaths and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert deaths == [supervise.EXIT_THREAD_DIED] and len(calls) == 3
+    finally:
+        delivery.stop(5)
+        box.close()
