@@ -2,7 +2,7 @@
 
 What runs, all in a fresh temp dir on free ports, all stopped on exit, error or Ctrl-C:
 
-* **kapacitord 1.5.9** (built once by ``scripts/kapacitor-build``) with ``kapacitor.conf.example``
+* **kapacitord 1.8.6** (built once by ``scripts/kapacitor-build``, its default version) with ``kapacitor.conf.example``
   rendered for this machine: the ``@alertState()`` UDF as a child process, and the
   ``[[httppost]] oncall-bridge`` endpoint pointing at the bridge with its bearer token;
 * **the bridge**, ``kapacitor-oncall-bridge serve`` with a generated minimal config (SQLite
@@ -41,6 +41,7 @@ from typing import IO, Any, Callable, Optional
 import requests
 
 from tests.e2e.kapacitord import (
+    DEFAULT_VERSION,
     REPO_ROOT,
     Kapacitord,
     KapacitordError,
@@ -481,8 +482,8 @@ def run(timeline: Timeline, workdir: Path) -> None:
     say = timeline.line
     say("kapacitor-oncall demo: Kapacitor -> @alertState() UDF -> alert node -> bridge -> on-call")
     say(f"work dir {workdir}")
-    say("checking the kapacitord build (scripts/kapacitor-build; the first run compiles it)...")
-    bin_dir = ensure_built()
+    say(f"checking the kapacitord {DEFAULT_VERSION} build (scripts/kapacitor-build; the first run compiles it)...")
+    bin_dir = ensure_built(DEFAULT_VERSION)
     oncall = OnCall(timeline)
     stack.append(oncall.stop)
     oncall.start()

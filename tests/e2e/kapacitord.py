@@ -59,43 +59,77 @@ class KapacitordError(RuntimeError):
 # build
 # --------------------------------------------------------------------------------------------
 
-_built: Optional[Path] = None
+#: What ``scripts/kapacitor-build`` builds without an argument, and what the demo runs.
+DEFAULT_VERSION = "1.8.6"
+#: Every version the e2e suite runs against: the current line first, then the oldest supported.
+SUPPORTED_VERSIONS = ("1.8.6", "1.5.9")
+#: Comma-separated subset of SUPPORTED_VERSIONS to run locally (CI runs all of them).
+VERSIONS_ENV = "KAPACITOR_VERSIONS"
+
+_built: dict[str, Path] = {}
 _build_lock = threading.Lock()
 
 
-def ensure_built() -> Path:
-    """Return the bin dir holding ``kapacitord``/``kapacitor``, running scripts/kapacitor-build once.
+def versions_under_test(environ: Optional[Mapping[str, str]] = None) -> list[str]:
+    """The kapacitord versions to run the suite against: ``$KAPACITOR_VERSIONS`` or all supported.
 
-    The script is idempotent and takes a file lock, so parallel pytest-xdist workers and a
-    concurrently running demo share one build; within a process the result is memoised.
+    An unknown version is an error, not an empty matrix: a typo must not turn the suite green.
     """
-    global _built
-    with _build_lock:
-        if _built is not None:
-            return _built
-        proc = subprocess.run(
-            [str(BUILD_SCRIPT)],
-            cwd=REPO_ROOT,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            check=False,
+    raw = (os.environ if environ is None else environ).get(VERSIONS_ENV, "").strip()
+    if not raw:
+        return list(SUPPORTED_VERSIONS)
+    wanted = [v.strip().lstrip("v") for v in raw.split(",") if v.strip()]
+    unknown = [v for v in wanted if v not in SUPPORTED_VERSIONS]
+    if unknown or not wanted:
+        raise ValueError(
+            f"{VERSIONS_ENV}={raw!r}: unknown version(s) {unknown}; supported: {', '.join(SUPPORTED_VERSIONS)}"
         )
-        if proc.returncode != 0:
-            raise KapacitordError(
-                f"{BUILD_SCRIPT} failed with exit code {proc.returncode}:\n{_tail(proc.stderr, 40)}"
-            )
-        lines = proc.stdout.strip().splitlines()
-        bin_dir = Path(lines[-1]) if lines else Path()
-        for name in ("kapacitord", "kapacitor"):
-            if not os.access(bin_dir / name, os.X_OK):
-                raise KapacitordError(
-                    f"{BUILD_SCRIPT} printed {bin_dir!s} but {name} is not executable there:\n"
-                    f"{_tail(proc.stderr, 20)}"
-                )
-        _built = bin_dir
+    return list(dict.fromkeys(wanted))
+
+
+def ensure_built(version: str = DEFAULT_VERSION) -> Path:
+    """Return the bin dir holding ``kapacitord``/``kapacitor`` of ``version``, building it once.
+
+    scripts/kapacitor-build is idempotent and takes a per-version file lock, so parallel
+    pytest-xdist workers and a concurrently running demo share one build; within a process the
+    result is memoised.
+    """
+    with _build_lock:
+        if version in _built:
+            return _built[version]
+        bin_dir = run_build_script(BUILD_SCRIPT, version, ("kapacitord", "kapacitor"))
+        _built[version] = bin_dir
         return bin_dir
+
+
+def run_build_script(script: Path, version: str, binaries: Sequence[str]) -> Path:
+    """Run one of the scripts/*-build recipes; its last stdout line is the bin dir.
+
+    Raises KapacitordError with the script's stderr tail when it fails or the binaries are
+    missing, so a failed build reads as a build failure in the test report.
+    """
+    proc = subprocess.run(
+        [str(script), version],
+        cwd=REPO_ROOT,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise KapacitordError(
+            f"{script} {version} failed with exit code {proc.returncode}:\n{_tail(proc.stderr, 40)}"
+        )
+    lines = proc.stdout.strip().splitlines()
+    bin_dir = Path(lines[-1]) if lines else Path()
+    for name in binaries:
+        if not os.access(bin_dir / name, os.X_OK):
+            raise KapacitordError(
+                f"{script} {version} printed {bin_dir!s} but {name} is not executable there:\n"
+                f"{_tail(proc.stderr, 20)}"
+            )
+    return bin_dir
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -136,6 +170,7 @@ def render_config(
     bridge_token: str,
     snapshot_interval: str = "1s",
     extra: str = "",
+    influxdb_url: Optional[str] = None,
     example: Path = EXAMPLE_CONFIG,
 ) -> Path:
     """Write ``<tmpdir>/kapacitor.conf`` from the example with only machine-specific lines changed.
@@ -150,7 +185,9 @@ def render_config(
     * ``[udf.functions.alertState]`` and ``[udf.functions.alertStateBatch]`` ``prog``/``args`` ->
       ``udf_prog[0]``/``udf_prog[1:]`` (plus ``--batch`` for the batch table), or, with
       ``udf_prog=None``, those tables' headers and keys are dropped (comments stay), so
-      kapacitord starts without the UDF.
+      kapacitord starts without the UDF;
+    * with ``influxdb_url``: ``[[influxdb]]`` ``enabled`` -> true and ``urls`` -> that URL, so
+      kapacitord subscribes to that InfluxDB (the example's subscription keys stay as shipped).
 
     ``extra`` is appended verbatim; it must start with a ``[table]`` header and may not repeat a
     table of the example (TOML forbids redefinition). Every targeted line must exist exactly once,
@@ -166,6 +203,9 @@ def render_config(
         ("httppost", "url"): _toml_str(bridge_url),
         ("httppost", "headers"): "{ Authorization = " + _toml_str(f"Bearer {bridge_token}") + " }",
     }
+    if influxdb_url is not None:
+        replacements[("influxdb", "enabled")] = "true"
+        replacements[("influxdb", "urls")] = _toml_list([influxdb_url])
     if udf_prog is not None:
         if not udf_prog:
             raise ValueError("udf_prog must hold at least the program (or be None to omit the UDF)")
@@ -254,8 +294,11 @@ class Kapacitord:
         env: Optional[Mapping[str, str]] = None,
         log_level: str = "debug",
         startup_timeout: float = 30.0,
+        version: str = "",
     ) -> None:
         self.bin_dir = Path(bin_dir)
+        #: The kapacitord version (``"1.8.6"``), for the few places where behaviour differs.
+        self.version = version
         self.config = Path(config)
         self.workdir = Path(workdir)
         self.http_port = http_port

@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import pytest
 
-from tests.bridge.harness import BridgeProcess, wait_until
-from tests.e2e.kapacitord import REPO_ROOT, Kapacitord
-from tests.receivers import RECEIVERS, Receiver
+from tests.bridge.harness import wait_until
+from tests.e2e.stack import TARGET, TOKEN, StackFactory
+from tests.e2e.kapacitord import REPO_ROOT
 
 if TYPE_CHECKING:
     from tests.e2e.conftest import StartKapacitord
@@ -27,63 +27,8 @@ if TYPE_CHECKING:
 pytestmark = pytest.mark.e2e
 
 DBRP = ("telegraf", "autogen")
-TOKEN = "e2e-bridge-token-5f2c"
-TARGET = "oncall"  # the example config posts to /alerts/oncall
 T0 = 1714564800  # 2024-05-01T12:00:00Z
 ALERT_ID = "cpu:host=web-1"  # .id('{{ .Name }}:{{ .Group }}') of both scripts
-
-
-def bridge_config(receiver: Receiver) -> str:
-    table = receiver.target_table()
-    lines = [f'{key} = "{value}"' for key, value in table.items()]
-    return "\n".join([
-        "[server]",
-        f'token = "{TOKEN}"',
-        "",
-        "[delivery]",
-        'backoff_initial = "100ms"',
-        'backoff_max = "1s"',
-        "",
-        "[[target]]",
-        f'name = "{TARGET}"',
-        *lines,
-        "",
-    ])
-
-
-@dataclass
-class Stack:
-    receiver: Receiver
-    bridge: BridgeProcess
-    kapacitord: Kapacitord
-
-    def bodies(self) -> list[Any]:
-        """Every request the platform accepted, decoded, in arrival order."""
-        return [r.json() for r in self.receiver.requests]
-
-
-StackFactory = Callable[..., Stack]
-
-
-@pytest.fixture
-def stack(start_kapacitord: "StartKapacitord", tmp_path: Path) -> Iterator[StackFactory]:
-    """Factory: receiver of a target type + bridge + kapacitord wired to it (token as given)."""
-    made: list[tuple[Receiver, BridgeProcess]] = []
-
-    def make(target_type: str, kapacitor_token: str = TOKEN) -> Stack:
-        receiver = RECEIVERS[target_type]().start()
-        bridge = BridgeProcess(bridge_config(receiver), tmp_path / f"bridge-{len(made)}")
-        made.append((receiver, bridge))
-        bridge.start()
-        k = start_kapacitord(bridge_url=f"{bridge.url}/alerts/{TARGET}", bridge_token=kapacitor_token)
-        return Stack(receiver, bridge, k)
-
-    yield make
-    for receiver, bridge in reversed(made):
-        code = bridge.stop()
-        bridge.close()
-        receiver.stop()
-        assert code == 0, bridge.log_text()
 
 
 def line(offset: int, value: float) -> str:
