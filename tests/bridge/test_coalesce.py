@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Iterator, List, Optional, Tuple
 
@@ -166,3 +167,36 @@ class TestOutboxCoalesce:
             order.append((head.key, head.level))
             box.finish(head, "delivered", attempts=1)
         assert order.index(("x", "CRITICAL")) < order.index(("x", "OK"))
+
+
+def test_rate_limited_target_sends_resolves_first(tmp_path: Path) -> None:
+    """Under a rate limit a queued resolve of one id goes before earlier triggers of others."""
+    from bridge.config import load
+    from bridge.delivery import Delivery
+
+    from .conftest import webhook_config
+    from .harness import Receiver
+
+    receiver = Receiver()
+    cfg = tmp_path / "b.toml"
+    cfg.write_text(
+        webhook_config(receiver.url + "/hook", target_extra='rate_limit = "2/1h"', repeat_interval="0s")
+        + f'\n[store]\npath = "{tmp_path / "d.db"}"\n'
+    )
+    config = load(str(cfg))
+    box = Outbox(config.store.path).open()
+    delivery = Delivery(config, box)
+    try:
+        for key in ("x1", "x2", "x3"):
+            body = f'{{"id":"{key}","level":"CRITICAL","time":"2026-01-01T00:00:00Z"}}'.encode()
+            box.enqueue("hook", key, "CRITICAL", body).result(5)
+        box.enqueue("hook", "y", "OK", b'{"id":"y","level":"OK","time":"2026-01-01T00:00:00Z"}').result(5)
+        delivery.start()
+        receiver.wait_for(2)
+        time.sleep(0.5)
+        # The two tokens went to the resolve queued last and the oldest trigger, not x2.
+        assert sorted(r.json()["id"] for r in receiver.requests) == ["x1", "y"]
+    finally:
+        delivery.stop(5)
+        box.close()
+        receiver.stop()
