@@ -40,7 +40,6 @@ hypothesis state machine against the real SQLite file):
 from __future__ import annotations
 
 import contextlib
-import heapq
 import queue
 import sqlite3
 import threading
@@ -49,17 +48,16 @@ from concurrent.futures import Future
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Set, Tuple
 
 from . import supervise
-from .coalesce import BACKLOG_AGE
 from .errors import StoreError
 from .ledger import Incident, open_counts, open_incidents
 from .ledger import told as _told
 from .log import get_logger
+from .outbox_index import HeadIndex
 from .outbox_ops import (
     _WITHDRAWN,
     MAX_BATCH,
     SEAL_LOCK,
     Done,
-    Key,
     MakeResolve,
     _FireExpiries,
     _Coalesce,
@@ -76,7 +74,7 @@ from .outbox_ops import (
     Ticket,
 )
 from .store_ops import Replayed, serving_lock
-from .store import _ROW_COLUMNS, Forwarded, Head, Row, Stats, _row, _store_error, open_store
+from .store import _ROW_COLUMNS, Head, Row, Stats, _row, _store_error, open_store
 
 __all__ = ["Outbox", "Ticket"]
 
@@ -84,7 +82,7 @@ _STOP = object()
 log = get_logger("bridge.outbox")
 
 
-class Outbox:
+class Outbox(HeadIndex):
     """The running store: group-committing writer thread plus the in-memory head index."""
 
     def __init__(
@@ -96,25 +94,9 @@ class Outbox:
         commit_timeout: float = 10.0,
     ) -> None:
         self.path = path
-        self._clock = clock
         self._on_change = on_change
         self.commit_timeout = commit_timeout
-        self._lock = threading.Lock()
-        #: Store operations that failed with nobody waiting for them, by operation name.
-        self._failed_ops: Dict[str, int] = {}
-        self._heads: Dict[Key, Head] = {}
-        self._heaps: Dict[str, List[Tuple[float, int, str]]] = {}
-        #: The same, for heads that are resolves: under a rate limit they go first.
-        self._ok_heaps: Dict[str, List[Tuple[float, int, str]]] = {}
-        #: Keys with more than one pending row, per target: candidates for coalescing.
-        self._coalescible: Dict[str, Set[str]] = {}
-        self._busy: Dict[Key, int] = {}
-        #: Idle keys held by :meth:`hold`; their heads wait in ``_parked`` until release.
-        self._held: Set[Key] = set()
-        self._parked: Dict[Key, Head] = {}
-        self._pending: Dict[str, int] = {}
-        self._dead: Dict[str, int] = {}
-        self._forwarded: Dict[Key, Forwarded] = {}
+        HeadIndex.__init__(self, clock)
         self._has_expiries = False
         self._data_version = -1
         self._queue: "queue.SimpleQueue[Any]" = queue.SimpleQueue()
@@ -290,10 +272,6 @@ class Outbox:
         self._count_failure(type(op).__name__.lstrip("_"))
         log.error("outbox.op_failed", op=type(op).__name__, error=str(error))
 
-    def _count_failure(self, op: str) -> None:
-        with self._lock:
-            self._failed_ops[op] = self._failed_ops.get(op, 0) + 1
-
     def _apply_all(self, batch: List[_Op], cur: sqlite3.Cursor) -> List[Any]:
         """Apply a batch in order, folding runs of inserts / inflight marks into few statements."""
         results: List[Any] = []
@@ -319,33 +297,6 @@ class Outbox:
         op.done = _resolver(future)
         self._submit(op)
         return future.result(timeout if timeout is not None else self.commit_timeout)
-
-    # -- index helpers (called with self._lock held) -----------------------------
-
-    @staticmethod
-    def _bump(counts: Dict[str, int], target: str, delta: int) -> None:
-        counts[target] = counts.get(target, 0) + delta
-
-    def _offer(self, head: Head) -> None:
-        key = (head.target, head.key)
-        if key in self._busy:
-            return
-        if key in self._held:
-            parked = self._parked.get(key)
-            if parked is None or head.seq < parked.seq:
-                self._parked[key] = head
-            return
-        current = self._heads.get(key)
-        if current is not None and current.seq <= head.seq:
-            return
-        self._heads[key] = head
-        self._push(head)
-
-    def _push(self, head: Head) -> None:
-        entry = (head.due, head.seq, head.key)
-        heapq.heappush(self._heaps.setdefault(head.target, []), entry)
-        if head.level == "OK":
-            heapq.heappush(self._ok_heaps.setdefault(head.target, []), entry)
 
     # -- accepting ---------------------------------------------------------------
 
@@ -396,59 +347,7 @@ class Outbox:
         )
         return future
 
-    # -- dispatching -------------------------------------------------------------
-
-    def peek(
-        self, target: str, now: float, *, resolves_first: bool = False
-    ) -> Tuple[Optional[Head], Optional[float]]:
-        """The ready head of ``target`` with the earliest due time, or the next due time.
-        With ``resolves_first`` a ready resolve (an OK head) is preferred: under a rate
-        limit the platform hears "recovered" before new triggers of other ids."""
-        with self._lock:
-            if resolves_first:
-                ready = self._top(self._ok_heaps.get(target), target)
-                if ready is not None and ready.due <= now:
-                    return ready, None
-            head = self._top(self._heaps.get(target), target)
-            if head is None:
-                return None, None
-            if head.due <= now:
-                return head, None
-            return None, head.due
-
-    def _top(self, heap: Optional[List[Tuple[float, int, str]]], target: str) -> Optional[Head]:
-        """The valid head at the top of a lazily cleaned heap (lock held)."""
-        while heap:
-            due, seq, key = heap[0]
-            head = self._heads.get((target, key))
-            if head is None or head.seq != seq or head.due != due:
-                heapq.heappop(heap)
-                continue
-            return head
-        return None
-
-    # -- coalescing ----------------------------------------------------------------
-
-    def coalescible(self, target: str, now: Optional[float] = None, *, limited: bool = False) -> List[str]:
-        """Keys of ``target`` with several pending rows, nothing in flight, and a backlog: the
-        head has failed before, is :data:`~bridge.coalesce.BACKLOG_AGE` old, or ``limited``
-        (the target's rate limiter holds deliveries back)."""
-        now = self._clock() if now is None else now
-        with self._lock:
-            keys = self._coalescible.get(target)
-            if not keys:
-                return []
-            out: List[str] = []
-            for key in list(keys):
-                k = (target, key)
-                if k in self._busy:
-                    continue
-                head = self._heads.get(k) or self._parked.get(k)
-                if head is None:
-                    keys.discard(key)  # nothing pending any more
-                elif limited or head.due > head.received_at or now - head.received_at >= BACKLOG_AGE:
-                    out.append(key)
-            return out
+    # -- dispatching (peek and the index live in HeadIndex) ------------------------
 
     def coalesce(self, target: str, mode: str, *, limited: bool = False, limit: int = 5000) -> int:
         """Supersede what :func:`bridge.coalesce.keep` drops for the coalescible keys of
@@ -496,11 +395,6 @@ class Outbox:
         else:
             self._submit(op)
 
-    def forwarded(self, target: str, key: str) -> Optional[Forwarded]:
-        """The last delivered event for this key, if still remembered."""
-        with self._lock:
-            return self._forwarded.get((target, key))
-
     # -- the incident ledger -------------------------------------------------------
 
     def incidents(self, target: Optional[str] = None) -> List[Incident]:
@@ -510,13 +404,6 @@ class Outbox:
     def told(self, target: str, key: str) -> Optional[Incident]:
         """The open incident of ``key`` on ``target``, or None if the platform believes it is OK."""
         return _told(self._reader(), target, key)
-
-    def idle(self, target: str, key: str) -> bool:
-        """No pending or in-flight row for the key, and not held: nothing will tell the
-        platform about it unless someone enqueues. Reconcile and keep-alive act only on these."""
-        k = (target, key)
-        with self._lock:
-            return k not in self._heads and k not in self._busy and k not in self._held
 
     @contextlib.contextmanager
     def hold(self, target: str, keys: Iterable[str]) -> Iterator[List[str]]:

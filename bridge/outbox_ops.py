@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Protocol,
 from .coalesce import keep
 from .ledger import last_told, record_delivery
 from .log import get_logger
+from .outbox_index import Key
 from .store import Forwarded, Head
 from .store_ops import Replayed, replay_rows
 
@@ -28,7 +29,6 @@ log = get_logger("bridge.outbox")
 MAX_BATCH = 2000
 _PRUNE_CHUNK = 5000
 
-Key = Tuple[str, str]
 #: What a finish of a row that is no longer claimed returns: nothing was changed.
 _STALE = object()
 Done = Callable[[Any, Optional[BaseException]], None]
