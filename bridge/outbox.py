@@ -78,6 +78,20 @@ from .store import _ROW_COLUMNS, Head, Row, Stats, _row, _store_error, open_stor
 
 __all__ = ["Outbox", "Ticket"]
 
+class _Call(_Op):
+    """A caller's function run inside the writer's transaction; the index reloads after it."""
+
+    __slots__ = ("fn", "done")
+
+    def __init__(self, fn: Callable[[sqlite3.Cursor], Any], done: Optional[Done]) -> None:
+        self.fn, self.done = fn, done
+
+    def apply(self, box: "Outbox", cur: sqlite3.Cursor) -> Any:
+        result = self.fn(cur)
+        _Rebuild(only_if_changed=False).apply(box, cur)
+        return result
+
+
 _STOP = object()
 log = get_logger("bridge.outbox")
 
@@ -383,9 +397,10 @@ class Outbox(HeadIndex):
         status: Optional[int] = None,
         wait: bool = True,
     ) -> None:
-        """Record the outcome of a claimed row: delivered, dead, suppressed, or pending again
-        (with ``attempts`` and ``next_at`` so a restart resumes the schedule)."""
-        if state not in ("delivered", "dead", "suppressed", "pending"):
+        """Record the outcome of a claimed row: delivered, dead, suppressed, silenced (held by
+        a silence, see :mod:`bridge.silences`), or pending again (with ``attempts`` and
+        ``next_at`` so a restart resumes the schedule)."""
+        if state not in ("delivered", "dead", "suppressed", "silenced", "pending"):
             raise ValueError(f"bad final state {state!r}")
         if state == "pending" and next_at is None:
             raise ValueError("a retry needs next_at")
@@ -465,6 +480,12 @@ class Outbox(HeadIndex):
         :func:`bridge.store_ops.replay_rows`."""
         result: Replayed = self._run_sync(_Replay(target, key, force, None))
         return result
+
+    def transact(self, fn: Callable[[sqlite3.Cursor], Any], timeout: Optional[float] = None) -> Any:
+        """Run ``fn(cursor)`` in the writer's next commit, then reload the index from the file;
+        returns what ``fn`` returned. For changes of non-pending rows made elsewhere
+        (silences release held rows with it), so they cannot race the writer's own."""
+        return self._run_sync(_Call(fn, None), timeout)
 
     def probe(self, timeout: float = 5.0) -> bool:
         """Prove the store can commit right now (a real fsync'd write)."""
