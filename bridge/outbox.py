@@ -26,8 +26,9 @@ hypothesis state machine against the real SQLite file):
 2. Only heads go out: a claimed row is the lowest-seq unfinished (pending or
    in-flight) row of its key, so an id's events reach the platform in order.
 3. Every row that was answered 202 ends in exactly one final state:
-   ``delivered``, ``dead``, ``superseded`` (coalesced away, data kept) or
-   ``suppressed`` (a repeat). A final row changes again only by an explicit
+   ``delivered``, ``dead``, ``superseded`` (coalesced away, data kept),
+   ``suppressed`` (a repeat) or ``silenced`` (held by a silence, see
+   :mod:`bridge.silences`). A final row changes again only by an explicit
    ``replay`` (dead -> pending).
 4. State changes are checked against the current state: finishing a row that
    is not the key's claimed, unfinished row changes nothing (a late or
