@@ -173,7 +173,9 @@ def run(args: argparse.Namespace) -> int:
     notes["provenance"] = provenance
     if args.sections and json_path.exists():
         old = load_results(json_path)
-        figures = merge_results(old["figures"], figures)
+        # A re-measured section replaces all its old figures (keys may have changed).
+        fresh = {f.key.split(".")[0] for f in figures}
+        figures = merge_results([f for f in old["figures"] if f.key.split(".")[0] not in fresh], figures)
         notes = merge_notes(old.get("notes", {}), notes)
         # Machine facts are this run's; what ran when is per section (notes["provenance"]).
         facts = {**old.get("facts", {}), **facts}
