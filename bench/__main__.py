@@ -5,7 +5,8 @@
 
 Sections: ``udf`` (throughput vs InfluxData's agent), ``memory``, ``kapacitord``
 (through a real kapacitord), ``bridge``, ``replicas`` (PostgreSQL replicas beside
-SQLite), ``profile``. ``--sections`` re-measures
+SQLite), ``coalesce`` (outage backlog under a rate limit, fake clock:
+:mod:`bench.coalesce_drain`), ``profile``. ``--sections`` re-measures
 only those and merges them into the previous ``bench/.work/results.json``.
 ``--quick`` shrinks every input for a smoke run (figures meaningless).
 """
@@ -23,9 +24,10 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from .common import BENCH_DIR, WORK_DIR, Figure, load_results, machine_facts, merge_results, save_results
 
-SECTIONS = ("udf", "memory", "kapacitord", "bridge", "replicas", "profile", "keepalive")
+SECTIONS = ("udf", "memory", "kapacitord", "bridge", "replicas", "coalesce", "profile", "keepalive")
 #: Section name on the command line -> figure key prefix and report heading key.
 REPORT_KEY = {"udf": "udf", "memory": "mem", "kapacitord": "e2e", "bridge": "bridge", "replicas": "replicas",
+              "coalesce": "coalesce",
               "profile": "profile", "keepalive": "keepalive"}
 
 @dataclass(frozen=True)
@@ -150,6 +152,16 @@ def run(args: argparse.Namespace) -> int:
             figures.extend(sec.figures)
             notes["replicas"] = sec.notes
         section("replicas", replicas)
+    if "coalesce" in sections:
+        def coalesce() -> None:
+            from .coalesce_drain import measure
+
+            # Full size even with --quick: it is a fake-clock run of a few seconds, and a backlog
+            # smaller than one rate-limit window would make both drains take no time at all.
+            sec = measure(1, 10_000, 20, log=_log)
+            figures.extend(sec.figures)
+            notes["coalesce"] = sec.notes
+        section("coalesce", coalesce)
     if "profile" in sections:
         def profile() -> None:
             from .profile import profile_bridge, profile_udf, transport_ab, udf_ab

@@ -369,6 +369,10 @@ def write_markdown(data: Dict[str, Any], path: Path, png_name: str = "results.pn
         L += _section_table(by_prefix["replicas"], [])
         L += _commands(by_prefix["replicas"])
         L.append("")
+    if "coalesce" in by_prefix:
+        from .coalesce_drain import markdown as coalesce_markdown
+
+        L += coalesce_markdown(by_prefix["coalesce"], notes.get("coalesce", {}), _origin(provenance, "coalesce"))
 
     profiles = notes.get("profiles") or []
     L += ["## Profiles and proposed fixes", "", _origin(provenance, "profile"), ""]
@@ -425,7 +429,7 @@ def _origin(provenance: Dict[str, Dict[str, Any]], key: str) -> str:
 
 
 def _header(facts: Dict[str, Any], provenance: Dict[str, Dict[str, Any]], by_prefix: Dict[str, List[Figure]]) -> str:
-    shown = [k for k in SECTION_ORDER + ["profile"] if k in by_prefix or (k == "profile" and k in provenance)]
+    shown = [k for k in SECTION_ORDER + ["coalesce", "profile"] if k in by_prefix or (k == "profile" and k in provenance)]
     origins = {(provenance[k].get("command"), provenance[k].get("when")) for k in shown if k in provenance}
     method = (
         "Each figure is the **median of its runs** with min/max; the UDF comparisons are interleaved "

@@ -1,4 +1,5 @@
-"""``kapacitor-oncall-bridge``: serve, check-config, config-reference, send-test, queue, replay, reconcile.
+"""``kapacitor-oncall-bridge``: serve, check-config, config-reference, send-test, queue, replay,
+move, drop, incidents, reconcile, silence.
 
 Exit codes: 0 success, 1 the operation failed (a send-test the platform
 refused), 2 bad configuration or usage, 3 the store is unusable. Every line
@@ -16,7 +17,7 @@ import sys
 from datetime import datetime, timezone
 from typing import Any, Dict, Optional, Sequence, TextIO, Tuple
 
-from . import __version__
+from . import __version__, cli_store
 from . import log as logmod
 from .config import Config, bind_bridge_url, default_config, format_duration, load, parse_listen
 from .errors import ConfigError, DeliveryError, StoreError
@@ -74,9 +75,17 @@ def _parser() -> argparse.ArgumentParser:
     queue.add_argument("--dead", action="store_true", help="list dead letters with their last error")
     queue.add_argument("--target", "-t")
     queue.add_argument("--json", action="store_true", help="machine-readable output")
-    replay = add("replay", "Put dead letters back into the queue (a running bridge picks them up).")
+    replay = add(
+        "replay",
+        "Put dead letters back into the queue (a running bridge picks them up); one that a later "
+        "event of its id supersedes is reported, not re-sent.",
+    )
     replay.add_argument("--target", "-t")
     replay.add_argument("--id", dest="alert_id", help="only this alert id")
+    replay.add_argument(
+        "--force", action="store_true", help="re-send superseded dead letters too (after the newer events)"
+    )
+    cli_store.add_parsers(add)
     rec = add(
         "reconcile",
         "Compare Kapacitor's alert state with what the platforms were told; queue the missing "
@@ -324,18 +333,6 @@ def _queue(args: argparse.Namespace, config: Config, out: _Out, err: _Out) -> in
         conn.close()
 
 
-def _replay(args: argparse.Namespace, config: Config, out: _Out, err: _Out) -> int:
-    if args.target and args.target not in config.targets:
-        err.line(f"warning: target {args.target!r} is not configured; its rows will not be delivered")
-    conn, backend = _open_offline(config)
-    try:
-        count = backend.replay(conn, args.target, args.alert_id)
-    finally:
-        conn.close()
-    out.line(f"replayed {count} dead letter(s); a running bridge picks them up within a second")
-    return EXIT_OK
-
-
 def _reconcile(args: argparse.Namespace, config: Config, out: _Out, err: _Out) -> int:
     from .reconcile import reconcile_file, routes_of
 
@@ -409,7 +406,10 @@ _COMMANDS: Dict[str, Any] = {
     "check-config": _check_config,
     "send-test": _send_test,
     "queue": _queue,
-    "replay": _replay,
+    "replay": cli_store.run_replay,
+    "move": cli_store.move,
+    "drop": cli_store.drop,
+    "incidents": cli_store.incidents,
     "reconcile": _reconcile,
 }
 

@@ -97,8 +97,17 @@ def _method(value: Any, where: str) -> str:
     return value.upper()
 
 
+def _coalesce(value: Any, where: str) -> str:
+    from .coalesce import MODES
+
+    if not isinstance(value, str) or value not in MODES:
+        raise ConfigError(where, f"must be one of {', '.join(repr(m) for m in MODES)}")
+    return value
+
+
 NAME = Kind("name", _name, '"oncall"')
 METHOD = Kind("GET or POST", _method, '"GET"')
+COALESCE = Kind("worst-then-latest, latest or off", _coalesce, '"latest"')
 
 
 def section(cls: Type[Any]) -> Any:
@@ -210,6 +219,14 @@ class DeliveryConfig:
         "when no new event arrives within this time (targets without `resolve_after`).",
         3600.0,
         positive=True,
+    )
+    coalesce: str = setting(
+        COALESCE,
+        "When several events of one id are queued behind a platform that cannot keep up (its oldest "
+        "failed once, waited 10 s, or the rate limit holds it), deliver state, not history: "
+        "`\"worst-then-latest\"` sends the worst skipped level if the platform was not told it, then the latest; "
+        "`\"latest\"` only the latest; `\"off\"` every event in order. Skipped rows stay on file as `superseded`.",
+        "worst-then-latest",
     )
 
 

@@ -35,7 +35,7 @@ from .keepalive import KeepAlive
 from .log import get_logger
 from .metrics import Metrics
 from .backend import open_backend
-from .outbox import Outbox
+from .outbox import Outbox, Ticket
 from .reconcile import Reconciler, routes_of
 from .rejections import RejectionLog, json_error, json_errors
 from .silences import Silencer
@@ -242,6 +242,10 @@ class _Completions:
 SERVICE = web.AppKey("service", Service)
 
 
+class _CommitUnknown(Exception):
+    """The insert was sealed into a transaction that did not finish within two commit timeouts."""
+
+
 def _error(status: int, message: str, **extra: Any) -> web.Response:
     return json_error(status, message, **extra)
 
@@ -261,7 +265,7 @@ class _Handlers:
         self._completions: Optional[_Completions] = None
         self._counters: Dict[Tuple[str, str], Any] = {}
         #: (deadline, future) in arrival order; swept by :meth:`sweep` (cheaper than a timer each).
-        self._waiting: Deque[Tuple[float, "asyncio.Future[int]"]] = deque()
+        self._waiting: Deque[Tuple[float, "asyncio.Future[int]", Optional[Ticket]]] = deque()
 
     def _received(self, target: str, outcome: str) -> None:
         counter = self._counters.get((target, outcome))
@@ -270,15 +274,29 @@ class _Handlers:
         counter.inc()
 
     async def sweep(self) -> None:
-        """Fail accepts whose commit takes longer than ``commit_timeout`` with 503."""
+        """Answer accepts whose commit takes longer than ``commit_timeout``.
+
+        A queued insert is withdrawn first, so "NOT stored" is the truth: it will never
+        be committed later (a client that retries creates no duplicate). If the writer
+        has already sealed it into a transaction, the answer waits one more
+        ``commit_timeout`` for the commit, and only then says the outcome is unknown.
+        """
         while True:
             await asyncio.sleep(0.25)
             now = time.monotonic()
             waiting = self._waiting
+            late: List[Tuple[float, "asyncio.Future[int]", Optional[Ticket]]] = []
             while waiting and (waiting[0][1].done() or waiting[0][0] <= now):
-                _deadline, future = waiting.popleft()
-                if not future.done():
-                    future.set_exception(StoreError("commit did not finish in time"))
+                _deadline, future, ticket = waiting.popleft()
+                if future.done():
+                    continue
+                if ticket is None:
+                    future.set_exception(_CommitUnknown())
+                elif ticket.withdraw():
+                    future.set_exception(StoreError("commit did not finish in time; the alert was withdrawn"))
+                else:
+                    late.append((now + self.commit_timeout, future, None))
+            waiting.extend(late)
 
     async def post_alert(self, request: web.Request) -> web.Response:
         started = time.perf_counter()
@@ -329,13 +347,21 @@ class _Handlers:
         if self._completions is None:
             self._completions = _Completions(loop)
         future: "asyncio.Future[int]" = loop.create_future()
-        self._waiting.append((time.monotonic() + self.commit_timeout, future))
         try:
-            self.service.outbox.enqueue_with(
+            ticket = self.service.outbox.enqueue_with(
                 self._completions.resolver(future), name, event.id, event.level, body, expire_after=expire
             )
+            self._waiting.append((time.monotonic() + self.commit_timeout, future, ticket))
             seq = await future
             await self._fan_out(name, event.id, event.level, body, expire)
+        except _CommitUnknown:
+            self._received(name, "store_unknown")
+            log.error("alert.store_unknown", target=name, id=event.id, waited=2 * self.commit_timeout)
+            return _error(
+                504,
+                "alert outcome UNKNOWN: the store was committing it when the deadline passed; it is "
+                "probably stored and will be delivered; a retry may deliver it twice",
+            )
         except StoreError as exc:
             self._received(name, "store_error")
             log.error("alert.store_failed", target=name, id=event.id, error=str(exc))
@@ -364,10 +390,10 @@ class _Handlers:
         futures: List["asyncio.Future[int]"] = []
         for member in members:
             future: "asyncio.Future[int]" = loop.create_future()
-            self._waiting.append((time.monotonic() + self.commit_timeout, future))
-            self.service.outbox.enqueue_with(
+            ticket = self.service.outbox.enqueue_with(
                 self._completions.resolver(future), member, key, level, body, expire_after=expire
             )
+            self._waiting.append((time.monotonic() + self.commit_timeout, future, ticket))
             futures.append(future)
         for future in futures:
             await future

@@ -14,6 +14,7 @@ import psycopg
 from ..errors import StoreError
 from ..store import Row
 from . import sql
+from ..store_ops import Replayed
 from .rows import _store_error, replay_rows
 from .schema import SCHEMA_VERSION
 
@@ -56,13 +57,15 @@ def dead_letters(conn: "psycopg.Connection[Any]", target: Optional[str] = None, 
     return [sql.to_row(r) for r in conn.execute(query, args)]
 
 
-def replay(conn: "psycopg.Connection[Any]", target: Optional[str] = None, key: Optional[str] = None) -> int:
-    """Dead letters back to pending; serving replicas are woken by NOTIFY."""
+def replay(
+    conn: "psycopg.Connection[Any]", target: Optional[str] = None, key: Optional[str] = None, *, force: bool = False
+) -> Replayed:
+    """Order-safe replay of dead letters; serving replicas are woken by NOTIFY."""
     try:
         with conn.transaction():
             cur = conn.cursor()
-            count = replay_rows(cur, target, key, time.time())
+            result = replay_rows(cur, target, key, time.time(), force=force)
             cur.execute("NOTIFY oncall_enqueue")
     except psycopg.Error as exc:
         raise _store_error(exc, "replay") from None
-    return count
+    return result

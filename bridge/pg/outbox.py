@@ -37,6 +37,8 @@ from ..ledger import Incident, LastTold
 from ..log import get_logger
 from ..store import Forwarded, Head, Row, Stats
 from . import sql
+from ..outbox_ops import Ticket
+from ..store_ops import Replayed
 from .rows import _bookkeeping_commits, _Claimed, _Insert, _store_error, replay_rows
 from .schema import migrate
 
@@ -221,14 +223,18 @@ class PgOutbox:
         expire_after: Optional[float] = None,
         received_at: Optional[float] = None,
         synthetic: bool = False,
-    ) -> None:
-        """Queue an insert; ``done(seq, None)`` once committed, ``done(None, StoreError)`` if not."""
-        if self._closed:
-            done(None, StoreError("store postgres: closed"))
-            return
+    ) -> Ticket:
+        """Queue an insert; ``done(seq, None)`` once committed, ``done(None, StoreError)`` if not.
+        The ticket's ``withdraw()`` returning True guarantees the row is never committed."""
         now = self._clock() if received_at is None else received_at
         expire_at = None if expire_after is None else now + expire_after
-        self._queue.put(_Insert(target, key, level, body, now, expire_at, synthetic, done))
+        op = _Insert(target, key, level, body, now, expire_at, synthetic, done)
+        if self._closed:
+            op.withdraw()
+            done(None, StoreError("store postgres: closed"))
+            return op
+        self._queue.put(op)
+        return op
 
     def enqueue(self, target: str, key: str, level: str, body: bytes, *, expire_after: Optional[float] = None,
                 received_at: Optional[float] = None, synthetic: bool = False) -> "Future[int]":
@@ -270,6 +276,9 @@ class PgOutbox:
                 op.done(None, StoreError("store postgres: closed"))
 
     def _commit(self, batch: List[_Insert], retries: int = 2) -> None:
+        batch = [op for op in batch if op.seal()]
+        if not batch:
+            return
         # Sorted by key (stable: a key's events keep their order) so batches of two replicas
         # lock queue rows in the same order and cannot deadlock.
         ordered = sorted(batch, key=lambda op: (op.target, op.key))
@@ -311,9 +320,10 @@ class PgOutbox:
 
     # -- dispatching ------------------------------------------------------------------
 
-    def peek(self, target: str, now: float) -> Tuple[Optional[Head], Optional[float]]:
+    def peek(self, target: str, now: float, *, resolves_first: bool = False) -> Tuple[Optional[Head], Optional[float]]:
         """A claimed, ready head of ``target`` (claiming a batch in the database when none is
-        left here), or the next due time."""
+        left here), or the next due time. ``resolves_first`` is not applied here yet: heads are
+        claimed in due order (see README, "Running several replicas")."""
         with self._lock:
             ready = self._ready.get(target)
             if ready:
@@ -336,6 +346,15 @@ class PgOutbox:
         head = Head(row.target, row.key, row.seq, row.next_attempt_at, row.level, row.received_at)
         fwd = None if r[13] is None else Forwarded(r[13], float(r[14]))
         return _Claimed(head, row, fwd)
+
+    def coalescible(self, target: str, now: Optional[float] = None, *, limited: bool = False) -> List[str]:
+        """Outage coalescing is not built for PostgreSQL yet: every event is delivered
+        (as ``coalesce = "off"``); README "Running several replicas" says so."""
+        return []
+
+    def coalesce(self, target: str, mode: str, *, limited: bool = False, limit: int = 5000) -> int:
+        """See :meth:`coalescible`: nothing is superseded on PostgreSQL yet."""
+        return 0
 
     def claim(self, head: Head) -> bool:
         """Hand out a head ``peek`` returned (it is already ours in the database)."""
@@ -482,12 +501,13 @@ class PgOutbox:
     def check_external(self, wait: bool = False) -> None:
         """Other processes commit to the same database continuously; the keeper and NOTIFY cover it."""
 
-    def replay(self, target: Optional[str] = None, key: Optional[str] = None) -> int:
-        """Dead letters back to pending with fresh attempts and age; returns how many."""
+    def replay(self, target: Optional[str] = None, key: Optional[str] = None, *, force: bool = False) -> Replayed:
+        """Dead letters back to pending with fresh attempts and age, order-safe (see
+        :func:`bridge.pg.rows.replay_rows`)."""
         with self._tx(durable=True) as cur:
-            count = replay_rows(cur, target, key, self._clock())
+            result = replay_rows(cur, target, key, self._clock(), force=force)
         self._on_change()
-        return count
+        return result
 
     def probe(self, timeout: float = 5.0) -> bool:
         """A real commit right now (it also tells the others this replica is alive)."""

@@ -197,9 +197,9 @@ class TestDispatch:
         for head in drain(box, clock):
             box.finish(head, "dead", attempts=5, error="gone", status=410)
         assert box.stats().dead == {"t": 2}
-        assert box.replay("t", "a") == 1
+        assert box.replay("t", "a").count == 1
         assert [h.key for h in drain(box, clock)] == ["a"]
-        assert box.replay() == 1
+        assert box.replay().count == 1
 
     def test_forwarded_memory_and_prune(self, box: Store, clock: Clock) -> None:
         """The last delivered level is remembered for repeat suppression, and forgotten by prune."""

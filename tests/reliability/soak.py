@@ -370,6 +370,8 @@ backoff_max = "{cfg.backoff_max}"
 max_age = "{cfg.max_age}"
 repeat_interval = "{cfg.repeat_interval}"
 workers = {cfg.workers}
+# The storm accounts for every accepted event, so history is delivered, not coalesced.
+coalesce = "off"
 
 [[target]]
 name = "hook"
