@@ -186,7 +186,7 @@ def _config(receiver_url: str, throttled: bool) -> str:
     """Target ``load`` (throttled or not) and target ``seed`` (always throttled: a parked backlog)."""
     limit = '"1/1h"' if throttled else '"off"'
     return (
-        "[server]\nmax_body_bytes = 1048576\n\n[store]\n\n[delivery]\nrepeat_interval = \"0s\"\n\n"
+        "[server]\nmax_body_bytes = 1048576\n\n[store]\n\n[delivery]\nrepeat_interval = \"0s\"\ncoalesce = \"off\"\n\n"
         f"[[target]]\nname = \"{TARGET}\"\ntype = \"webhook\"\nurl = \"{receiver_url}/alerts\"\nrate_limit = {limit}\n\n"
         f"[[target]]\nname = \"{SEED_TARGET}\"\ntype = \"webhook\"\nurl = \"{receiver_url}/seed\"\nrate_limit = \"1/1h\"\n"
     )
