@@ -500,8 +500,14 @@ class Delivery:
 
         try:
             self.outbox.finish(outcome.head, outcome.state, done=done, **outcome.fields)
-        except Exception as exc:  # noqa: BLE001 - e.g. the store is closed: retry like a failed commit
+        except (StoreError, TimeoutError) as exc:
             self._unsettled(outcome, exc)
+        except BaseException:
+            # Refused outright (a bug, not the store failing): the caller handles it as before.
+            with self._settled:
+                self._outstanding -= 1
+                self._settled.notify_all()
+            raise
 
     def _unsettled(self, outcome: _Outcome, error: BaseException) -> None:
         head = outcome.head
@@ -527,7 +533,11 @@ class Delivery:
             self._unrecorded = [(at, o) for at, o in self._unrecorded if not (stopping or at <= now)]
             nxt = min((at for at, _o in self._unrecorded), default=None)
         for outcome in due:
-            self._hand(outcome)
+            try:
+                self._hand(outcome)
+            except Exception:  # noqa: BLE001 - the dispatcher must outlive it; the key stays busy
+                log.error("delivery.unrecorded", target=outcome.head.target, id=outcome.head.key,
+                          state=outcome.state, exc_info=True)
         return nxt
 
     def _attempt(self, head: Head) -> None:
