@@ -13,6 +13,7 @@ import pytest
 
 from bridge.errors import StoreError
 from bridge.pg import SCHEMA_VERSION, PgOutbox, SharedRateLimiters
+from bridge.pg.schema import MIGRATIONS
 from bridge.ratelimit import RateLimiter
 from bridge.targets.base import RateLimit
 from tests.pgserver import PgServer
@@ -45,7 +46,7 @@ class TestSchema:
         """Opening a new database applies every migration once."""
         PgOutbox(dsn, replica_id="r").open().close()
         with psycopg.connect(dsn) as conn:
-            assert conn.execute("SELECT max(version), count(*) FROM oncall_schema").fetchone() == (SCHEMA_VERSION, 1)
+            assert conn.execute("SELECT max(version), count(*) FROM oncall_schema").fetchone() == (SCHEMA_VERSION, len(MIGRATIONS))
 
     def test_replicas_starting_together_migrate_once(self, dsn: str) -> None:
         """The advisory lock lets one replica migrate while the others wait."""
