@@ -587,7 +587,7 @@ def _balance(
         problems.append("nothing was accepted")
     ledger.balanced = (
         not problems
-        and ledger.accepted == ledger.delivered + ledger.dead_lettered + ledger.suppressed
+        and ledger.accepted == ledger.delivered + ledger.dead_lettered + ledger.suppressed + ledger.superseded
         and ledger.order_violations == 0
         and ledger.wrong_suppressions == 0
         and ledger.final_state_mismatches == 0
