@@ -107,6 +107,33 @@ class TestReplicas:
         nxt, _ = b.peek("t", time.time())
         assert nxt is not None and nxt.level == "OK" and nxt.seq > head.seq
 
+    def test_coalescing_leaves_a_key_in_flight_on_another_replica_alone(self, replicas: List[PgOutbox]) -> None:
+        """Replica b never supersedes rows of a key whose head replica a is delivering; once a's
+        attempt fails, b coalesces the backlog and the latest state goes next, once."""
+        a, b = replicas
+        put(a, "k", n=1)
+        head, _ = a.peek("t", time.time())
+        assert head is not None and a.claim(head)
+        for i, level in enumerate(("OK", "WARNING", "OK"), start=2):
+            put(b, "k", level, n=i)
+        assert b.coalescible("t", limited=True) == [] and b.coalesce("t", "latest", limited=True) == 0
+        a.finish(head, "pending", attempts=1, next_at=time.time() + 0.01)
+        assert b.coalescible("t", time.time()) == ["k"], "a head that failed once makes a backlog"
+        assert b.coalesce("t", "latest") == 3 and a.coalesce("t", "latest", limited=True) == 0
+        nxt, _ = a.peek("t", time.time() + 1)
+        assert nxt is not None and nxt.level == "OK" and nxt.seq > head.seq
+
+    def test_resolve_claimed_first_across_replicas(self, replicas: List[PgOutbox]) -> None:
+        """A replica whose own batch holds triggers still claims another id's ready resolve first."""
+        a, b = replicas
+        for i in range(3):
+            put(a, f"x{i}", n=i)
+        head, _ = a.peek("t", time.time())
+        assert head is not None and head.key == "x0"
+        put(b, "y", "OK")
+        first, _ = a.peek("t", time.time(), resolves_first=True)
+        assert first is not None and (first.key, first.level) == ("y", "OK")
+
     def test_concurrent_inserts_keep_key_order(self, replicas: List[PgOutbox]) -> None:
         """Inserts of one key from two replicas at once: claims follow commit order, one at a time."""
         a, b = replicas
