@@ -314,6 +314,29 @@ class TestServe:
         assert replayed.returncode == 0 and "replayed 1" in replayed.stdout
         wait_until(lambda: len(receiver.accepted()) == 1, timeout=15)
 
+    def test_replay_force_after_newer_event(self, dsn: str, receiver: Receiver, make_bridge: Any) -> None:
+        """Issue 13's case on PostgreSQL: a dead CRITICAL whose OK was delivered is left dead by
+        `replay`; `replay --force` sends it after the OK and says it re-opens the incident."""
+        receiver.default = 400
+        env = {"BRIDGE_PG_DSN": dsn}
+        bridge = make_bridge(pg_config(receiver.url), env=env)
+        assert bridge.post_alert("hook", kapacitor_event("cpu:db", "CRITICAL"))[0] == 202
+
+        def dead() -> bool:
+            result = bridge.cli("queue", "--json", env=env)
+            return result.returncode == 0 and json.loads(result.stdout)["hook"]["dead"] == 1
+
+        wait_until(dead, timeout=15)
+        receiver.default = 202
+        assert bridge.post_alert("hook", kapacitor_event("cpu:db", "OK"))[0] == 202
+        wait_until(lambda: len(receiver.accepted()) == 1, timeout=15)
+        kept = bridge.cli("replay", "--target", "hook", env=env)
+        assert kept.returncode == 0 and "superseded" in kept.stdout
+        forced = bridge.cli("replay", "--target", "hook", "--force", env=env)
+        assert forced.returncode == 0 and "re-opens" in forced.stderr, forced
+        wait_until(lambda: len(receiver.accepted()) == 2, timeout=15)
+        assert [r.json()["level"] for r in receiver.accepted()] == ["OK", "CRITICAL"]
+
 
 class TestConfig:
     def test_postgres_needs_a_dsn(self) -> None:
