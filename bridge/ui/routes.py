@@ -213,9 +213,14 @@ class _UI:
         if found is None:
             return self._back(f"#{seq} is not a dead letter (any more)", bad=True)
         target, key = found
-        count = await loop.run_in_executor(None, self.service.outbox.replay, target, key)
-        log.info("ui.replayed", target=target, id=key, rows=count, remote=request.remote)
-        return self._back(f"replayed {count} dead letter(s) of {key} to {target}")
+        result = await loop.run_in_executor(None, self.service.outbox.replay, target, key)
+        log.info("ui.replayed", target=target, id=key, rows=result.count, superseded=len(result.superseded),
+                 remote=request.remote)
+        if result.superseded and not result.count:
+            # Order-safe replay: a later event of this id already carries the newer state.
+            return self._back(f"not replayed: a later event of {key} supersedes it (use the CLI's --force)",
+                              bad=True)
+        return self._back(f"replayed {result.count} dead letter(s) of {key} to {target}")
 
     async def drop(self, request: web.Request) -> web.Response:
         refused = await self._authorised(request)
