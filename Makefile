@@ -12,12 +12,12 @@ STAMP  := $(VENV)/.installed-stamp
 KAPACITOR_VERSIONS ?= 1.8.6,1.5.9
 export KAPACITOR_VERSIONS
 
-.PHONY: venv kapacitor kapacitor-default influxdb peers test demo bench check proto clean
+.PHONY: venv kapacitor kapacitor-default influxdb peers test demo bench check proto docs dist clean
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test,bench]'
+	$(BIN)/pip install -q -e '.[test,bench,dist]'
 	touch $@
 
 venv: $(STAMP)
@@ -48,8 +48,18 @@ bench: venv kapacitor
 proto:
 	scripts/gen-proto
 
+# Wheel and sdist in dist/ for hosts without this repository (README "Install").
+dist: venv
+	rm -rf dist build
+	$(BIN)/python -m build --no-isolation --outdir dist .
+	$(BIN)/python -m twine check --strict dist/*
+
+# docs/configuration.md is generated from the config schema (a test fails when it is stale).
+docs: venv
+	$(BIN)/python -m bridge config-reference --output docs/configuration.md
+
 check: venv
 	scripts/gen-proto --check
 
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis
+	rm -rf $(VENV) .pytest_cache .hypothesis dist build

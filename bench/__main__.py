@@ -12,6 +12,7 @@ only those and merges them into the previous ``bench/.work/results.json``.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 import traceback
@@ -22,6 +23,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 from .common import BENCH_DIR, WORK_DIR, Figure, load_results, machine_facts, merge_results, save_results
 
 SECTIONS = ("udf", "memory", "kapacitord", "bridge", "profile")
+#: Section name on the command line -> figure key prefix and report heading key.
+REPORT_KEY = {"udf": "udf", "memory": "mem", "kapacitord": "e2e", "bridge": "bridge", "profile": "profile"}
 
 @dataclass(frozen=True)
 class Size:
@@ -76,16 +79,32 @@ def run(args: argparse.Namespace) -> int:
     notes: Dict[str, Any] = {}
     failed: List[str] = []
 
+    provenance: Dict[str, Dict[str, Any]] = {}
+
     def section(name: str, fn: Callable[[], None]) -> None:
         t = time.perf_counter()
         _log(f"== {name}")
+        # Each section keeps its own run: merged results (--sections) must not borrow
+        # another run's command, date or load.
+        origin: Dict[str, Any] = {
+            "command": shown,
+            "when": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+            "runs": runs,
+            "quick": bool(args.quick),
+        }
+        try:
+            origin["loadavg_at_start"] = [round(x, 2) for x in os.getloadavg()]
+        except OSError:
+            pass
         try:
             fn()
         except Exception as exc:  # noqa: BLE001 - one broken section must not lose the others
             failed.append(name)
             notes.setdefault("failures", {})[name] = f"{type(exc).__name__}: {exc}"
             traceback.print_exc()
-        _log(f"== {name}: {time.perf_counter() - t:.0f}s")
+        origin["seconds"] = round(time.perf_counter() - t, 1)
+        provenance[REPORT_KEY[name]] = origin
+        _log(f"== {name}: {origin['seconds']:.0f}s")
 
     if "udf" in sections:
         def udf() -> None:
@@ -131,12 +150,13 @@ def run(args: argparse.Namespace) -> int:
         section("profile", profile)
 
     facts["total_s"] = round(time.perf_counter() - started, 1)
+    notes["provenance"] = provenance
     if args.sections and json_path.exists():
         old = load_results(json_path)
         figures = merge_results(old["figures"], figures)
-        notes = {**old.get("notes", {}), **notes}
-        facts = {**old.get("facts", {}), **{k: v for k, v in facts.items() if k != "total_s"}}
-        facts["total_s"] = old.get("facts", {}).get("total_s", facts.get("total_s", 0))
+        notes = merge_notes(old.get("notes", {}), notes)
+        # Machine facts are this run's; what ran when is per section (notes["provenance"]).
+        facts = {**old.get("facts", {}), **facts}
     save_results(json_path, facts, figures, notes)
     from .report import render
 
@@ -146,6 +166,14 @@ def run(args: argparse.Namespace) -> int:
         _log(f"FAILED sections: {', '.join(failed)}")
         return 1
     return 0
+
+
+def merge_notes(old: Dict[str, Any], new: Dict[str, Any]) -> Dict[str, Any]:
+    """New notes replace old ones per key; provenance is merged per section, so a section
+    not re-measured keeps the command, date and load of the run that measured it."""
+    merged = {**old, **new}
+    merged["provenance"] = {**old.get("provenance", {}), **new.get("provenance", {})}
+    return merged
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -18,69 +18,81 @@ from .common import BENCH_DIR, WORK_DIR, Figure, load_results
 __all__ = ["FINDINGS", "render", "write_markdown", "write_plot"]
 
 #: Profile findings handed to the lead (bench/ never edits udf/ or bridge/).
-#: status: "proposed" until applied; then "applied" with the measured gain.
-FINDINGS: List[Dict[str, str]] = [
+#: ``gain`` is written from the A/B tables of the same results (never a number typed in
+#: here); ``status`` says whether the change is in the code.
+FINDINGS: List[Dict[str, Any]] = [
     {
         "where": "bridge/transport.py `Transport` (requests session)",
         "evidence": (
-            "Every delivery went through requests' `merge_environment_settings` (`get_environ_proxies`, "
-            "`proxy_bypass_environment`: full scans of `os.environ`) and `get_netrc_auth` (`os.path.exists`, "
-            "`expanduser`) because `Session.trust_env` was True: `getproxies_environment` alone was ~26 % "
-            "of the bridge's CPU in the first profile; `merge_environment_settings` cost 108 µs per call "
-            "against 10 µs with trust_env=False."
+            "requests' `merge_environment_settings` (`get_environ_proxies`, `proxy_bypass_environment`: "
+            "scans of `os.environ`) and `get_netrc_auth` ran on every delivery because `Session.trust_env` "
+            "was True; they showed high in the bridge drain profile."
         ),
         "change": (
             "`session.trust_env = False`; proxies from the environment resolved once per origin "
             "(`get_environ_proxies`) and passed explicitly; the CA bundle variable read once."
         ),
-        "gain": (
-            "≈ 150 µs less CPU per POST (transport table below: `Transport.send` against a trust_env=True "
-            "session). The drain's bridge CPU per alert was 1,030-1,830 µs in the run before the change "
-            "and is the `bridge µs/alert` of the drain rows above now: the gain is real but smaller than "
-            "the run-to-run noise of that figure."
-        ),
-        "status": "applied (bridge engineer, 15:12, independently of this report; same change as proposed)",
+        "gain": lambda notes: _transport_gain(notes, "requests session, trust_env=True"),
+        "status": "applied, then superseded by the next row",
     },
     {
         "where": "bridge/transport.py `Transport.send` → requests (the delivery hot path)",
         "evidence": (
-            "In the drain profile below `Transport.send` is ≈ 70 % of the bridge's CPU, and requests' own "
-            "layers above urllib3's `urlopen` (`prepare_request`, `merge_setting` with its runtime-checkable "
-            "Protocol `isinstance` checks, 9 per POST, hooks, cookie jars, `build_response`) ≈ 35-40 %; "
-            "the outbox writer thread ≈ 10 %. The 8 delivery threads share one GIL, so CPU per delivery "
-            "caps the drain (≈ 1e6 / `bridge µs/alert` ≈ 700-1,000/s here) whatever the worker count."
+            "In the drain profile `Transport.send` dominated the bridge's CPU, much of it in requests' "
+            "own layers above urllib3's `urlopen` (`prepare_request`, `merge_setting`, hooks, cookie jars, "
+            "`build_response`). The delivery threads share one GIL, so CPU per delivery caps the drain "
+            "rate whatever the worker count."
         ),
         "change": (
             "Send with urllib3 directly (`PoolManager.request(method, url, body=, headers=, timeout=, "
             "redirect=False, preload_content=False)` + bounded read + `release_conn()`), keeping the "
             "Transport seam, its error mapping and TLS settings; requests stays for the rest."
         ),
-        "gain": "the difference between the first and third rows of the transport table (≈ 250-300 µs CPU per delivery here, ≈ 20-25 % of the drain's CPU per alert).",
-        "status": "applied (Transport sends through a urllib3 PoolManager per target; requests still serves heartbeats and the CLI)",
+        "gain": lambda notes: _transport_gain(notes, "urllib3 PoolManager.request"),
+        "status": "applied (Transport sends through a urllib3 PoolManager per target)",
     },
     {
         "where": "udf/agent.py `Agent.run` / `_dispatch` + udf/framing.py `FrameSplitter.feed`",
         "evidence": (
-            "Per point the agent makes five Python calls before the handler's closure runs (splitter loop "
-            "→ `decode_uvarint` for every frame ≥ 128 bytes, i.e. every real point → `_dispatch` (slice, "
-            "tag check, inner varint loop) → `AlertStateHandler.point_raw` trampoline → `on_point`). In "
-            "the alert-state profile `_dispatch`, `feed`, `decode_uvarint` and `point_raw` together are "
-            "≈ 30 % of own time. Since commit 6280651 (fuzzing fix) `_dispatch` also decodes the point's "
-            "2-byte inner length with `decode_uvarint`: 2 calls per point (400k in 200k points)."
+            "Per point the agent made several Python calls before the handler's closure ran (splitter "
+            "loop, `decode_uvarint` for every frame of 128 bytes or more, `_dispatch`, the `point_raw` "
+            "trampoline); they showed high in the alert-state profile's own time."
         ),
         "change": (
-            "In `Agent.run`, walk each chunk inline (1- and 2-byte length prefixes decoded in place, "
-            "`FrameSplitter` kept for frames that cross chunks or exceed 16 KiB), send frames starting "
-            "`0x8a 0x01` + a 2-byte length straight to the bound `point_raw`, everything else to "
-            "`_dispatch`; re-read `handler.point_raw` after a successful Init so `AlertStateHandler` can "
-            "expose its closure directly. Smaller steps: inline the 2-byte prefix in `FrameSplitter.feed`, "
-            "and in `_dispatch` keep 6280651's bounds check but decode inline: `elif len(frame) > 3 and "
-            "frame[3] < 0x80: start, size = 4, (b & 0x7F) \\| (frame[3] << 7)`, `decode_uvarint` only beyond."
+            "Walk each chunk inline (1- and 2-byte length prefixes decoded in place, `FrameSplitter` kept "
+            "for frames that cross chunks or exceed 16 KiB) and send point frames straight to the "
+            "handler's closure; everything else to `_dispatch`."
         ),
-        "gain": "see the A/B table below: ≈ 20-25 % less UDF CPU per point for the full change (alert-state one-core ceiling ≈ 245k → ≈ 300k points/s), ≈ 7 % for the splitter alone.",
+        "gain": lambda notes: _udf_gain(notes),
         "status": "applied (FrameSplitter.feed_to fast lane: point frames go straight to the handler's point_path closure)",
     },
 ]
+
+NOT_MEASURED = "not measured in these results (run the `profile` section)"
+
+
+def _transport_gain(notes: Dict[str, Any], other_prefix: str) -> str:
+    """``Transport.send`` against another client, from the transport A/B of these results."""
+    rows = {str(r["variant"]): float(r["us"]) for r in notes.get("transport_ab") or []}
+    ours = next((v for k, v in rows.items() if k.startswith("bridge Transport.send")), None)
+    other = next(((k, v) for k, v in rows.items() if k.startswith(other_prefix)), None)
+    if ours is None or other is None:
+        return NOT_MEASURED
+    name, value = other
+    return (
+        f"`Transport.send`: {ours:.0f} µs CPU per request; {name}: {value:.0f} µs "
+        f"(difference {value - ours:+.0f} µs; transport table below)"
+    )
+
+
+def _udf_gain(notes: Dict[str, Any]) -> str:
+    """Each stand-in variant against the current code, from the UDF A/B of these results."""
+    rows = notes.get("udf_ab") or []
+    if not rows:
+        return NOT_MEASURED
+    base = float(rows[0]["us"])
+    parts = [f"{r['variant']}: {float(r['us']) / base - 1:+.1%}" for r in rows[1:]]
+    return f"against the current code ({base:.2f} µs/point): " + "; ".join(parts) + " (A/B table below)"
 
 
 def _fmt(v: Optional[float], unit: str) -> str:
@@ -136,26 +148,22 @@ def write_markdown(data: Dict[str, Any], path: Path, png_name: str = "results.pn
     by_prefix: Dict[str, List[Figure]] = {}
     for f in figs:
         by_prefix.setdefault(f.key.split(".", 1)[0], []).append(f)
+    provenance: Dict[str, Dict[str, Any]] = notes.get("provenance") or {}
     L: List[str] = []
+    L += ["# Benchmark results", "", _header(facts, provenance, by_prefix), "", f"![results]({png_name})", ""]
     L += [
-        "# Benchmark results",
-        "",
-        f"Written by `{facts.get('command', 'make bench')}` on {facts.get('when', '?')} "
-        f"(whole run: {facts.get('total_s', 0) / 60:.1f} min). Each figure is the **median of "
-        f"{facts.get('runs', '?')} runs** with min/max; the UDF comparisons are interleaved round by round "
-        "and their ratios taken per round. Plot: [results.png](results.png).",
-        "",
-        f"![results]({png_name})",
-        "",
         "## Machine",
         "",
         f"- CPU: {facts.get('cpu_model')} — **{facts.get('cores')} cores**, {facts.get('memory_gib', '?')} GiB RAM, {facts.get('os')}",
         f"- Python {facts.get('python')} ({facts.get('python_impl')}); protobuf {facts.get('protobuf')}, backend **{facts.get('protobuf_backend')}**",
-        f"- load average when the run started: {facts.get('loadavg_at_start')}",
-        "- The machine is shared: other engineers' test suites ran during the measurement. Every row "
-        "shows what the measured process itself used (`cores`, `µs/point`) and what **other processes** "
-        "used meanwhile; CPU per point is the figure least disturbed by that noise.",
     ]
+    other = _other_cores(figs)
+    if other is not None:
+        L.append(
+            f"- Other processes used {other[0]:.2f}–{other[1]:.2f} cores while the figures were measured "
+            "(per-row medians, `other cores`). Every row shows what the measured process itself used "
+            "(`cores`, `µs/point`) next to it; CPU per point is the figure least disturbed by that load."
+        )
     udf_notes = notes.get("udf", {})
     if udf_notes:
         b_ours = udf_notes.get("backend_ours") or {}
@@ -190,7 +198,7 @@ def write_markdown(data: Dict[str, Any], path: Path, png_name: str = "results.pn
 
     # -- UDF throughput
     if "udf" in by_prefix:
-        L += ["## UDF throughput", ""]
+        L += ["## UDF throughput", "", _origin(provenance, "udf"), ""]
         anchor = udf_notes.get("anchor")
         if anchor:
             L += [
@@ -221,9 +229,10 @@ def write_markdown(data: Dict[str, Any], path: Path, png_name: str = "results.pn
             "",
         ]
         drv = notes.get("udf_driver_ceiling")
-        if drv:
-            L += [f"Driver ceiling (`cat` as the \"UDF\", echoing every frame): **{drv:,.0f} frames/s** — "
-                  "far above every UDF measured, so the driver is not the bottleneck.", ""]
+        fastest = max((f.median or 0.0 for f in by_prefix["udf"] if f.unit == "points/s"), default=0.0)
+        if drv and fastest:
+            L += [f"Driver ceiling (`cat` as the \"UDF\", echoing every frame): **{drv:,.0f} frames/s**, "
+                  f"{drv / fastest:.1f}× the fastest UDF figure below ({fastest:,.0f} points/s).", ""]
         L += _section_table(
             by_prefix["udf"],
             [
@@ -242,6 +251,8 @@ def write_markdown(data: Dict[str, Any], path: Path, png_name: str = "results.pn
         mem_notes = notes.get("mem", {})
         L += [
             "## UDF memory",
+            "",
+            _origin(provenance, "mem"),
             "",
             f"Workload: {mem_notes.get('memory_workload', '')}; alert-state with the options above, "
             f"`expire` = {mem_notes.get('expire_s', 300) // 60}m where set. RSS of the UDF process (psutil) once "
@@ -265,6 +276,8 @@ def write_markdown(data: Dict[str, Any], path: Path, png_name: str = "results.pn
         e2e = notes.get("e2e", {})
         L += [
             "## Through a real kapacitord",
+            "",
+            _origin(provenance, "e2e"),
             "",
             f"kapacitord {e2e.get('kapacitord_version', '1.5.9')} (built by `scripts/kapacitor-build`) runs "
             "`kapacitor.conf.example` rendered by `tests/e2e/kapacitord.py`; line protocol is POSTed to "
@@ -296,6 +309,8 @@ def write_markdown(data: Dict[str, Any], path: Path, png_name: str = "results.pn
         L += [
             "## Bridge",
             "",
+            _origin(provenance, "bridge"),
+            "",
             f"`kapacitor-oncall-bridge serve` (aiohttp, SQLite WAL with `synchronous=FULL`, group commit) on "
             f"loopback; {br.get('clients', 50)} concurrent keep-alive clients (asyncio, in the bench "
             f"process) post {br.get('alerts_per_run', 0):,} Kapacitor alert events per run after "
@@ -325,7 +340,7 @@ def write_markdown(data: Dict[str, Any], path: Path, png_name: str = "results.pn
         L.append("")
 
     profiles = notes.get("profiles") or []
-    L += ["## Profiles and proposed fixes", ""]
+    L += ["## Profiles and proposed fixes", "", _origin(provenance, "profile"), ""]
     for prof in profiles:
         L += ["```", prof.get("text", ""), "```", ""]
     ab = notes.get("udf_ab") or []
@@ -333,11 +348,12 @@ def write_markdown(data: Dict[str, Any], path: Path, png_name: str = "results.pn
         "bench/ does not edit `udf/` or `bridge/`: findings go to the lead, who applies them; "
         "this table says what was found and whether it was applied.",
         "",
-        "| where | evidence | proposed change | expected gain | status |",
+        "| where | evidence | change | measured in these results | status |",
         "|---|---|---|---|---|",
     ]
     for fd in FINDINGS:
-        L.append(f"| {fd['where']} | {fd['evidence']} | {fd['change']} | {fd['gain']} | {fd['status']} |")
+        gain = fd["gain"](notes)
+        L.append(f"| {fd['where']} | {fd['evidence']} | {fd['change']} | {gain} | {fd['status']} |")
     if ab:
         L += ["", "In-process A/B of the UDF proposals: alert-state over the same 100-group frames, output "
               "discarded, CPU time of the agent's thread, variants in rotating order, median of runs "
@@ -355,6 +371,41 @@ def write_markdown(data: Dict[str, Any], path: Path, png_name: str = "results.pn
             L.append(f"| {row['variant']} | {row['us']:.0f} |")
     L.append("")
     path.write_text("\n".join(L) + "\n", encoding="utf-8")
+
+
+def _origin(provenance: Dict[str, Dict[str, Any]], key: str) -> str:
+    """Which run measured this section: command, date, load, runs."""
+    p = provenance.get(key)
+    if not p:
+        return "*Run of origin not recorded (measured before results kept it per section).*"
+    load = p.get("loadavg_at_start")
+    load_text = f"; load average at start {', '.join(f'{x:.2f}' for x in load)}" if load else ""
+    quick = "; **--quick: smoke-size inputs, figures meaningless**" if p.get("quick") else ""
+    return (
+        f"*Measured by `{p.get('command', '?')}` on {p.get('when', '?')} ({p.get('runs', '?')} runs per "
+        f"figure, {float(p.get('seconds', 0)) / 60:.1f} min{load_text}{quick}).*"
+    )
+
+
+def _header(facts: Dict[str, Any], provenance: Dict[str, Dict[str, Any]], by_prefix: Dict[str, List[Figure]]) -> str:
+    shown = [k for k in SECTION_ORDER + ["profile"] if k in by_prefix or (k == "profile" and k in provenance)]
+    origins = {(provenance[k].get("command"), provenance[k].get("when")) for k in shown if k in provenance}
+    method = (
+        "Each figure is the **median of its runs** with min/max; the UDF comparisons are interleaved "
+        "round by round and their ratios taken per round. Plot: [results.png](results.png)."
+    )
+    if len(origins) == 1 and all(k in provenance for k in shown):
+        command, when = next(iter(origins))
+        return f"Written by `{command}` on {when}. {method}"
+    return (
+        "These results merge several runs (`--sections`): each section below names the run that "
+        f"measured it. Machine facts are from the last run ({facts.get('when', '?')}). {method}"
+    )
+
+
+def _other_cores(figs: List[Figure]) -> Optional[Tuple[float, float]]:
+    values = [v for f in figs for v in [f.extra_median("other_cpu")] if v is not None]
+    return (min(values), max(values)) if values else None
 
 
 def write_plot(data: Dict[str, Any], path: Path) -> None:

@@ -1,4 +1,4 @@
-"""``kapacitor-oncall-bridge``: serve, check-config, send-test, queue, replay.
+"""``kapacitor-oncall-bridge``: serve, check-config, config-reference, send-test, queue, replay.
 
 Exit codes: 0 success, 1 the operation failed (a send-test the platform
 refused), 2 bad configuration or usage, 3 the store is unusable. Every line
@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import sys
 from datetime import datetime, timezone
 from typing import Any, Dict, Optional, Sequence, TextIO
 
+from . import __version__
 from . import log as logmod
-from .config import Config, default_config, load
+from .config import Config, default_config, format_duration, load, parse_listen
 from .errors import ConfigError, DeliveryError, StoreError
+from .schema import ConfigErrors
 from .event import LEVELS
 
 __all__ = ["EXIT_CONFIG", "EXIT_FAILED", "EXIT_OK", "EXIT_STORE", "main"]
@@ -30,6 +33,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG, description="Durable bridge from Kapacitor alert events to on-call platforms."
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name: str, help_text: str, config_required: bool = False) -> argparse.ArgumentParser:
@@ -47,7 +51,21 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--insecure", action="store_true", help="allow a non-loopback listen address without server.token"
     )
-    add("check-config", "Validate the config, resolve secrets, print the targets (never the secrets).", True)
+    serve.add_argument("--listen", metavar="HOST:PORT", help="listen here instead of [server] listen")
+    check = add(
+        "check-config",
+        "Validate the config (every error in one run), resolve secrets, print the targets (never the secrets).",
+        True,
+    )
+    check.add_argument(
+        "--insecure", action="store_true", help="accept a non-loopback listen address without server.token, as serve --insecure"
+    )
+    ref = sub.add_parser(
+        "config-reference",
+        help="Print the configuration reference (Markdown), generated from the schema.",
+        description="Print the configuration reference (Markdown), generated from the schema; docs/configuration.md is its copy.",
+    )
+    ref.add_argument("--output", "-o", help="write to this file instead of stdout")
     send = add("send-test", "Send a synthetic event to one target now and print the platform's answer.", True)
     send.add_argument("--target", "-t", required=True)
     send.add_argument("--level", default="CRITICAL", choices=list(LEVELS[::-1]), type=str.upper)
@@ -64,24 +82,27 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of the console script."""
     args = _parser().parse_args(argv)
+    if args.command == "config-reference":
+        return _config_reference(args)
     redactor = logmod.configure(args.log_level, cache=args.command == "serve")
     out = _Out(sys.stdout, redactor)
     err = _Out(sys.stderr, redactor)
     try:
-        config = load(args.config) if args.config else default_config()
+        # check-config refuses what serve refuses (serve checks after --listen applies).
+        strict = args.command == "check-config" and not args.insecure
+        config = load(args.config, insecure=not strict) if args.config else default_config()
+        if getattr(args, "listen", None):
+            parse_listen(args.listen, "--listen")
+            config = dataclasses.replace(config, server=dataclasses.replace(config.server, listen=args.listen))
     except ConfigError as exc:
-        if args.command == "serve":
-            logmod.get_logger().error("config.invalid", key=exc.key, error=exc.message)
-        err.line(f"{PROG}: config error: {exc.key}: {exc.message}")
+        _config_errors(args, exc, err)
         return EXIT_CONFIG
     redactor.update(config.secrets)
     try:
         handler = _COMMANDS[args.command]
         return int(handler(args, config, out, err))
     except ConfigError as exc:
-        if args.command == "serve":
-            logmod.get_logger().error("config.invalid", key=exc.key, error=exc.message)
-        err.line(f"{PROG}: config error: {exc.key}: {exc.message}")
+        _config_errors(args, exc, err)
         return EXIT_CONFIG
     except StoreError as exc:
         if args.command == "serve":
@@ -90,6 +111,29 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return EXIT_STORE
     except KeyboardInterrupt:
         return EXIT_FAILED
+
+
+def _config_errors(args: argparse.Namespace, exc: ConfigError, err: "_Out") -> None:
+    """One line per error, so a file with five mistakes is fixed in one round."""
+    items = exc.errors if isinstance(exc, ConfigErrors) else (exc,)
+    for item in items:
+        if args.command == "serve":
+            logmod.get_logger().error("config.invalid", key=item.key, error=item.message)
+        err.line(f"{PROG}: config error: {item.key}: {item.message}")
+    if len(items) > 1:
+        err.line(f"{PROG}: {len(items)} errors in {getattr(args, 'config', None) or 'the configuration'}")
+
+
+def _config_reference(args: argparse.Namespace) -> int:
+    from .reference import reference
+
+    text = reference()
+    if args.output:
+        with open(args.output, "w", encoding="utf-8") as fh:
+            fh.write(text)
+    else:
+        sys.stdout.write(text)
+    return EXIT_OK
 
 
 class _Out:
@@ -114,8 +158,6 @@ def _serve(args: argparse.Namespace, config: Config, out: _Out, err: _Out) -> in
 
 
 def _check_config(args: argparse.Namespace, config: Config, out: _Out, err: _Out) -> int:
-    from .server import check_listen
-
     s, d = config.server, config.delivery
     out.line(f"config OK: {config.source}")
     out.line(f"listen     {s.listen}  token: {'set' if s.token else 'none'}  max_body_bytes: {s.max_body_bytes}")
@@ -140,10 +182,8 @@ def _check_config(args: argparse.Namespace, config: Config, out: _Out, err: _Out
         for h in config.heartbeats:
             ping = "  kapacitor ping: yes" if h.kapacitor_url else ""
             out.line(f"  {h.name:<20} every {_dur(h.interval)}  {h.method}{ping}")
-    try:
-        check_listen(config, insecure=False)
-    except ConfigError as exc:
-        err.line(f"warning: {exc.key}: {exc.message}")
+    if not s.is_loopback and not s.token:
+        err.line(f"warning: server.listen: {s.listen} is not a loopback address and has no token (--insecure)")
     return EXIT_OK
 
 
@@ -255,10 +295,4 @@ def _iso(ts: float) -> str:
 
 def _dur(seconds: float) -> str:
     """Seconds back into the config's duration notation."""
-    for unit, size in (("h", 3600.0), ("m", 60.0), ("s", 1.0)):
-        if seconds >= size and seconds % size == 0:
-            return f"{int(seconds // size)}{unit}"
-    if seconds < 1:
-        return f"{seconds * 1000:g}ms"
-    return f"{seconds:g}s"
-
+    return format_duration(seconds)

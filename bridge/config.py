@@ -1,10 +1,13 @@
 """The bridge's configuration: one frozen tree, read once from TOML at startup.
 
-Everything an operator can get wrong is checked here, at load time, and every
-error names the full dotted key (``target.pd.routing_key``) so ``check-config``
-points at the line to fix. Secret values (``env:NAME`` / ``file:PATH``, tokens,
-keys, passwords, target URLs) are collected in :attr:`Config.secrets` so the log
-redactor can scrub them; no error message here ever quotes a value.
+Each section is a dataclass whose fields are the declarations of its keys
+(:func:`bridge.schema.setting`: type, default, meaning); ``[[target]]`` keys
+of the platform formatters are declared in :mod:`bridge.targets.keys`. Loading
+checks every key against those declarations and reports all problems of a file
+at once (:class:`bridge.schema.ConfigErrors`), each naming the full dotted key
+(``target.pd.routing_key``). No error message quotes a value; secrets
+(``env:NAME`` / ``file:PATH``, tokens, keys, passwords, target URLs) are
+collected in :attr:`Config.secrets` for the log redactor.
 
 Relative paths (``file:``, ``store.path``, ``ca_file``) are relative to the
 working directory of the process, like Kapacitor's own configuration.
@@ -12,18 +15,38 @@ working directory of the process, like Kapacitor's own configuration.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
-import os
 import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, FrozenSet, List, Mapping, Optional, Set, Tuple
-from urllib.parse import parse_qsl, urlsplit
+from typing import Any, Dict, FrozenSet, List, Mapping, Optional, Set, Tuple, Type
 
 from .errors import ConfigError
 from .event import AlertEvent
+from .schema import (
+    DURATION,
+    FILE,
+    INTEGER,
+    LISTEN,
+    NONEMPTY,
+    RATE_LIMIT,
+    URL,
+    Errors,
+    Key,
+    Kind,
+    format_duration,
+    keys_of,
+    parse_duration,
+    parse_listen,
+    read_table,
+    setting,
+    unknown_key,
+)
+from .secret_values import MIN_SECRET_CHARS, collect_secrets, resolve_secrets, scrub
 from .targets.base import Options, RateLimit, get_type, registered_types
+from .targets.keys import keys_for
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -35,44 +58,76 @@ __all__ = [
     "DEFAULT_LISTEN",
     "DeliveryConfig",
     "HeartbeatConfig",
+    "MIN_SECRET_CHARS",
     "ServerConfig",
     "StoreConfig",
     "TargetConfig",
     "default_config",
+    "format_duration",
     "from_mapping",
+    "listen_error",
     "load",
     "parse_duration",
     "parse_listen",
+    "section",
+    "sections",
 ]
 
 DEFAULT_LISTEN = "127.0.0.1:9095"
 
 #: Target names are URL path segments (``/alerts/<name>``) and metric labels.
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
-_DURATION_UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-#: Keys whose values are credentials (or carry them, like URLs with a token path).
-_SECRET_KEY = re.compile(r"(token|passw|secret|key$|_key|apikey|url$|username|auth|credential)", re.I)
-_SECRET_HEADER = re.compile(r"(auth|token|key|secret|cookie|signature|session)", re.I)
-#: Values shorter than this are not redacted: scrubbing "on" from every log line helps nobody.
-MIN_SECRET_CHARS = 4
-_COMMON_KEYS = ("name", "type", "rate_limit", "resolve_after", "ca_file", "timeout")
+
+
+def _name(value: Any, where: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise ConfigError(where, "must be a non-empty string")
+    if not _NAME.match(value):
+        raise ConfigError(where, "use letters, digits, '_', '-', '.' (it is a URL path segment)")
+    return value
+
+
+def _method(value: Any, where: str) -> str:
+    if not isinstance(value, str) or value.upper() not in ("GET", "POST"):
+        raise ConfigError(where, "must be GET or POST")
+    return value.upper()
+
+
+NAME = Kind("name", _name, '"oncall"')
+METHOD = Kind("GET or POST", _method, '"GET"')
+
+
+def section(cls: Type[Any]) -> Any:
+    """A :class:`Config` field holding a ``[name]`` table read with ``cls``'s declarations."""
+    return field(default_factory=cls, metadata={"section": cls})
 
 
 @dataclass(frozen=True)
 class ServerConfig:
     """``[server]``: where Kapacitor posts, and who may post."""
 
-    host: str = "127.0.0.1"
-    port: int = 9095
-    token: Optional[str] = field(default=None, repr=False)
-    max_body_bytes: int = 1048576
+    listen: str = setting(
+        LISTEN,
+        "Address to listen on (`host:port`, `[v6]:port`, `:port` for all interfaces). "
+        "A non-loopback address requires `token` (or `serve --insecure`).",
+        DEFAULT_LISTEN,
+    )
+    token: Optional[str] = setting(
+        NONEMPTY,
+        "Bearer token every `POST /alerts/…` must carry (`Authorization: Bearer <token>`). "
+        "Unset: no authentication (loopback only).",
+        None,
+        secret=True,
+    )
+    max_body_bytes: int = setting(INTEGER, "Larger request bodies are refused with 413.", 1048576, minimum=1024)
 
     @property
-    def listen(self) -> str:
-        """``host:port`` as written in the config (IPv6 in brackets)."""
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{self.port}"
+    def host(self) -> str:
+        return parse_listen(self.listen)[0]
+
+    @property
+    def port(self) -> int:
+        return parse_listen(self.listen)[1]
 
     @property
     def is_loopback(self) -> bool:
@@ -89,36 +144,68 @@ class ServerConfig:
 class StoreConfig:
     """``[store]``: the SQLite outbox."""
 
-    path: str = "kapacitor-oncall.db"
-    #: Delivered and suppressed rows kept for ``queue`` statistics; dead letters are always kept.
-    keep_delivered: int = 10000
+    path: str = setting(NONEMPTY, "SQLite outbox file (WAL, fsync per commit group), created with mode 0600.", "kapacitor-oncall.db")
+    keep_delivered: int = setting(
+        INTEGER, "Delivered and suppressed rows kept for `queue` statistics; dead letters are always kept.", 10000, minimum=0
+    )
 
 
 @dataclass(frozen=True)
 class DeliveryConfig:
-    """``[delivery]``: retry policy and worker pool (all durations in seconds)."""
+    """``[delivery]``: retry policy and worker pool (durations in seconds once loaded)."""
 
-    timeout: float = 10.0
-    backoff_initial: float = 1.0
-    backoff_max: float = 300.0
-    max_age: float = 86400.0
-    repeat_interval: float = 3600.0
-    workers: int = 8
-    #: Auto-resolve delay for ``recoverable: false`` events on targets without ``resolve_after``.
-    no_recovery_resolve_after: float = 3600.0
+    timeout: float = setting(
+        DURATION,
+        "Total time one delivery attempt may take, connect to last byte (a target may override it with its own `timeout`).",
+        10.0,
+        positive=True,
+    )
+    backoff_initial: float = setting(DURATION, "First wait between attempts; doubles (with jitter) per failure.", 1.0, positive=True)
+    backoff_max: float = setting(
+        DURATION, "Longest wait between attempts; a platform's Retry-After wins when given.", 300.0, positive=True
+    )
+    max_age: float = setting(
+        DURATION, "Still failing after this long: dead letter (see `queue --dead`, `replay`).", 86400.0, positive=True
+    )
+    repeat_interval: float = setting(
+        DURATION, "The same id at the same level is forwarded at most once per interval (\"0\": always).", 3600.0
+    )
+    workers: int = setting(
+        INTEGER, "Parallel deliveries (different ids; one id is always delivered in order).", 8, minimum=1, maximum=256
+    )
+    no_recovery_resolve_after: float = setting(
+        DURATION,
+        "Kapacitor never sends OK for `.noRecoveries()` alerts: the bridge resolves such an id itself "
+        "when no new event arrives within this time (targets without `resolve_after`).",
+        3600.0,
+        positive=True,
+    )
 
 
 @dataclass(frozen=True)
 class TargetConfig:
-    """One ``[[target]]``: the platform formatter plus what the bridge does around it."""
+    """One ``[[target]]``: the platform formatter plus what the bridge does around it.
 
-    name: str
-    type: str
-    target: Any = field(repr=False)
-    rate_limit: Optional[RateLimit] = None
-    resolve_after: Optional[float] = None
-    ca_file: Optional[str] = None
-    timeout: Optional[float] = None
+    The fields declared with :func:`setting` are the keys every target type accepts.
+    """
+
+    name: str = setting(NAME, "Target name: `POST /alerts/<name>` delivers to it (letters, digits, `_ - .`).")
+    type: str = setting(NONEMPTY, "Platform type; see the sections below.")
+    target: Any = field(default=None, repr=False)
+    rate_limit: Optional[RateLimit] = setting(
+        RATE_LIMIT,
+        "Requests per period to the platform (`\"120/1m\"`); over it, deliveries wait (never dropped). "
+        "`\"off\"` disables.",
+        None,
+        default_text="the type's (below)",
+    )
+    resolve_after: Optional[float] = setting(
+        DURATION, "Resolve an id on the platform when it has been quiet this long.", None, positive=True
+    )
+    ca_file: Optional[str] = setting(FILE, "Extra CA bundle for a self-hosted platform (verification stays on).", None)
+    timeout: Optional[float] = setting(
+        DURATION, "Total time one attempt may take for this target.", None, default_text="`[delivery]` `timeout`", positive=True
+    )
     #: Keys given in the table (names only, for ``check-config``).
     keys: Tuple[str, ...] = ()
 
@@ -139,28 +226,43 @@ class TargetConfig:
 
 @dataclass(frozen=True)
 class HeartbeatConfig:
-    """One ``[[heartbeat]]``: prove to the platform that the alert path is alive."""
+    """``[[heartbeat]]``: prove to the platform that the alert path is alive.
 
-    name: str
-    url: str = field(repr=False)
-    interval: float = 60.0
-    kapacitor_url: Optional[str] = field(default=None, repr=False)
-    method: str = "GET"
-    timeout: float = 10.0
-    ca_file: Optional[str] = None
+    Called every interval only while the bridge is healthy (and Kapacitor answers,
+    with ``kapacitor_url``); point it at e.g. a Grafana OnCall heartbeat URL.
+    """
+
+    name: str = setting(NAME, "Name in logs and metrics.", default_text='"heartbeat-<n>"')
+    url: str = setting(URL, "URL called every interval (e.g. a Grafana OnCall heartbeat URL).", secret=True)
+    interval: float = setting(DURATION, "Time between calls.", 60.0, positive=True)
+    kapacitor_url: Optional[str] = setting(
+        URL, "Only call while Kapacitor answers `GET <kapacitor_url>/kapacitor/v1/ping` with 204.", None, secret=True
+    )
+    method: str = setting(METHOD, "HTTP method.", "GET")
+    timeout: float = setting(DURATION, "Total time one call may take.", 10.0, positive=True)
+    ca_file: Optional[str] = setting(FILE, "Extra CA bundle for the heartbeat URL.", None)
 
 
 @dataclass(frozen=True)
 class Config:
     """The whole configuration; ``secrets`` feeds the log redactor and never prints."""
 
-    server: ServerConfig = field(default_factory=ServerConfig)
-    store: StoreConfig = field(default_factory=StoreConfig)
-    delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
+    server: ServerConfig = section(ServerConfig)
+    store: StoreConfig = section(StoreConfig)
+    delivery: DeliveryConfig = section(DeliveryConfig)
     targets: Mapping[str, TargetConfig] = field(default_factory=dict)
     heartbeats: Tuple[HeartbeatConfig, ...] = ()
     secrets: FrozenSet[str] = field(default_factory=frozenset, repr=False)
     source: Optional[str] = None
+
+
+#: Arrays of tables, each table read with the class's declarations.
+ARRAYS: Mapping[str, Type[Any]] = {"target": TargetConfig, "heartbeat": HeartbeatConfig}
+
+
+def sections() -> Dict[str, Type[Any]]:
+    """``[name]`` tables of :class:`Config`, in file order: a new section is one ``section()`` field."""
+    return {f.name: f.metadata["section"] for f in dataclasses.fields(Config) if "section" in f.metadata}
 
 
 def default_config() -> Config:
@@ -168,8 +270,22 @@ def default_config() -> Config:
     return Config()
 
 
-def load(path: str) -> Config:
-    """Read, resolve and validate a TOML file."""
+def listen_error(server: ServerConfig) -> Optional[ConfigError]:
+    """The refusal of an open listener without a token (``serve`` and ``check-config`` share it)."""
+    if server.is_loopback or server.token:
+        return None
+    return ConfigError(
+        "server.listen",
+        f"{server.listen} is not a loopback address and server.token is not set; set a token or pass --insecure",
+    )
+
+
+def load(path: str, *, insecure: bool = True) -> Config:
+    """Read, resolve and validate a TOML file.
+
+    ``insecure=False`` adds the rule ``serve`` enforces: a non-loopback listen
+    address needs a token.
+    """
     try:
         raw = Path(path).read_bytes()
     except OSError as exc:
@@ -180,404 +296,163 @@ def load(path: str) -> Config:
         raise ConfigError("config", f"{path} is not UTF-8") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError("config", f"{path} is not valid TOML: {exc}") from None
-    return from_mapping(data, source=path)
+    return from_mapping(data, source=path, insecure=insecure)
 
 
-def from_mapping(data: Mapping[str, Any], source: Optional[str] = None) -> Config:
-    """Build the config tree from decoded TOML (tests call this directly)."""
+def from_mapping(data: Mapping[str, Any], source: Optional[str] = None, *, insecure: bool = True) -> Config:
+    """Build the config tree from decoded TOML (tests call this directly).
+
+    Raises one :class:`ConfigError`, or :class:`bridge.schema.ConfigErrors` listing all.
+    """
     secrets: Set[str] = set()
-    resolved = _resolve_secrets(data, "", secrets)
-    try:
-        return _build(resolved, secrets, source)
-    except ConfigError as exc:
+    errors = Errors()
+    resolved = resolve_secrets(data, "", secrets, errors)
+    config = _build(resolved, secrets, source, errors)
+    if config is not None and not insecure:
+        problem = listen_error(config.server)
+        if problem is not None:
+            errors.items.append(problem)
+    for item in errors.items:
         # A target class may quote a value in its message; make sure no secret escapes.
-        message = _scrub(exc.message, secrets)
-        if message != exc.message:
-            raise ConfigError(exc.key, message) from None
-        raise
+        item.message = scrub(item.message, secrets)
+        item.args = (f"{item.key}: {item.message}",)
+    errors.raise_if_any()
+    assert config is not None
+    return config
 
 
-def _build(data: Mapping[str, Any], secrets: Set[str], source: Optional[str]) -> Config:
-    _only(data, "", ("server", "store", "delivery", "target", "heartbeat"))
-    server = _server(_table(data, "server"))
-    if server.token:
-        secrets.add(server.token)
-    store = _store(_table(data, "store"))
-    delivery = _delivery(_table(data, "delivery"))
+def _build(data: Mapping[str, Any], secrets: Set[str], source: Optional[str], errors: Errors) -> Optional[Config]:
+    tables = sections()
+    for key in data:
+        if key not in tables and key not in ARRAYS:
+            errors.add(key, unknown_key(key, [*tables, *ARRAYS], "the top level"))
+    parts: Dict[str, Any] = {}
+    for name, cls in tables.items():
+        table = _table(data, name, errors)
+        keys = keys_of(cls)
+        values = read_table(table, name, keys, errors, f"[{name}]")
+        collect_secrets(table, secrets, [k.name for k in keys if k.secret])
+        parts[name] = cls(**values)
+    delivery: DeliveryConfig = parts["delivery"]
+    if delivery.backoff_max < delivery.backoff_initial:
+        errors.add("delivery.backoff_max", "must not be smaller than delivery.backoff_initial")
     targets: Dict[str, TargetConfig] = {}
-    for index, table in enumerate(_array(data, "target")):
-        target = _target(table, index, secrets)
+    for index, table in enumerate(_array(data, "target", errors)):
+        target = _target(table, index, secrets, errors)
+        if target is None:
+            continue
         if target.name in targets:
-            raise ConfigError(f"target.{target.name}.name", "duplicate target name")
+            errors.add(f"target.{target.name}.name", "duplicate target name")
         targets[target.name] = target
-    heartbeats = tuple(_heartbeat(t, i, secrets) for i, t in enumerate(_array(data, "heartbeat")))
-    names = [h.name for h in heartbeats]
-    for name in names:
-        if names.count(name) > 1:
-            raise ConfigError(f"heartbeat.{name}.name", "duplicate heartbeat name")
+    heartbeats: List[HeartbeatConfig] = []
+    for index, table in enumerate(_array(data, "heartbeat", errors)):
+        beat = _heartbeat(table, index, secrets, errors)
+        if beat is None:
+            continue
+        if any(h.name == beat.name for h in heartbeats):
+            errors.add(f"heartbeat.{beat.name}.name", "duplicate heartbeat name")
+        heartbeats.append(beat)
+    if errors:
+        return Config(server=parts["server"]) if "server" in parts else None
     return Config(
-        server=server,
-        store=store,
-        delivery=delivery,
+        **parts,
         targets=targets,
-        heartbeats=heartbeats,
+        heartbeats=tuple(heartbeats),
         secrets=frozenset(s for s in secrets if len(s) >= MIN_SECRET_CHARS),
         source=source,
     )
 
 
-# -- sections -------------------------------------------------------------------
+# -- arrays of tables ---------------------------------------------------------------
 
 
-def _server(t: Mapping[str, Any]) -> ServerConfig:
-    _only(t, "server", ("listen", "token", "max_body_bytes"))
-    listen = _str(t, "server", "listen", DEFAULT_LISTEN)
-    host, port = parse_listen(listen, "server.listen")
-    token = _str(t, "server", "token", None)
-    if token is not None and not token:
-        raise ConfigError("server.token", "must not be empty (remove the key to disable auth)")
-    max_body = _int(t, "server", "max_body_bytes", 1048576, minimum=1024)
-    return ServerConfig(host=host, port=port, token=token, max_body_bytes=max_body)
-
-
-def _store(t: Mapping[str, Any]) -> StoreConfig:
-    _only(t, "store", ("path", "keep_delivered"))
-    path = _str(t, "store", "path", "kapacitor-oncall.db")
-    if not path:
-        raise ConfigError("store.path", "must not be empty")
-    keep = _int(t, "store", "keep_delivered", 10000, minimum=0)
-    return StoreConfig(path=path, keep_delivered=keep)
-
-
-def _delivery(t: Mapping[str, Any]) -> DeliveryConfig:
-    keys = (
-        "timeout",
-        "backoff_initial",
-        "backoff_max",
-        "max_age",
-        "repeat_interval",
-        "workers",
-        "no_recovery_resolve_after",
-    )
-    _only(t, "delivery", keys)
-    d = DeliveryConfig()
-    cfg = DeliveryConfig(
-        timeout=_duration(t, "delivery", "timeout", d.timeout, positive=True),
-        backoff_initial=_duration(t, "delivery", "backoff_initial", d.backoff_initial, positive=True),
-        backoff_max=_duration(t, "delivery", "backoff_max", d.backoff_max, positive=True),
-        max_age=_duration(t, "delivery", "max_age", d.max_age, positive=True),
-        repeat_interval=_duration(t, "delivery", "repeat_interval", d.repeat_interval),
-        workers=_int(t, "delivery", "workers", d.workers, minimum=1, maximum=256),
-        no_recovery_resolve_after=_duration(
-            t, "delivery", "no_recovery_resolve_after", d.no_recovery_resolve_after, positive=True
-        ),
-    )
-    if cfg.backoff_max < cfg.backoff_initial:
-        raise ConfigError("delivery.backoff_max", "must not be smaller than delivery.backoff_initial")
-    return cfg
-
-
-def _target(table: Any, index: int, secrets: Set[str]) -> TargetConfig:
+def _target(table: Any, index: int, secrets: Set[str], errors: Errors) -> Optional[TargetConfig]:
     if not isinstance(table, dict):
-        raise ConfigError(f"target[{index}]", "must be a table")
-    name = table.get("name")
-    if not isinstance(name, str) or not name:
-        raise ConfigError(f"target[{index}].name", "is required")
-    if not _NAME.match(name):
-        raise ConfigError(
-            f"target[{index}].name", "use letters, digits, '_', '-', '.' (it is a URL path segment)"
-        )
-    prefix = f"target.{name}"
-    type_name = table.get("type")
-    if not isinstance(type_name, str) or not type_name:
-        raise ConfigError(f"{prefix}.type", "is required")
+        errors.add(f"target[{index}]", "must be a table")
+        return None
+    before = len(errors)
+    common = keys_of(TargetConfig)
+    name_key, type_key = common[0], common[1]
+    name, type_name = table.get("name"), table.get("type")
+    with errors.catch():
+        name = name_key.read(name, f"target[{index}].name") if "name" in table else _missing(f"target[{index}].name")
+    prefix = f"target.{name}" if len(errors) == before else f"target[{index}]"
     try:
+        type_name = type_key.read(type_name, f"{prefix}.type") if "type" in table else _missing(f"{prefix}.type")
         cls = get_type(type_name)
+    except ConfigError as exc:
+        errors.items.append(exc)
+        return None
     except KeyError:
-        known = ", ".join(registered_types())
-        raise ConfigError(f"{prefix}.type", f"unknown type {type_name!r} (known: {known})") from None
-    _collect_secrets(table, secrets)
-    rate_limit = cls.default_rate_limit
-    if "rate_limit" in table:
-        spec = table["rate_limit"]
-        if spec == "off":
-            rate_limit = None
-        else:
-            try:
-                rate_limit = RateLimit.parse(spec)
-            except ValueError:
-                raise ConfigError(
-                    f"{prefix}.rate_limit", "must look like \"120/1m\" (count/period) or \"off\""
-                ) from None
-    resolve_after = None
-    if "resolve_after" in table:
-        resolve_after = _duration(table, prefix, "resolve_after", 0.0, positive=True)
-    timeout = None
-    if "timeout" in table:
-        timeout = _duration(table, prefix, "timeout", 0.0, positive=True)
-    ca_file = _ca_file(table, prefix)
-    for key in ("url",):
-        if key in table:
-            _check_url(table[key], f"{prefix}.{key}")
-    rest = {k: v for k, v in table.items() if k not in _COMMON_KEYS}
-    target = cls.from_options(name, Options(prefix, rest))
-    return TargetConfig(
-        name=name,
-        type=type_name,
-        target=target,
-        rate_limit=rate_limit,
-        resolve_after=resolve_after,
-        ca_file=ca_file,
-        timeout=timeout,
-        keys=tuple(sorted(table)),
-    )
+        known = registered_types()
+        errors.add(f"{prefix}.type", unknown_key(str(type_name), known, noun="type"))
+        return None
+    specific = keys_for(type_name)
+    values = read_table(table, prefix, common + specific, errors, f"type {type_name}")
+    collect_secrets(table, secrets, [k.name for k in common + specific if k.secret])
+    if len(errors) > before:
+        return None
+    options = {k: v for k, v in table.items() if k not in {c.name for c in common}}
+    for key in specific:
+        if key.name not in options and key.default is not None:
+            options[key.name] = key.default
+    with errors.catch():
+        target = cls.from_options(name, Options(prefix, options))
+        spec = values.get("rate_limit")
+        return TargetConfig(
+            name=str(name),
+            type=type_name,
+            target=target,
+            rate_limit=cls.default_rate_limit if spec is None else None if spec == "off" else RateLimit.parse(spec),
+            resolve_after=values.get("resolve_after"),
+            ca_file=values.get("ca_file"),
+            timeout=values.get("timeout"),
+            keys=tuple(sorted(table)),
+        )
+    return None
 
 
-def _heartbeat(table: Any, index: int, secrets: Set[str]) -> HeartbeatConfig:
+def _heartbeat(table: Any, index: int, secrets: Set[str], errors: Errors) -> Optional[HeartbeatConfig]:
     if not isinstance(table, dict):
-        raise ConfigError(f"heartbeat[{index}]", "must be a table")
+        errors.add(f"heartbeat[{index}]", "must be a table")
+        return None
+    before = len(errors)
+    keys = keys_of(HeartbeatConfig)
     name = table.get("name", f"heartbeat-{index + 1}")
-    if not isinstance(name, str) or not _NAME.match(name):
-        raise ConfigError(f"heartbeat[{index}].name", "use letters, digits, '_', '-', '.'")
-    prefix = f"heartbeat.{name}"
-    _only(table, prefix, ("name", "url", "interval", "kapacitor_url", "method", "timeout", "ca_file"))
-    _collect_secrets(table, secrets)
-    url = _str(table, prefix, "url", None)
-    if not url:
-        raise ConfigError(f"{prefix}.url", "is required")
-    _check_url(url, f"{prefix}.url")
-    kapacitor_url = _str(table, prefix, "kapacitor_url", None)
-    if kapacitor_url is not None:
-        _check_url(kapacitor_url, f"{prefix}.kapacitor_url")
-    method = _str(table, prefix, "method", "GET").upper()
-    if method not in ("GET", "POST"):
-        raise ConfigError(f"{prefix}.method", "must be GET or POST")
-    return HeartbeatConfig(
-        name=name,
-        url=url,
-        interval=_duration(table, prefix, "interval", 60.0, positive=True),
-        kapacitor_url=kapacitor_url.rstrip("/") if kapacitor_url else None,
-        method=method,
-        timeout=_duration(table, prefix, "timeout", 10.0, positive=True),
-        ca_file=_ca_file(table, prefix),
-    )
+    with errors.catch():
+        keys[0].read(name, f"heartbeat[{index}].name")
+    prefix = f"heartbeat.{name}" if len(errors) == before else f"heartbeat[{index}]"
+    values = read_table({**table, "name": name}, prefix, keys, errors, "[[heartbeat]]")
+    collect_secrets(table, secrets, [k.name for k in keys if k.secret])
+    if len(errors) > before:
+        return None
+    if values.get("kapacitor_url"):
+        values["kapacitor_url"] = values["kapacitor_url"].rstrip("/")
+    return HeartbeatConfig(**values)
 
 
-# -- values ---------------------------------------------------------------------
+def _missing(where: str) -> Any:
+    raise ConfigError(where, "is required")
 
 
-def parse_duration(value: Any, key: str = "duration") -> float:
-    """``"500ms"``, ``"10s"``, ``"5m"``, ``"24h"``, ``"1h30m"`` (or a number of seconds)."""
-    if isinstance(value, bool):
-        raise ConfigError(key, "must be a duration like \"10s\"")
-    if isinstance(value, (int, float)):
-        if value < 0:
-            raise ConfigError(key, "must not be negative")
-        return float(value)
-    if not isinstance(value, str):
-        raise ConfigError(key, "must be a duration like \"10s\"")
-    text = value.strip()
-    if text in ("0", "off"):
-        return 0.0
-    pos, total = 0, 0.0
-    for match in _DURATION_PART.finditer(text):
-        if match.start() != pos:
-            break
-        total += float(match.group(1)) * _DURATION_UNIT[match.group(2)]
-        pos = match.end()
-    if pos == 0 or pos != len(text):
-        # The value is not quoted: a secret pasted on the wrong line must not end up in a log.
-        raise ConfigError(key, "must be a duration like \"500ms\", \"10s\", \"5m\", \"24h\"")
-    return total
-
-
-def parse_listen(value: str, key: str = "server.listen") -> Tuple[str, int]:
-    """``host:port``, ``[v6]:port`` or ``:port`` (all interfaces) into (host, port)."""
-    host, sep, port_text = value.rpartition(":")
-    if not sep or not port_text.isdigit():
-        raise ConfigError(key, "must be host:port, e.g. \"127.0.0.1:9095\"")
-    port = int(port_text)
-    if not 0 < port < 65536:
-        raise ConfigError(key, "port must be 1-65535")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    if not host:
-        host = "0.0.0.0"
-    return host, port
-
-
-def _duration(t: Mapping[str, Any], prefix: str, key: str, default: float, positive: bool = False) -> float:
-    if key not in t:
-        return default
-    value = parse_duration(t[key], f"{prefix}.{key}")
-    if positive and value <= 0:
-        raise ConfigError(f"{prefix}.{key}", "must be greater than zero")
-    return value
-
-
-def _str(t: Mapping[str, Any], prefix: str, key: str, default: Optional[str]) -> Any:
-    if key not in t:
-        return default
-    value = t[key]
-    if not isinstance(value, str):
-        raise ConfigError(f"{prefix}.{key}", "must be a string")
-    return value
-
-
-def _int(
-    t: Mapping[str, Any], prefix: str, key: str, default: int, minimum: int = 0, maximum: Optional[int] = None
-) -> int:
-    if key not in t:
-        return default
-    value = t[key]
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise ConfigError(f"{prefix}.{key}", "must be an integer")
-    if value < minimum or (maximum is not None and value > maximum):
-        bound = f"between {minimum} and {maximum}" if maximum is not None else f"at least {minimum}"
-        raise ConfigError(f"{prefix}.{key}", f"must be {bound}")
-    return value
-
-
-def _table(data: Mapping[str, Any], key: str) -> Mapping[str, Any]:
+def _table(data: Mapping[str, Any], key: str, errors: Errors) -> Mapping[str, Any]:
     value = data.get(key, {})
     if not isinstance(value, dict):
-        raise ConfigError(key, "must be a table ([" + key + "])")
+        errors.add(key, f"must be a table ([{key}])")
+        return {}
     return value
 
 
-def _array(data: Mapping[str, Any], key: str) -> List[Any]:
+def _array(data: Mapping[str, Any], key: str, errors: Errors) -> List[Any]:
     value = data.get(key, [])
     if not isinstance(value, list):
-        raise ConfigError(key, f"must be an array of tables ([[{key}]])")
+        errors.add(key, f"must be an array of tables ([[{key}]])")
+        return []
     return value
 
 
-def _only(t: Mapping[str, Any], prefix: str, allowed: Tuple[str, ...]) -> None:
-    """Reject unknown keys: a typo must fail loudly, not silently use a default."""
-    for key in sorted(t):
-        if key not in allowed:
-            where = f"{prefix}.{key}" if prefix else key
-            raise ConfigError(where, f"unknown key (known: {', '.join(allowed)})")
-
-
-def _ca_file(t: Mapping[str, Any], prefix: str) -> Optional[str]:
-    path = _str(t, prefix, "ca_file", None)
-    if path is None:
-        return None
-    if not os.path.isfile(path) or not os.access(path, os.R_OK):
-        raise ConfigError(f"{prefix}.ca_file", f"cannot read {path}")
-    return str(path)
-
-
-def _check_url(value: Any, key: str) -> None:
-    if not isinstance(value, str):
-        raise ConfigError(key, "must be a string")
-    try:
-        parts = urlsplit(value)
-        parts.port  # noqa: B018 - raises ValueError on a bad port
-    except ValueError:
-        raise ConfigError(key, "is not a valid URL") from None
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError(key, "must be an http:// or https:// URL with a host")
-
-
-# -- secrets --------------------------------------------------------------------
-
-
-def _resolve_secrets(value: Any, key: str, secrets: Set[str]) -> Any:
-    """Replace ``env:NAME`` / ``file:PATH`` strings by their value, recording it as secret."""
-    if isinstance(value, dict):
-        return {k: _resolve_secrets(v, f"{key}.{k}" if key else k, secrets) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_resolve_secrets(v, _item_key(key, i, v), secrets) for i, v in enumerate(value)]
-    if not isinstance(value, str):
-        return value
-    if value.startswith("env:"):
-        name = value[4:]
-        if not name:
-            raise ConfigError(key, "env: needs a variable name")
-        if name not in os.environ:
-            raise ConfigError(key, f"environment variable {name} is not set")
-        resolved = os.environ[name]
-    elif value.startswith("file:"):
-        path = value[5:]
-        try:
-            resolved = Path(path).read_text(encoding="utf-8").rstrip("\r\n")
-        except OSError as exc:
-            raise ConfigError(key, f"cannot read secret file {path}: {exc.strerror}") from None
-        except UnicodeDecodeError:
-            raise ConfigError(key, f"secret file {path} is not UTF-8") from None
-    else:
-        return value
-    if not resolved:
-        raise ConfigError(key, "secret resolves to an empty value")
-    secrets.add(resolved)
-    secrets.update(_url_secrets(resolved))
-    return resolved
-
-
-def _item_key(key: str, index: int, item: Any) -> str:
-    """``target.pd`` rather than ``target[2]`` for named tables, so errors read naturally."""
-    if isinstance(item, dict) and isinstance(item.get("name"), str) and item["name"]:
-        return f"{key}.{item['name']}"
-    return f"{key}[{index}]"
-
-
-def _collect_secrets(table: Mapping[str, Any], secrets: Set[str]) -> None:
-    """Record values of credential-looking keys (and header values) as secrets."""
-    for key, value in table.items():
-        if key in ("name", "type"):
-            continue
-        if isinstance(value, dict):
-            for sub, inner in value.items():
-                if isinstance(inner, str) and (key == "headers" and _SECRET_HEADER.search(sub) or _SECRET_KEY.search(sub)):
-                    secrets.add(inner)
-            continue
-        if isinstance(value, str) and _SECRET_KEY.search(key):
-            secrets.add(value)
-            secrets.update(_url_secrets(value))
-
-
-def _url_secrets(value: str) -> Set[str]:
-    """Parts of a URL that can carry a credential on their own.
-
-    HTTP libraries quote the path without the host in their errors, so the token
-    path segment must be scrubbed even where the full URL does not appear.
-    """
-    out: Set[str] = set()
-    if "://" not in value:
-        return out
-    try:
-        parts = urlsplit(value)
-    except ValueError:
-        return out
-    if parts.password:
-        out.add(parts.password)
-    out.add(value.split("://", 1)[1])
-    segments = [s for s in parts.path.split("/") if s]
-    risky = [s for s in segments if _token_like(s)]
-    out.update(risky)
-    if risky:
-        out.add(parts.path)
-        if parts.query:
-            out.add(f"{parts.path}?{parts.query}")
-    for _, v in parse_qsl(parts.query):
-        if len(v) >= 8:
-            out.add(v)
+def all_keys() -> Dict[str, Tuple[Key, ...]]:
+    """Every declared key by table, for the reference (targets: the common keys)."""
+    out = {name: keys_of(cls) for name, cls in sections().items()}
+    out.update({name: keys_of(cls) for name, cls in ARRAYS.items()})
     return out
-
-
-def _token_like(segment: str) -> bool:
-    """Long, or mixing letters and digits: what generated tokens and keys look like."""
-    if len(segment) >= 20:
-        return True
-    has_digit = any(c.isdigit() for c in segment)
-    has_alpha = any(c.isalpha() for c in segment)
-    return len(segment) >= 10 and has_digit and has_alpha
-
-
-def _scrub(text: str, secrets: Set[str]) -> str:
-    for secret in sorted(secrets, key=len, reverse=True):
-        if len(secret) >= MIN_SECRET_CHARS:
-            text = text.replace(secret, "***")
-    return text

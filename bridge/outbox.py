@@ -21,6 +21,7 @@ the process.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import heapq
 import queue
@@ -28,9 +29,11 @@ import sqlite3
 import threading
 import time
 from concurrent.futures import Future
-from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Set, Tuple
 
 from .errors import StoreError
+from .ledger import Incident, open_incidents, record_delivery
+from .ledger import told as _told
 from .log import get_logger
 from .store import (
     _ROW_COLUMNS,
@@ -51,6 +54,8 @@ MAX_BATCH = 2000
 _PRUNE_CHUNK = 5000
 
 Key = Tuple[str, str]
+#: What a finish of a row that is no longer claimed returns: nothing was changed.
+_STALE = object()
 Done = Callable[[Any, Optional[BaseException]], None]
 MakeResolve = Callable[[str, str, bytes, float], Optional[bytes]]
 
@@ -211,23 +216,33 @@ class _Finish(_Op):
         self.head, self.state, self.attempts, self.next_at = head, state, attempts, next_at
         self.error, self.status, self.done = error, status, done
 
-    def apply(self, box: "Outbox", cur: sqlite3.Cursor) -> Optional[Head]:
+    def apply(self, box: "Outbox", cur: sqlite3.Cursor) -> Any:
         h = self.head
         now = box._clock()
+        with box._lock:
+            claimed = box._busy.get((h.target, h.key)) == h.seq
+        if not claimed:
+            # A duplicate or late finish: the row was finished already and its key may be
+            # claimed by the next row. Changing anything now could resurrect a delivered row.
+            return _STALE
+        # 'pending' too: the claim's 'inflight' mark may have failed to commit.
+        where = " WHERE seq = ? AND state IN ('inflight', 'pending')"
         if self.state == "pending":
-            cur.execute(
-                "UPDATE outbox SET state = 'pending', attempts = COALESCE(?, attempts), next_attempt_at = ?, last_error = ?,"
-                " last_status = ? WHERE seq = ?",
+            changed = cur.execute(
+                "UPDATE outbox SET state = 'pending', attempts = COALESCE(?, attempts), next_attempt_at = ?,"
+                " last_error = ?, last_status = ?" + where,
                 (self.attempts, self.next_at, self.error, self.status, h.seq),
-            )
+            ).rowcount
         elif self.state == "suppressed":
-            cur.execute("UPDATE outbox SET state = 'suppressed', done_at = ? WHERE seq = ?", (now, h.seq))
+            changed = cur.execute("UPDATE outbox SET state = 'suppressed', done_at = ?" + where, (now, h.seq)).rowcount
         else:
-            cur.execute(
+            changed = cur.execute(
                 "UPDATE outbox SET state = ?, attempts = COALESCE(?, attempts), last_error = ?, last_status = ?,"
-                " done_at = ? WHERE seq = ?",
+                " done_at = ?" + where,
                 (self.state, self.attempts, self.error, self.status, now, h.seq),
-            )
+            ).rowcount
+        if not changed:
+            return _STALE
         if self.state == "delivered":
             cur.execute(
                 "INSERT INTO last_forwarded (target, key, level, received_at, sent_at) VALUES (?, ?, ?, ?, ?)"
@@ -235,10 +250,15 @@ class _Finish(_Op):
                 " received_at = excluded.received_at, sent_at = excluded.sent_at",
                 (h.target, h.key, h.level, h.received_at, now),
             )
+            body = cur.execute("SELECT body FROM outbox WHERE seq = ?", (h.seq,)).fetchone()[0]
+            record_delivery(cur, h.target, h.key, h.level, bytes(body), h.seq, now)
         return _next_head(cur, h.target, h.key)
 
-    def after(self, box: "Outbox", nxt: Optional[Head]) -> None:
+    def after(self, box: "Outbox", nxt: Any) -> None:
         h = self.head
+        if nxt is _STALE:
+            log.warning("outbox.stale_finish", target=h.target, id=h.key, seq=h.seq, state=self.state)
+            return
         box._busy.pop((h.target, h.key), None)
         if self.state == "pending":
             box._bump(box._pending, h.target, 1)
@@ -290,9 +310,13 @@ class _Rebuild(_Op):
             box._pending, box._dead = pending, dead
             box._heads = {}
             box._heaps = {}
+            box._parked = {}
             for head in heads:
-                if (head.target, head.key) not in box._busy:
-                    box._heads[(head.target, head.key)] = head
+                key = (head.target, head.key)
+                if key in box._held:
+                    box._parked[key] = head
+                elif key not in box._busy:
+                    box._heads[key] = head
             for head in box._heads.values():
                 box._heaps.setdefault(head.target, []).append((head.due, head.seq, head.key))
             for heap in box._heaps.values():
@@ -423,6 +447,9 @@ class Outbox:
         self._heads: Dict[Key, Head] = {}
         self._heaps: Dict[str, List[Tuple[float, int, str]]] = {}
         self._busy: Dict[Key, int] = {}
+        #: Idle keys held by :meth:`hold`; their heads wait in ``_parked`` until release.
+        self._held: Set[Key] = set()
+        self._parked: Dict[Key, Head] = {}
         self._pending: Dict[str, int] = {}
         self._dead: Dict[str, int] = {}
         self._forwarded: Dict[Key, Forwarded] = {}
@@ -601,6 +628,11 @@ class Outbox:
         key = (head.target, head.key)
         if key in self._busy:
             return
+        if key in self._held:
+            parked = self._parked.get(key)
+            if parked is None or head.seq < parked.seq:
+                self._parked[key] = head
+            return
         current = self._heads.get(key)
         if current is not None and current.seq <= head.seq:
             return
@@ -619,12 +651,14 @@ class Outbox:
         *,
         expire_after: Optional[float] = None,
         received_at: Optional[float] = None,
+        synthetic: bool = False,
     ) -> None:
         """Queue an insert; ``done(seq, None)`` runs (in the writer thread) once it is durable,
-        ``done(None, StoreError)`` if it could not be committed."""
+        ``done(None, StoreError)`` if it could not be committed. ``synthetic`` marks events
+        the bridge made itself (auto-resolve, reconcile)."""
         now = self._clock() if received_at is None else received_at
         expire_at = None if expire_after is None else now + expire_after
-        self._submit(_Insert(target, key, level, body, now, expire_at, done))
+        self._submit(_Insert(target, key, level, body, now, expire_at, done, synthetic=synthetic))
 
     def enqueue(
         self,
@@ -635,11 +669,19 @@ class Outbox:
         *,
         expire_after: Optional[float] = None,
         received_at: Optional[float] = None,
+        synthetic: bool = False,
     ) -> "Future[int]":
         """Like :meth:`enqueue_with`, returning a future of the row's ``seq``."""
         future: "Future[int]" = Future()
         self.enqueue_with(
-            _resolver(future), target, key, level, body, expire_after=expire_after, received_at=received_at
+            _resolver(future),
+            target,
+            key,
+            level,
+            body,
+            expire_after=expire_after,
+            received_at=received_at,
+            synthetic=synthetic,
         )
         return future
 
@@ -699,6 +741,47 @@ class Outbox:
         """The last delivered event for this key, if still remembered."""
         with self._lock:
             return self._forwarded.get((target, key))
+
+    # -- the incident ledger -------------------------------------------------------
+
+    def incidents(self, target: Optional[str] = None) -> List[Incident]:
+        """Open incidents (what the platforms believe is firing), read from the file."""
+        return open_incidents(self._reader(), target)
+
+    def told(self, target: str, key: str) -> Optional[Incident]:
+        """The open incident of ``key`` on ``target``, or None if the platform believes it is OK."""
+        return _told(self._reader(), target, key)
+
+    def idle(self, target: str, key: str) -> bool:
+        """No pending or in-flight row for the key, and not held: nothing will tell the
+        platform about it unless someone enqueues. Reconcile and keep-alive act only on these."""
+        k = (target, key)
+        with self._lock:
+            return k not in self._heads and k not in self._busy and k not in self._held
+
+    @contextlib.contextmanager
+    def hold(self, target: str, keys: Iterable[str]) -> Iterator[List[str]]:
+        """Keep deliveries of the idle ones among ``keys`` from starting during the block;
+        yields those keys. Rows enqueued meanwhile wait and become claimable on exit."""
+        held: List[str] = []
+        with self._lock:
+            for key in keys:
+                k = (target, key)
+                if k in self._heads or k in self._busy or k in self._held:
+                    continue
+                self._held.add(k)
+                held.append(key)
+        try:
+            yield held
+        finally:
+            with self._lock:
+                for key in held:
+                    k = (target, key)
+                    self._held.discard(k)
+                    parked = self._parked.pop(k, None)
+                    if parked is not None:
+                        self._offer(parked)
+            self._on_change()
 
     def load(self, seq: int) -> Optional[Row]:
         """Read one row (body included) on this thread's read connection."""

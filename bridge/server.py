@@ -26,7 +26,7 @@ from typing import Any, AsyncIterator, Deque, Dict, List, Optional, Tuple
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from .config import Config
+from .config import Config, listen_error
 from .delivery import Delivery
 from .errors import ConfigError, StoreError
 from .event import EventError, parse
@@ -34,6 +34,7 @@ from .heartbeat import Heartbeat
 from .log import get_logger
 from .metrics import Metrics
 from .outbox import Outbox
+from .rejections import RejectionLog, json_error, json_errors
 from .store import Stats
 
 __all__ = ["Health", "Service", "check_listen", "make_app", "serve"]
@@ -180,7 +181,7 @@ SERVICE = web.AppKey("service", Service)
 
 
 def _error(status: int, message: str, **extra: Any) -> web.Response:
-    return web.json_response({"status": "error", "error": message, **extra}, status=status)
+    return json_error(status, message, **extra)
 
 
 class _Handlers:
@@ -193,6 +194,7 @@ class _Handlers:
         self.no_recovery = cfg.delivery.no_recovery_resolve_after
         self.commit_timeout = service.outbox.commit_timeout
         self.metrics = service.metrics
+        self.rejections = RejectionLog()
         self._completions: Optional[_Completions] = None
         self._counters: Dict[Tuple[str, str], Any] = {}
         #: (deadline, future) in arrival order; swept by :meth:`sweep` (cheaper than a timer each).
@@ -229,32 +231,36 @@ class _Handlers:
             ok = hmac.compare_digest(credential.strip().encode(), self.token)
             if not ok or scheme.lower() != "bearer":
                 self._received(label, "unauthorized")
-                return web.json_response(
-                    {"status": "error", "error": "missing or wrong bearer token"},
-                    status=401,
+                # Which part was wrong helps after a token rotation; the credential itself never shows.
+                auth = "missing" if not given else "not a bearer token" if scheme.lower() != "bearer" else "wrong token"
+                self.rejections.record(request, 401, "missing or wrong bearer token", name, auth=auth)
+                return _error(
+                    401,
+                    "missing or wrong bearer token",
                     headers={"WWW-Authenticate": 'Bearer realm="kapacitor-oncall-bridge"'},
                 )
         target = self.targets.get(name)
         if target is None:
             self._received("", "unknown_target")
-            return _error(404, f"unknown target {name[:64]!r}", known=sorted(self.targets))
+            return self._reject(request, 404, f"unknown target {name[:64]!r}", name, known=sorted(self.targets))
+        too_large = f"body larger than max_body_bytes ({self.max_body})"
         if request.content_length is not None and request.content_length > self.max_body:
             self._received(name, "too_large")
-            return _error(413, f"body larger than max_body_bytes ({self.max_body})")
+            return self._reject(request, 413, too_large, name)
         try:
             body = await request.read()
         except web.HTTPRequestEntityTooLarge:
             self._received(name, "too_large")
-            return _error(413, f"body larger than max_body_bytes ({self.max_body})")
+            return self._reject(request, 413, too_large, name)
         try:
             event = parse(body)
         except EventError as exc:
             self._received(name, "invalid")
-            return _error(400, str(exc), field=exc.field)
+            return self._reject(request, 400, str(exc), name, field=exc.field)
         except Exception:  # noqa: BLE001 - whatever a client sends is a 4xx, never a 5xx
             log.error("alert.parse_crashed", target=name, exc_info=True)
             self._received(name, "invalid")
-            return _error(400, "body: not a usable Kapacitor alert event", field="body")
+            return self._reject(request, 400, "body: not a usable Kapacitor alert event", name, field="body")
         expire = target.auto_resolve_after(event, self.no_recovery)
         loop = asyncio.get_running_loop()
         if self._completions is None:
@@ -280,6 +286,11 @@ class _Handlers:
         payload = json.dumps({"status": "accepted", "target": name, "id": event.id, "seq": seq})
         return web.Response(body=payload.encode(), status=202, content_type="application/json")
 
+    def _reject(self, request: web.Request, status: int, message: str, target: str, **extra: Any) -> web.Response:
+        """Answer a refusal in JSON and log it (rate-limited): Kapacitor's log rarely shows why."""
+        self.rejections.record(request, status, message, target)
+        return _error(status, message, **extra)
+
     async def healthz(self, request: web.Request) -> web.Response:
         health = await asyncio.get_running_loop().run_in_executor(None, self.service.health)
         return web.json_response(health.body, status=200 if health.ok else 503)
@@ -292,7 +303,9 @@ class _Handlers:
 def make_app(service: Service) -> web.Application:
     """The aiohttp application; bodies above ``max_body_bytes`` are refused with 413."""
     handlers = _Handlers(service)
-    app = web.Application(client_max_size=service.config.server.max_body_bytes)
+    app = web.Application(
+        client_max_size=service.config.server.max_body_bytes, middlewares=[json_errors(handlers.rejections)]
+    )
     app[SERVICE] = service
     app.router.add_post("/alerts/{target}", handlers.post_alert)
     app.router.add_get("/healthz", handlers.healthz)
@@ -311,14 +324,9 @@ def make_app(service: Service) -> web.Application:
 
 def check_listen(config: Config, insecure: bool) -> None:
     """Refuse an open listener without a token: alerts are a way to page people at night."""
-    server = config.server
-    if server.is_loopback or server.token or insecure:
-        return
-    raise ConfigError(
-        "server.listen",
-        f"{server.listen} is not a loopback address and server.token is not set; "
-        "set a token or pass --insecure",
-    )
+    problem = None if insecure else listen_error(config.server)
+    if problem is not None:
+        raise problem
 
 
 async def serve(config: Config, *, insecure: bool = False, registry: Optional[CollectorRegistry] = None) -> int:

@@ -18,6 +18,7 @@ from .errors import StoreError
 __all__ = [
     "APPLICATION_ID",
     "Forwarded",
+    "MIGRATIONS",
     "Head",
     "Row",
     "SCHEMA_VERSION",
@@ -31,11 +32,10 @@ __all__ = [
 
 #: ``PRAGMA application_id``: "konc". A SQLite file without it is not ours.
 APPLICATION_ID = 0x6B6F6E63
-SCHEMA_VERSION = 1
-STATES = ("pending", "inflight", "delivered", "dead", "suppressed")
+STATES = ("pending", "inflight", "delivered", "dead", "suppressed", "superseded", "silenced")
 
-_SCHEMA = """
-CREATE TABLE outbox (
+_OUTBOX_TABLE = """
+CREATE TABLE {name} (
     seq             INTEGER PRIMARY KEY AUTOINCREMENT,
     target          TEXT    NOT NULL,
     key             TEXT    NOT NULL,
@@ -43,7 +43,7 @@ CREATE TABLE outbox (
     body            BLOB    NOT NULL,
     received_at     REAL    NOT NULL,
     queued_at       REAL    NOT NULL,
-    state           TEXT    NOT NULL CHECK (state IN ('pending','inflight','delivered','dead','suppressed')),
+    state           TEXT    NOT NULL CHECK (state IN ({states})),
     attempts        INTEGER NOT NULL DEFAULT 0,
     next_attempt_at REAL    NOT NULL,
     last_error      TEXT,
@@ -51,8 +51,22 @@ CREATE TABLE outbox (
     done_at         REAL,
     synthetic       INTEGER NOT NULL DEFAULT 0
 );
+"""
+_OUTBOX_INDEXES = """
 CREATE INDEX outbox_key_pending ON outbox (target, key, seq) WHERE state = 'pending';
 CREATE INDEX outbox_state ON outbox (state, seq);
+"""
+
+
+def _states_sql(states: Sequence[str]) -> str:
+    return ",".join(f"'{s}'" for s in states)
+
+
+#: Version 1: the outbox, repeat suppression memory, auto-resolve timers.
+_V1 = (
+    _OUTBOX_TABLE.format(name="outbox", states=_states_sql(STATES[:5]))
+    + _OUTBOX_INDEXES
+    + """
 CREATE TABLE last_forwarded (
     target      TEXT NOT NULL,
     key         TEXT NOT NULL,
@@ -71,6 +85,51 @@ CREATE TABLE expiry (
 CREATE INDEX expiry_due ON expiry (due_at);
 CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT);
 """
+)
+
+#: Version 2: the incident ledger (what each platform was last told per id, see
+#: :mod:`bridge.ledger`), and the outbox's ``superseded`` (coalescing) and
+#: ``silenced`` states. SQLite cannot alter a CHECK constraint, so the outbox
+#: table is rebuilt; its AUTOINCREMENT counter is carried over so no seq is reused.
+#: The ledger is seeded from the newest delivered row of every id still on file.
+_V2 = (
+    _OUTBOX_TABLE.format(name="outbox_v2", states=_states_sql(STATES))
+    + """
+INSERT INTO outbox_v2 SELECT seq, target, key, level, body, received_at, queued_at, state, attempts,
+    next_attempt_at, last_error, last_status, done_at, synthetic FROM outbox;
+INSERT OR REPLACE INTO meta (name, value) SELECT 'migrate_seq', seq FROM sqlite_sequence WHERE name = 'outbox';
+DROP TABLE outbox;
+ALTER TABLE outbox_v2 RENAME TO outbox;
+UPDATE sqlite_sequence SET seq = max(seq, COALESCE((SELECT CAST(value AS INTEGER) FROM meta
+    WHERE name = 'migrate_seq'), 0)) WHERE name = 'outbox';
+DELETE FROM meta WHERE name = 'migrate_seq';
+"""
+    + _OUTBOX_INDEXES
+    + """
+CREATE TABLE ledger (
+    target       TEXT    NOT NULL,
+    key          TEXT    NOT NULL,
+    open         INTEGER NOT NULL,
+    level        TEXT    NOT NULL,
+    fired_levels TEXT    NOT NULL,
+    body         BLOB    NOT NULL,
+    opened_at    REAL    NOT NULL,
+    told_at      REAL    NOT NULL,
+    seq          INTEGER NOT NULL,
+    PRIMARY KEY (target, key)
+);
+CREATE INDEX ledger_open ON ledger (target, key) WHERE open = 1;
+INSERT INTO ledger (target, key, open, level, fired_levels, body, opened_at, told_at, seq)
+    SELECT o.target, o.key, o.level != 'OK', o.level, CASE WHEN o.level = 'OK' THEN '' ELSE o.level END,
+        o.body, COALESCE(o.done_at, o.queued_at), COALESCE(o.done_at, o.queued_at), o.seq
+    FROM outbox o WHERE o.seq IN (SELECT MAX(seq) FROM outbox WHERE state = 'delivered' GROUP BY target, key);
+"""
+)
+
+#: Ordered schema migrations, version -> SQL; applied at open in one transaction.
+#: A fresh file runs them all. Append only: never edit a released step.
+MIGRATIONS: List[Tuple[int, str]] = [(1, _V1), (2, _V2)]
+SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 
 @dataclass(frozen=True)
@@ -225,13 +284,9 @@ def _check_or_init(conn: sqlite3.Connection, path: str) -> None:
     if app_id == 0 and tables == 0:
         try:
             conn.execute("PRAGMA journal_mode=WAL")
-            conn.executescript(
-                "BEGIN IMMEDIATE;"
-                + _SCHEMA
-                + f"PRAGMA application_id={APPLICATION_ID};PRAGMA user_version={SCHEMA_VERSION};COMMIT;"
-            )
         except sqlite3.Error as exc:
             raise _store_error(path, exc, "initialise") from None
+        _migrate(conn, path, fresh=True)
         return
     if app_id != APPLICATION_ID:
         raise StoreError(
@@ -257,6 +312,53 @@ def _check_or_init(conn: sqlite3.Connection, path: str) -> None:
         raise _store_error(path, exc, "open") from None
     if mode.lower() != "wal":
         raise StoreError(f"store {path}: cannot switch to WAL journal mode (got {mode})")
+    if version < SCHEMA_VERSION:
+        _migrate(conn, path, fresh=False)
+
+
+def _statements(script: str) -> List[str]:
+    """Split a migration script into complete statements (our SQL has no ``;`` in literals)."""
+    out: List[str] = []
+    pending = ""
+    for line in script.splitlines(keepends=True):
+        pending += line
+        if sqlite3.complete_statement(pending):
+            out.append(pending.strip())
+            pending = ""
+    if pending.strip():
+        raise ValueError(f"incomplete statement in migration: {pending.strip()[:60]}")
+    return out
+
+
+def _migrate(conn: sqlite3.Connection, path: str, *, fresh: bool) -> None:
+    """Bring the file to :data:`SCHEMA_VERSION` in one transaction.
+
+    The version is read again under the write lock, so two processes opening an
+    old file at once migrate it once; a crash mid-way leaves the old version whole.
+    """
+    cur = conn.cursor()
+    try:
+        cur.execute("BEGIN IMMEDIATE")
+        version = cur.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            cur.execute("ROLLBACK")
+            raise StoreError(
+                f"store {path}: schema version {version} is newer than this bridge understands ({SCHEMA_VERSION})"
+            )
+        for step, script in MIGRATIONS:
+            if step > version:
+                for statement in _statements(script):
+                    cur.execute(statement)
+        if fresh:
+            cur.execute(f"PRAGMA application_id={APPLICATION_ID}")
+        cur.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        cur.execute("COMMIT")
+    except sqlite3.Error as exc:
+        try:
+            conn.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass
+        raise _store_error(path, exc, "initialise" if fresh else "schema upgrade") from None
 
 
 # -- offline operations for the CLI (another process may be serving) ---------------

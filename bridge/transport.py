@@ -12,21 +12,33 @@ with the platform's ``Retry-After`` when given) or a
 :class:`~bridge.errors.PermanentError` (any other answer, with status and the
 first 2 KB of the body). Messages never contain the URL: platform URLs carry
 tokens in their paths, and these messages end up in logs and the outbox.
+
+The timeout is a total deadline per attempt, connect to last byte. Socket
+timeouts alone bound each read, so a platform trickling one byte a second would
+hold a worker for hours; a single reaper thread shuts down the socket of any
+attempt still running at its deadline (:class:`_Deadlines`).
 """
 
 from __future__ import annotations
 
 import email.utils
+import heapq
+import http.client
+import itertools
 import os
 import re
+import socket
+import threading
 import time
 from dataclasses import dataclass
-from typing import Dict, Mapping, Optional, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 from urllib.parse import urlsplit
 
 import certifi
 import requests.utils
 import urllib3
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import (
     ConnectTimeoutError,
     HTTPError,
@@ -123,6 +135,111 @@ def _reason(exc: BaseException) -> str:
     return type(exc).__name__
 
 
+class _Watch:
+    """One connection of one attempt, armed to be cut at the attempt's deadline."""
+
+    __slots__ = ("conn", "done", "fired")
+
+    def __init__(self, conn: HTTPConnection) -> None:
+        self.conn = conn
+        self.done = False
+        self.fired = False
+
+    def fire(self) -> None:
+        sock = getattr(self.conn, "sock", None)
+        self.fired = True
+        if sock is None:  # still connecting: the connect timeout (= the deadline) ends it
+            return
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+
+class _Deadlines:
+    """One daemon thread for all transports: cuts connections whose attempt overran.
+
+    Arming is a heap push (no thread or timer per attempt: the drain rate is
+    bounded by per-delivery CPU); finished attempts are dropped lazily.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._heap: List[Tuple[float, int, _Watch]] = []
+        self._order = itertools.count()
+        self._thread: Optional[threading.Thread] = None
+
+    def arm(self, deadline: float, conn: HTTPConnection) -> _Watch:
+        watch = _Watch(conn)
+        with self._cond:
+            heapq.heappush(self._heap, (deadline, next(self._order), watch))
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="http-deadlines", daemon=True)
+                self._thread.start()
+            if self._heap[0][2] is watch:
+                self._cond.notify()
+        return watch
+
+    def _run(self) -> None:
+        with self._cond:
+            while True:
+                now = time.monotonic()
+                while self._heap and (self._heap[0][2].done or self._heap[0][0] <= now):
+                    _, _, watch = heapq.heappop(self._heap)
+                    if not watch.done:
+                        watch.fire()
+                self._cond.wait(self._heap[0][0] - now if self._heap else None)
+
+
+_DEADLINES = _Deadlines()
+_attempt = threading.local()
+
+
+class _Attempt:
+    """The deadline of the attempt running on this thread, and the connections it used."""
+
+    def __init__(self, deadline: float) -> None:
+        self.deadline = deadline
+        self.watches: List[_Watch] = []
+
+    def watch(self, conn: HTTPConnection) -> None:
+        self.watches.append(_DEADLINES.arm(self.deadline, conn))
+
+    @property
+    def overran(self) -> bool:
+        return any(w.fired for w in self.watches)
+
+    def finish(self) -> None:
+        for w in self.watches:
+            w.done = True
+
+
+def _armed_request(conn: HTTPConnection) -> None:
+    attempt: Optional[_Attempt] = getattr(_attempt, "current", None)
+    if attempt is not None:
+        attempt.watch(conn)
+
+
+class _Connection(HTTPConnection):
+    def request(self, *args: Any, **kwargs: Any) -> None:
+        _armed_request(self)
+        super().request(*args, **kwargs)
+
+
+class _TLSConnection(HTTPSConnection):
+    def request(self, *args: Any, **kwargs: Any) -> None:
+        _armed_request(self)
+        super().request(*args, **kwargs)
+
+
+class _Pool(HTTPConnectionPool):
+    ConnectionCls = _Connection
+
+
+class _TLSPool(HTTPSConnectionPool):
+    ConnectionCls = _TLSConnection
+
+
 class Transport:
     """Sends :class:`HttpRequest` values for one target over pooled, verified connections."""
 
@@ -146,8 +263,11 @@ class Transport:
             headers={"User-Agent": USER_AGENT},
         )
         if proxy:
-            return urllib3.ProxyManager(proxy, **options)  # type: ignore[arg-type]
-        return urllib3.PoolManager(**options)  # type: ignore[arg-type]
+            manager: urllib3.PoolManager = urllib3.ProxyManager(proxy, **options)  # type: ignore[arg-type]
+        else:
+            manager = urllib3.PoolManager(**options)  # type: ignore[arg-type]
+        manager.pool_classes_by_scheme = {"http": _Pool, "https": _TLSPool}
+        return manager
 
     def _manager_for(self, url: str) -> urllib3.PoolManager:
         parts = urlsplit(url)
@@ -164,9 +284,26 @@ class Transport:
         return manager
 
     def send(self, request: HttpRequest, timeout: Optional[float] = None) -> Response:
-        """One attempt. Returns the answer on success, raises Retryable/PermanentError otherwise."""
+        """One attempt of at most ``timeout`` seconds in total. Returns the answer on
+        success, raises Retryable/PermanentError otherwise."""
         limit = self.timeout if timeout is None else timeout
         started = time.monotonic()
+        attempt = _Attempt(started + limit)
+        _attempt.current = attempt
+        try:
+            status, raw, answer_headers = self._exchange(request, limit, attempt)
+        except (HTTPError, OSError, http.client.HTTPException):
+            if attempt.overran:
+                raise RetryableError(f"timeout: no complete answer within {limit:g}s") from None
+            raise
+        finally:
+            _attempt.current = None
+            attempt.finish()
+        body = raw[:_READ_LIMIT].decode("utf-8", "replace")
+        check_status(status, body, answer_headers, request.ok)
+        return Response(status=status, body=body[:MAX_BODY_CHARS], elapsed=time.monotonic() - started)
+
+    def _exchange(self, request: HttpRequest, limit: float, attempt: _Attempt) -> Tuple[int, bytes, Mapping[str, str]]:
         headers = {"User-Agent": USER_AGENT, **request.headers}
         try:
             resp = self._manager_for(request.url).request(
@@ -184,13 +321,18 @@ class Transport:
             except BaseException:
                 resp.close()
                 raise
+            if attempt.overran:
+                # Cut while reading a body without a length: what arrived may be partial.
+                resp.close()
+                raise ReadTimeoutError(None, request.url, "deadline")  # type: ignore[arg-type]
             if len(raw) > _READ_LIMIT:
                 resp.close()  # body left unread: the connection cannot be reused
             else:
                 resp.release_conn()
-            status = resp.status
-            answer_headers: Mapping[str, str] = resp.headers
+            return resp.status, raw, resp.headers
         except SSLError as exc:
+            if attempt.overran:
+                raise
             text = str(exc)
             what = "certificate verification failed" if "CERTIFICATE_VERIFY_FAILED" in text else "TLS handshake failed"
             raise RetryableError(f"TLS error: {what} (set ca_file for a private CA)") from None
@@ -199,16 +341,19 @@ class Transport:
         except ConnectTimeoutError:
             raise RetryableError(f"connect timeout after {limit:g}s") from None
         except ReadTimeoutError:
+            if attempt.overran:
+                raise
             raise RetryableError(f"timeout after {limit:g}s") from None
         except (LocationValueError, ValueError):
             raise PermanentError("invalid target url") from None
         except HTTPError as exc:
+            if attempt.overran:
+                raise
             raise RetryableError(f"connection failed: {_reason(exc)}") from None
         except OSError as exc:
+            if attempt.overran:
+                raise
             raise RetryableError(f"connection failed: {exc.strerror or type(exc).__name__}") from None
-        body = raw[:_READ_LIMIT].decode("utf-8", "replace")
-        check_status(status, body, answer_headers, request.ok)
-        return Response(status=status, body=body[:MAX_BODY_CHARS], elapsed=time.monotonic() - started)
 
     def close(self) -> None:
         self.pool.clear()

@@ -299,6 +299,17 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--batch", action="store_true", help="want and provide BATCH edges (default STREAM)"
     )
+    if "--version" not in parser._option_string_actions:  # the shared agent parser may add it
+        parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+
+
+def _version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("kapacitor-oncall")
+    except metadata.PackageNotFoundError:  # pragma: no cover - a tree that was never installed
+        return "0+unknown"
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -203,7 +203,9 @@ class Options:
     def finish(self) -> None:
         extra = sorted(set(self._table) - self._seen)
         if extra:
-            raise ConfigError(f"{self.prefix}.{extra[0]}", "unknown key for this target type")
+            from ..schema import unknown_key
+
+            raise ConfigError(f"{self.prefix}.{extra[0]}", unknown_key(extra[0], sorted(self._seen), "this target type"))
 
 
 def truncate(text: str, limit: int, marker: str = TRUNCATED) -> str:

@@ -93,13 +93,13 @@ kapacitor_url = "http://127.0.0.1:9092/"
 class TestDurations:
     @pytest.mark.parametrize(
         "text,seconds",
-        [("500ms", 0.5), ("10s", 10), ("5m", 300), ("24h", 86400), ("1h30m", 5400), ("2d", 172800), (7, 7.0)],
+        [("500ms", 0.5), ("10s", 10), ("5m", 300), ("24h", 86400), ("1h30m", 5400), ("2d", 172800), ("0", 0.0)],
     )
     def test_valid(self, text: Any, seconds: float) -> None:
-        """Go-style durations and plain seconds are accepted."""
+        """Go-style durations are accepted."""
         assert parse_duration(text) == seconds
 
-    @pytest.mark.parametrize("text", ["10", "ten seconds", "5 m", "-1s", "1h junk", True, "", "ms"])
+    @pytest.mark.parametrize("text", ["10", "ten seconds", "5 m", "-1s", "1h junk", True, "", "ms", 7, 7.5])
     def test_invalid(self, text: Any) -> None:
         """Anything else is an error naming the key."""
         with pytest.raises(ConfigError) as info:

@@ -130,8 +130,60 @@ class TestRejections:
         assert resp.status_code == 413
 
     def test_405_wrong_method(self, shared: BridgeProcess) -> None:
-        """Only POST is routed for alerts."""
-        assert shared.get("/alerts/hook").status_code == 405
+        """Only POST is routed for alerts; the answer is JSON and names what is allowed."""
+        resp = shared.get("/alerts/hook")
+        assert resp.status_code == 405 and resp.headers["Allow"] == "POST"
+        assert resp.headers["Content-Type"].startswith("application/json")
+        assert resp.json() == {"status": "error", "error": "method GET not allowed on /alerts/hook (allowed: POST)"}
+
+    @pytest.mark.parametrize("method,path", [("GET", "/nope"), ("POST", "/alerts"), ("GET", "/alerts/hook/x"), ("DELETE", "/x")])
+    def test_unknown_path_is_json(self, shared: BridgeProcess, method: str, path: str) -> None:
+        """Every error answer is JSON, including paths nobody routes."""
+        resp = requests.request(method, shared.url + path, timeout=10)
+        assert resp.status_code == 404
+        assert resp.headers["Content-Type"].startswith("application/json")
+        assert resp.json() == {"status": "error", "error": f"no such path: {path}"}
+
+
+class TestRejectionLog:
+    def test_each_refusal_logged(self, make_bridge: MakeBridge, receiver: Receiver) -> None:
+        """400, 401, 404, 405 and 413 each leave one line with status, reason, target and remote address,
+        and never the credential that was sent."""
+        config = webhook_config(receiver.url + "/hook") + SMALL_BODY.replace("[server]", '[server]\ntoken = "env:BRIDGE_TOKEN"')
+        bridge = make_bridge(config, env={"BRIDGE_TOKEN": TOKEN})
+        wrong = "Wr0ngT0kenWr0ngT0ken"
+        assert bridge.post_alert("hook", kapacitor_event(), token=wrong)[0] == 401
+        assert bridge.post_alert("hook", kapacitor_event(), headers={"Authorization": f"Basic {wrong}"})[0] == 401
+        assert bridge.post_alert("nope", kapacitor_event(), token=TOKEN)[0] == 404
+        assert bridge.post_alert("hook", kapacitor_event(details="x" * 5000), token=TOKEN)[0] == 413
+        assert bridge.post_alert("hook", b"{}", token=TOKEN)[0] == 400
+        assert bridge.get("/alerts/hook").status_code == 405
+        lines = bridge.wait_until(lambda: len(bridge.events("request.rejected")) >= 6 and bridge.events("request.rejected"))
+        got = [(e["status"], e.get("target"), e.get("auth")) for e in lines]
+        assert got == [
+            (401, "hook", "wrong token"),
+            (401, "hook", "not a bearer token"),
+            (404, "nope", None),
+            (413, "hook", None),
+            (400, "hook", None),
+            (405, None, None),
+        ]
+        assert all(e["remote"] == "127.0.0.1" and e["reason"] for e in lines)
+        assert lines[2]["reason"] == "unknown target 'nope'" and lines[3]["reason"].startswith("body larger than")
+        assert lines[4]["reason"] == lines[4]["reason"].strip() and lines[4]["path"] == "/alerts/hook"
+        assert wrong not in bridge.log_text() and TOKEN not in bridge.log_text()
+
+    def test_rate_limited(self, make_bridge: MakeBridge, receiver: Receiver) -> None:
+        """A task posting to a wrong target in a loop writes at most a burst of lines, not one per post."""
+        from bridge.rejections import BURST
+
+        bridge = make_bridge(webhook_config(receiver.url + "/hook"))
+        for _ in range(BURST + 15):
+            assert bridge.post_alert("nope", kapacitor_event())[0] == 404
+        assert bridge.post_alert("hook", b"{}")[0] == 400  # another status has its own budget
+        bridge.wait_until(lambda: any(e["status"] == 400 for e in bridge.events("request.rejected")))
+        statuses = [e["status"] for e in bridge.events("request.rejected")]
+        assert statuses.count(404) == BURST and statuses.count(400) == 1
 
 
 @pytest.fixture(scope="class")

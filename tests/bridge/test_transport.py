@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import email.utils
+import socket
+import ssl
+import threading
+import time
 from pathlib import Path
-from typing import Iterator, Tuple
+from typing import Iterator, List, Optional, Tuple
 
 import pytest
 
@@ -108,6 +112,125 @@ class TestTransport:
         with pytest.raises(PermanentError, match="redirect"):
             transport.send(post(receiver.url + "/in"))
         assert len(receiver.requests) == 1
+
+
+class Trickler:
+    """A platform that answers one byte at a time, forever: each byte well inside the
+    per-read timeout, the whole answer never. Records when each client hung up."""
+
+    def __init__(self, head: bytes, interval: float = 0.1, tls: Optional[Tuple[Path, Path]] = None) -> None:
+        self.head = head
+        self.interval = interval
+        self.closed: List[float] = []
+        self._stop = threading.Event()
+        self._sock = socket.create_server(("127.0.0.1", 0))
+        self._sock.settimeout(0.2)
+        self._tls = None
+        if tls is not None:
+            self._tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            self._tls.load_cert_chain(str(tls[0]), str(tls[1]))
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self._sock.getsockname()[1]}/in"
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._sock.accept()
+            except socket.timeout:
+                continue
+            threading.Thread(target=self._trickle, args=(conn,), daemon=True).start()
+
+    def _trickle(self, conn: socket.socket) -> None:
+        try:
+            if self._tls is not None:
+                conn = self._tls.wrap_socket(conn, server_side=True)
+            conn.recv(65536)
+            data = self.head
+            i = 0
+            while not self._stop.is_set():
+                conn.sendall(data[i : i + 1] if i < len(data) else b"x")
+                i += 1
+                time.sleep(self.interval)
+        except OSError:
+            self.closed.append(time.monotonic())
+        finally:
+            conn.close()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self._sock.close()
+
+
+def send_in_thread(transport: Transport, url: str, timeout: float) -> Tuple[Optional[BaseException], float]:
+    """Run one attempt on a worker-like thread; a hung attempt shows as a thread still alive."""
+    outcome: List[BaseException] = []
+    started = time.monotonic()
+
+    def run() -> None:
+        try:
+            transport.send(post(url), timeout=timeout)
+        except BaseException as exc:  # noqa: BLE001 - handed to the test
+            outcome.append(exc)
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    worker.join(60)
+    assert not worker.is_alive(), "the attempt is still running: the deadline did not hold"
+    return (outcome[0] if outcome else None), time.monotonic() - started
+
+
+class TestTotalDeadline:
+    """The per-attempt timeout bounds the whole exchange, not each read (a trickle is not progress)."""
+
+    @pytest.mark.parametrize(
+        "head",
+        [
+            pytest.param(b"HTTP/1.1 202 Accepted\r\nX-Slow: ", id="headers"),
+            pytest.param(b"HTTP/1.1 202 Accepted\r\nContent-Length: 100000\r\n\r\n", id="body-with-length"),
+            pytest.param(b"HTTP/1.1 202 Accepted\r\nConnection: close\r\n\r\n", id="body-until-close"),
+        ],
+    )
+    def test_trickle_is_cut_at_the_deadline(self, head: bytes) -> None:
+        """Bytes every 0.1 s under a 1 s limit: the attempt ends as a retryable timeout and hangs up."""
+        server = Trickler(head)
+        transport = Transport(timeout=1.0)
+        try:
+            error, _ = send_in_thread(transport, server.url, 1.0)
+            assert isinstance(error, RetryableError), error
+            assert "no complete answer within 1s" in str(error)
+            deadline = time.monotonic() + 10
+            while not server.closed and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert server.closed, "the bridge kept the trickling connection open"
+        finally:
+            transport.close()
+            server.stop()
+
+    def test_tls_trickle_is_cut(self, certificate: Tuple[Path, Path]) -> None:
+        """The same over TLS (the socket under the TLS layer is shut down)."""
+        server = Trickler(b"HTTP/1.1 202 Accepted\r\nX-Slow: ", tls=certificate)
+        transport = Transport(timeout=1.0, ca_file=str(certificate[0]))
+        try:
+            error, _ = send_in_thread(transport, server.url, 1.0)
+            assert isinstance(error, RetryableError) and "no complete answer within 1s" in str(error), error
+        finally:
+            transport.close()
+            server.stop()
+
+    def test_next_attempt_after_a_cut_is_clean(self, transport: Transport, receiver: Receiver) -> None:
+        """A deadline that passed for one attempt does not touch later attempts on the same pool."""
+        server = Trickler(b"HTTP/1.1 202 Accepted\r\nX-Slow: ")
+        try:
+            error, _ = send_in_thread(transport, server.url, 0.5)
+            assert isinstance(error, RetryableError)
+        finally:
+            server.stop()
+        for _ in range(3):
+            assert transport.send(post(receiver.url + "/in"), timeout=0.5).status == 202
+        time.sleep(0.6)  # past any deadline armed above: the reused connection must survive it
+        assert transport.send(post(receiver.url + "/in"), timeout=0.5).status == 202
 
 
 @pytest.fixture(scope="module")

@@ -112,3 +112,9 @@ def test_wrong_token_is_refused_and_nothing_reaches_the_platform(stack: StackFac
     wait_until(lambda: 'msg="POST returned non 2xx status code"' in k.log_text(), 10, message="kapacitord logged the 401")
     assert re.search(r'msg="POST returned non 2xx status code".*code=401', k.log_text())
     assert s.receiver.requests == []
+    # tick/ uses .captureResponse(): kapacitord's log carries the bridge's own explanation,
+    # and the bridge logged the refusal with the caller's address (never the token).
+    assert "missing or wrong bearer token" in k.log_text()
+    (rejected,) = s.bridge.events("request.rejected")
+    assert (rejected["status"], rejected["target"], rejected["auth"]) == (401, TARGET, "wrong token")
+    assert rejected["remote"] == "127.0.0.1" and "stale-token" not in s.bridge.log_text()

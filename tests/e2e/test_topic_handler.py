@@ -56,7 +56,7 @@ def rewrite(text: str, url: str, token: str) -> str:
 def topic_script() -> str:
     """tick/cpu_alert.tick publishing to the topic instead of posting to the endpoint itself."""
     text = (REPO_ROOT / "tick" / "cpu_alert.tick").read_text(encoding="utf-8")
-    post = re.compile(r"\.post\(\)\s*\.endpoint\('oncall-bridge'\)")
+    post = re.compile(r"\.post\(\)\s*\.endpoint\('oncall-bridge'\)(\s*\.captureResponse\(\))?")
     assert len(post.findall(text)) == 1, "tick/cpu_alert.tick no longer posts to the endpoint"
     topic = yaml_value(HANDLER_FILE.read_text(encoding="utf-8"), "topic")
     return post.sub(f".topic('{topic}')", text)
