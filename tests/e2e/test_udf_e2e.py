@@ -206,8 +206,9 @@ class TestWrongOptions:
         assert re.fullmatch(
             rf"alertState\d+: failed to initialize processes @alertState\(\): {option}: .+", task["error"]
         ), task["error"]
-        # Recovery: fix the script, then disable + enable. kapacitord 1.5.9 neither restarts an
-        # enabled task on a script update nor acts on enabling an "enabled" (failed) task.
+        # Recovery: fix the script, then disable + enable. kapacitord (1.5.9 and 1.8.6) neither
+        # restarts an enabled task on a script update nor acts on enabling an "enabled" (failed)
+        # task.
         kapacitord.update_task(TASK, script=tick_text())
         assert kapacitord.task(TASK)["executing"] is False
         kapacitord.disable(TASK)
@@ -240,7 +241,7 @@ def udf_children(parent: int) -> list[int]:
 
 
 def is_dead(pid: int) -> bool:
-    """Gone, or a zombie: kapacitord 1.5.9 reaps a dead UDF only when the task stops."""
+    """Gone, or a zombie: kapacitord (1.5.9 and 1.8.6) reaps a dead UDF only when the task stops."""
     try:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
     except FileNotFoundError:
@@ -273,9 +274,9 @@ class TestKilledUdf:
         while not is_dead(pid):
             assert time.monotonic() < deadline, "SIGKILLed UDF still running"
             time.sleep(0.01)
-        # kapacitord 1.5.9 notices a dead stdio UDF only when it next writes to it (a point or
-        # a snapshot request fails with EPIPE) and the node's input loop then receives one more
-        # point. Until then the task reads executing=true, error="" - even after the keepalive
+        # kapacitord (1.5.9 and 1.8.6) notices a dead stdio UDF only when it next writes to it (a
+        # point or a snapshot request fails with EPIPE) and the node's input loop then receives
+        # one more point. Until then the task reads executing=true, error="" - even after the keepalive
         # watchdog logged "keepalive timedout" and "killing process". So keep data flowing.
         # (The task leaves the executing set a moment before its error is recorded: wait for both.)
         stopped: Any = lambda t: not t["executing"] and bool(t["error"])
