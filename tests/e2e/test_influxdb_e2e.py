@@ -106,7 +106,10 @@ def test_points_written_to_influxdb_page_through_the_subscription(
 # batch|query() against InfluxDB, with for/recoverFor spanning several batches
 # --------------------------------------------------------------------------------------------
 
-PERIOD_S = 2
+#: Query period of the test run. kapacitord aligns each tick by rounding the wall clock to the
+#: period and drops ticks that arrive while a query still runs, so a tick later than half a
+#: period skips a window: 3 s leaves room for a busy CI machine.
+PERIOD_S = 3
 #: host=a's value per query window: four windows above crit, then three below warn.
 WINDOWS_A = [95.0, 95.0, 95.0, 95.0, 40.0, 40.0, 40.0]
 QUIET = 20.0
@@ -130,7 +133,7 @@ def _ns(seconds: float) -> int:
 def test_batch_query_task_waits_for_and_recover_for_over_several_batches(
     stack: StackFactory, influxd: Influxd, influx_db: str
 ) -> None:
-    """The shipped batch script, with 2 s periods: annotated points land back in InfluxDB, one page, one resolve.
+    """The shipped batch script, with 3 s periods: annotated points land back in InfluxDB, one page, one resolve.
 
     All points are written up front with timestamps in the coming query windows (one point per
     host and window, so a window's mean is that point), and the aligned queries pick them up as
