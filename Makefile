@@ -1,7 +1,7 @@
 # Two commands do all the set-up on a fresh machine:
 #   make demo   - the whole flow on embedded defaults (kapacitord + UDF + bridge + receiver)
-#   make test   - the whole test suite (builds kapacitord 1.8.6 + 1.5.9 and InfluxDB 1.11.8 from
-#                 source once, into ~/.cache/kapacitor-oncall; see scripts/*-build)
+#   make test   - the whole test suite (builds kapacitord 1.8.6 + 1.5.9, InfluxDB 1.11.8 and
+#                 Alertmanager 0.35.0 from source once, into ~/.cache/kapacitor-oncall; see scripts/*-build)
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -12,7 +12,7 @@ STAMP  := $(VENV)/.installed-stamp
 KAPACITOR_VERSIONS ?= 1.8.6,1.5.9
 export KAPACITOR_VERSIONS
 
-.PHONY: venv kapacitor kapacitor-default influxdb peers test demo bench check proto docs dist clean
+.PHONY: venv kapacitor kapacitor-default influxdb alertmanager promtool chromium peers test demo bench check proto docs dist clean
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,7 +34,18 @@ kapacitor-default:
 influxdb:
 	scripts/influxdb-build >/dev/null
 
-peers: kapacitor influxdb
+# A real Prometheus Alertmanager for tests/alertmanager (cached like kapacitord).
+alertmanager:
+	scripts/alertmanager-build >/dev/null
+
+# promtool checks deploy/prometheus rules; Chromium drives the status page (tests/ui).
+promtool:
+	nice scripts/promtool-build >/dev/null
+
+chromium:
+	scripts/chromium-install
+
+peers: kapacitor influxdb alertmanager promtool chromium
 
 test: venv peers
 	$(BIN)/python -m pytest

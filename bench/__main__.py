@@ -22,9 +22,10 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from .common import BENCH_DIR, WORK_DIR, Figure, load_results, machine_facts, merge_results, save_results
 
-SECTIONS = ("udf", "memory", "kapacitord", "bridge", "profile")
+SECTIONS = ("udf", "memory", "kapacitord", "bridge", "profile", "keepalive")
 #: Section name on the command line -> figure key prefix and report heading key.
-REPORT_KEY = {"udf": "udf", "memory": "mem", "kapacitord": "e2e", "bridge": "bridge", "profile": "profile"}
+REPORT_KEY = {"udf": "udf", "memory": "mem", "kapacitord": "e2e", "bridge": "bridge", "profile": "profile",
+              "keepalive": "keepalive"}
 
 @dataclass(frozen=True)
 class Size:
@@ -44,6 +45,7 @@ class Size:
     ceiling_points: int
     ab_points: int
     transport_requests: int
+    keepalive_alerts: int = 10_000  # open Alertmanager alerts re-posted per keep-alive round
 
 
 #: Full-size inputs (whole run ≈ 8-10 min on 2 busy cores) and smoke-size ones.
@@ -57,7 +59,7 @@ QUICK = Size(
     points=3_000, official_points=1_000, mem_points=20_000, mem_groups=2_000, mem_active=200,
     e2e_points=2_000, bridge_alerts=300, bridge_ids=(1, 1_000), drain_sample=100,
     prof_points=3_000, prof_alerts=200, ceiling_points=3_000, ab_points=3_000,
-    transport_requests=100,
+    transport_requests=100, keepalive_alerts=300,
 )
 
 
@@ -148,6 +150,13 @@ def run(args: argparse.Namespace) -> int:
             notes["udf_ab"] = udf_ab(size.ab_points, repeats=3 if args.quick else 5)
             notes["transport_ab"] = transport_ab(size.transport_requests, repeats=3)
         section("profile", profile)
+
+    if "keepalive" in sections:
+        def keepalive() -> None:
+            from .keepalive import measure as measure_keepalive
+
+            notes["keepalive"] = measure_keepalive(size.keepalive_alerts, runs)
+        section("keepalive", keepalive)
 
     facts["total_s"] = round(time.perf_counter() - started, 1)
     notes["provenance"] = provenance

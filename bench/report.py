@@ -370,6 +370,12 @@ def write_markdown(data: Dict[str, Any], path: Path, png_name: str = "results.pn
         for row in tab:
             L.append(f"| {row['variant']} | {row['us']:.0f} |")
     L.append("")
+    keepalive = notes.get("keepalive")
+    if keepalive:
+        from .keepalive import markdown as keepalive_markdown
+
+        origin = provenance.get("keepalive", {})
+        L += [keepalive_markdown(keepalive, str(origin.get("command", "python -m bench --sections keepalive")))]
     path.write_text("\n".join(L) + "\n", encoding="utf-8")
 
 

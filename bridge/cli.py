@@ -1,4 +1,4 @@
-"""``kapacitor-oncall-bridge``: serve, check-config, config-reference, send-test, queue, replay.
+"""``kapacitor-oncall-bridge``: serve, check-config, config-reference, send-test, queue, replay, reconcile.
 
 Exit codes: 0 success, 1 the operation failed (a send-test the platform
 refused), 2 bad configuration or usage, 3 the store is unusable. Every line
@@ -18,7 +18,7 @@ from typing import Any, Dict, Optional, Sequence, TextIO
 
 from . import __version__
 from . import log as logmod
-from .config import Config, default_config, format_duration, load, parse_listen
+from .config import Config, bind_bridge_url, default_config, format_duration, load, parse_listen
 from .errors import ConfigError, DeliveryError, StoreError
 from .schema import ConfigErrors
 from .event import LEVELS
@@ -76,7 +76,53 @@ def _parser() -> argparse.ArgumentParser:
     replay = add("replay", "Put dead letters back into the queue (a running bridge picks them up).")
     replay.add_argument("--target", "-t")
     replay.add_argument("--id", dest="alert_id", help="only this alert id")
+    rec = add(
+        "reconcile",
+        "Compare Kapacitor's alert state with what the platforms were told; queue the missing "
+        "resolves and triggers (a running bridge sends them).",
+        True,
+    )
+    rec.add_argument("--dry-run", action="store_true", help="only print the differences")
+    rec.add_argument("--json", action="store_true", help="machine-readable output")
+    _silence_parser(sub)
     return parser
+
+
+def _silence_parser(sub: Any) -> None:
+    """``silence add|list|expire``: each takes ``--config`` after the verb, like the others."""
+    help_text = "Hold deliveries of matching alerts for a while (maintenance); list or expire silences."
+    silence = sub.add_parser("silence", help=help_text, description=help_text)
+    config_help = "TOML config file (for [store] path; required)"
+    levels = ["debug", "info", "warning", "error"]
+    silence.add_argument("--config", "-c", help=config_help)
+    silence.add_argument("--log-level", default="warning", choices=levels)
+    verbs = silence.add_subparsers(dest="silence_command", required=True, metavar="VERB")
+
+    def verb(name: str, text: str) -> argparse.ArgumentParser:
+        # Accepted before or after the verb; SUPPRESS keeps a verb from erasing the parent's value.
+        p: argparse.ArgumentParser = verbs.add_parser(name, help=text, description=text)
+        p.add_argument("--config", "-c", default=argparse.SUPPRESS, help=config_help)
+        p.add_argument("--log-level", default=argparse.SUPPRESS, choices=levels)
+        return p
+
+    add = verb(
+        "add",
+        "Add a silence starting now. Matching alerts are stored and shown but not delivered; when it "
+        "ends, each id's latest state goes out (a resolve only if its trigger had been sent).",
+    )
+    add.add_argument(
+        "--match", "-m", action="append", required=True, metavar="MATCHER",
+        help="NAME=VALUE, NAME!=VALUE, NAME=~REGEX or NAME!~REGEX; NAME is id, target, level or a tag; "
+        "repeat for several (all must match). Example: 'id=~cpu:host=web-.*'",
+    )
+    add.add_argument("--for", dest="duration", required=True, help="how long: 30m, 2h, 1h30m, 1d (at most 30d)")
+    add.add_argument("--comment", required=True, help="why (shown on the status page)")
+    add.add_argument("--by", dest="created_by", help="who (default: the login name)")
+    listing = verb("list", "List the active silences (--all: also ended and expired ones).")
+    listing.add_argument("--all", action="store_true")
+    listing.add_argument("--json", action="store_true", help="machine-readable output")
+    expire = verb("expire", "End a silence now; held alerts are released within a second by a running bridge.")
+    expire.add_argument("silence_id", metavar="ID")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -182,6 +228,14 @@ def _check_config(args: argparse.Namespace, config: Config, out: _Out, err: _Out
         for h in config.heartbeats:
             ping = "  kapacitor ping: yes" if h.kapacitor_url else ""
             out.line(f"  {h.name:<20} every {_dur(h.interval)}  {h.method}{ping}")
+    if config.kapacitor.url is not None:
+        k = config.kapacitor
+        routes = ", ".join(f"{topic} -> {target}" for topic, target in (k.routes or {}).items()) or "none"
+        out.line(f"kapacitor  reconcile every {_dur(k.reconcile_interval)}  routes: {routes}  "
+                 f"default_target: {k.default_target or 'none'}  token: {'set' if k.token else 'none'}")
+    for t in config.targets.values():
+        for warning in getattr(t.target, "warnings", lambda: [])():
+            err.line(f"warning: target.{t.name}: {warning}")
     if not s.is_loopback and not s.token:
         err.line(f"warning: server.listen: {s.listen} is not a loopback address and has no token (--insecure)")
     return EXIT_OK
@@ -190,6 +244,7 @@ def _check_config(args: argparse.Namespace, config: Config, out: _Out, err: _Out
 def _send_test(args: argparse.Namespace, config: Config, out: _Out, err: _Out) -> int:
     from .delivery import Sender, send_once, synthetic_event
 
+    config = bind_bridge_url(config)
     target = config.targets.get(args.target)
     if target is None:
         known = ", ".join(sorted(config.targets)) or "none"
@@ -266,12 +321,81 @@ def _replay(args: argparse.Namespace, config: Config, out: _Out, err: _Out) -> i
     return EXIT_OK
 
 
+def _reconcile(args: argparse.Namespace, config: Config, out: _Out, err: _Out) -> int:
+    from .reconcile import reconcile_file, routes_of
+
+    if config.kapacitor.url is None:
+        raise ConfigError("kapacitor.url", "is required for reconcile (add a [kapacitor] table)")
+    routes = routes_of(config.kapacitor, config.fanout)
+    actions = reconcile_file(config.kapacitor, routes, config.store.path, config.targets, dry_run=args.dry_run)
+    if actions is None:
+        err.line(f"{PROG}: Kapacitor could not be read; nothing was changed (see the log line above)")
+        return EXIT_FAILED
+    if args.json:
+        out.line(json.dumps({"in_sync": not actions, "dry_run": args.dry_run,
+                             "actions": [a.as_dict() for a in actions]}, indent=2))
+        return EXIT_OK
+    if not actions:
+        out.line("in sync")
+    for action in actions:
+        out.line(action.line())
+    return EXIT_OK
+
+
+def _silence(args: argparse.Namespace, config: Config, out: _Out, err: _Out) -> int:
+    import getpass
+    import socket
+    import sqlite3
+    import time
+
+    from . import silences
+    from .store import open_store
+
+    if not args.config:
+        err.line(f"{PROG}: silence: --config is required (the silences live in its [store] path)")
+        return EXIT_CONFIG
+    now = time.time()
+    conn = open_store(config.store.path, create=args.silence_command == "add")
+    try:
+        if args.silence_command == "list":
+            found = silences.list_silences(conn, include_ended=args.all, now=now)
+            if args.json:
+                out.line(silences.dumps(found, now))
+                return EXIT_OK
+            if not found:
+                out.line("no active silences")
+            for x in found:
+                state = "active" if x.active(now) else "ended"
+                out.line(f"{x.id}  {state}  until {_iso(x.ends_at)}  by {x.created_by}  [{x.text}]  {x.comment}")
+            return EXIT_OK
+        # Autocommit: each of these is one write statement; a running bridge re-reads within a second.
+        try:
+            if args.silence_command == "add":
+                by = args.created_by or f"{getpass.getuser()}@{socket.gethostname()}"
+                matchers = silences.parse_matchers(args.match)
+                made = silences.add(conn, matchers, silences.parse_duration(args.duration), args.comment, by, now)
+                out.line(f"{made.id}  until {_iso(made.ends_at)}  [{made.text}]")
+            else:
+                ended = silences.expire(conn, args.silence_id, now)
+                out.line(f"expired {ended.id}; a running bridge releases what it held within a second")
+        except sqlite3.Error as exc:
+            raise StoreError(f"store {config.store.path}: silence {args.silence_command} failed ({exc})") from None
+        except silences.SilenceError as exc:
+            err.line(f"{PROG}: silence: {exc}")
+            return EXIT_CONFIG
+    finally:
+        conn.close()
+    return EXIT_OK
+
+
 _COMMANDS: Dict[str, Any] = {
+    "silence": _silence,
     "serve": _serve,
     "check-config": _check_config,
     "send-test": _send_test,
     "queue": _queue,
     "replay": _replay,
+    "reconcile": _reconcile,
 }
 
 

@@ -22,6 +22,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, FrozenSet, List, Mapping, Optional, Set, Tuple, Type
+from urllib.parse import urlsplit
 
 from .errors import ConfigError
 from .event import AlertEvent
@@ -32,6 +33,7 @@ from .schema import (
     LISTEN,
     NONEMPTY,
     RATE_LIMIT,
+    STRING_MAP,
     URL,
     Errors,
     Key,
@@ -58,10 +60,12 @@ __all__ = [
     "DEFAULT_LISTEN",
     "DeliveryConfig",
     "HeartbeatConfig",
+    "KapacitorConfig",
     "MIN_SECRET_CHARS",
     "ServerConfig",
     "StoreConfig",
     "TargetConfig",
+    "bind_bridge_url",
     "default_config",
     "format_duration",
     "from_mapping",
@@ -244,14 +248,52 @@ class HeartbeatConfig:
 
 
 @dataclass(frozen=True)
+class KapacitorConfig:
+    """``[kapacitor]``: reconcile the platforms with Kapacitor's alert state (off without ``url``).
+
+    At start and every ``reconcile_interval`` the bridge reads every topic's events and
+    queues a resolve for an open incident whose id is OK or gone in Kapacitor, and a
+    trigger for a non-OK id the platform was never told about (``bridge.reconcile``).
+    """
+
+    url: Optional[str] = setting(
+        URL,
+        "Kapacitor's HTTP API, e.g. \"http://127.0.0.1:9092\" (basic-auth credentials may go in the URL). "
+        "Unset: no reconcile.",
+        None,
+        secret=True,
+    )
+    token: Optional[str] = setting(NONEMPTY, "Bearer token for Kapacitor's API (when its auth is on).", None, secret=True)
+    ca_file: Optional[str] = setting(FILE, "Extra CA bundle for an https Kapacitor.", None)
+    reconcile_interval: float = setting(
+        DURATION, "Time between reconcile rounds (one also runs at start).", 300.0, positive=True
+    )
+    routes: Optional[Mapping[str, str]] = setting(
+        STRING_MAP,
+        "Topic name (as `GET /kapacitor/v1/alerts/topics` lists it: a `.topic('cpu')` name or "
+        "`main:<task>:alert<N>`) or glob (`\"main:cpu_*\"`) → target for ids non-OK in Kapacitor. "
+        "Only targets named here or in `default_target` are reconciled.",
+        None,
+        default_text="`{}`",
+    )
+    default_target: Optional[str] = setting(
+        NONEMPTY, "Target for non-OK ids whose topics match no route and that no target has an incident for.", None
+    )
+    timeout: float = setting(DURATION, "Total time one request to Kapacitor may take.", 10.0, positive=True)
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration; ``secrets`` feeds the log redactor and never prints."""
 
     server: ServerConfig = section(ServerConfig)
     store: StoreConfig = section(StoreConfig)
     delivery: DeliveryConfig = section(DeliveryConfig)
+    kapacitor: KapacitorConfig = section(KapacitorConfig)
     targets: Mapping[str, TargetConfig] = field(default_factory=dict)
     heartbeats: Tuple[HeartbeatConfig, ...] = ()
+    #: ``POST /alerts/<name>`` enqueues for each of these targets (Alertmanager HA ``urls``).
+    fanout: Mapping[str, Tuple[str, ...]] = field(default_factory=dict)
     secrets: FrozenSet[str] = field(default_factory=frozenset, repr=False)
     source: Optional[str] = None
 
@@ -352,18 +394,72 @@ def _build(data: Mapping[str, Any], secrets: Set[str], source: Optional[str], er
         if any(h.name == beat.name for h in heartbeats):
             errors.add(f"heartbeat.{beat.name}.name", "duplicate heartbeat name")
         heartbeats.append(beat)
+    fanout = _fan_out(targets, secrets)
+    _check_routes(parts["kapacitor"], targets, errors)
     if errors:
         return Config(server=parts["server"]) if "server" in parts else None
     return Config(
         **parts,
         targets=targets,
         heartbeats=tuple(heartbeats),
+        fanout=fanout,
         secrets=frozenset(s for s in secrets if len(s) >= MIN_SECRET_CHARS),
         source=source,
     )
 
 
 # -- arrays of tables ---------------------------------------------------------------
+
+
+def _fan_out(targets: Dict[str, TargetConfig], secrets: Set[str]) -> Dict[str, Tuple[str, ...]]:
+    """Split a target with several members (Alertmanager HA ``urls``) into one target each.
+
+    An HA cluster shares no alerts: each member gets its own queue, so a failing member is
+    retried on its own and never holds back the others. Member 1 keeps the name, the
+    others are ``<name>@2``… (``@`` cannot appear in a configured name).
+    """
+    fanout: Dict[str, Tuple[str, ...]] = {}
+    for name, target in list(targets.items()):
+        split = getattr(target.target, "fan_out", None)
+        members = split() if split is not None else []
+        for member in members:
+            password = urlsplit(member.url).password
+            if password:
+                secrets.add(password)
+        if len(members) > 1:
+            names = (name,) + tuple(f"{name}@{i}" for i in range(2, len(members) + 1))
+            for member_name, member in zip(names, members):
+                targets[member_name] = dataclasses.replace(
+                    target, name=member_name, target=dataclasses.replace(member, name=member_name)
+                )
+            fanout[name] = names
+    return fanout
+
+
+def bind_bridge_url(config: Config) -> Config:
+    """Targets that name the bridge in their payload (``externalURL``) learn where it listens.
+
+    Done by ``serve`` and ``send-test``, not by the loader: the loaded targets stay equal to
+    what their type builds from the same keys.
+    """
+    targets = dict(config.targets)
+    for name, target in config.targets.items():
+        bind = getattr(target.target, "with_bridge_url", None)
+        if bind is not None:
+            targets[name] = dataclasses.replace(target, target=bind(f"http://{config.server.listen}"))
+    return dataclasses.replace(config, targets=targets)
+
+
+def _check_routes(kapacitor: KapacitorConfig, targets: Mapping[str, TargetConfig], errors: Errors) -> None:
+    """``[kapacitor]`` routes and default_target must name configured targets."""
+    known = ", ".join(sorted(t for t in targets if "@" not in t)) or "none"
+    for topic, name in (kapacitor.routes or {}).items():
+        if name not in targets:
+            errors.add(f"kapacitor.routes.{topic}", f"names no configured target (known: {known})")
+    if kapacitor.default_target is not None and kapacitor.default_target not in targets:
+        errors.add("kapacitor.default_target", f"names no configured target (known: {known})")
+    if (kapacitor.routes or kapacitor.default_target) and kapacitor.url is None:
+        errors.add("kapacitor.url", "is required when routes or default_target are set")
 
 
 def _target(table: Any, index: int, secrets: Set[str], errors: Errors) -> Optional[TargetConfig]:

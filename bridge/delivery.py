@@ -212,6 +212,9 @@ class Delivery:
         self.outbox = outbox
         self.metrics = metrics
         self.sender = sender or Sender(config.delivery)
+        #: The silences hook: ``hold(target, key, level, body)`` names a silence holding the
+        #: row, or None. Set by the service (see :mod:`bridge.silences`).
+        self.hold: Optional[Callable[[str, str, str, bytes], Optional[str]]] = None
         self.policy = RetryPolicy(config.delivery.backoff_initial, config.delivery.backoff_max)
         self.limiters = limiters or RateLimiters({n: t.rate_limit for n, t in self.targets.items()})
         self._clock = clock
@@ -401,6 +404,14 @@ class Delivery:
         if row is None:
             self._record(head, "dead", error="row vanished from the store")
             return
+        if self.hold is not None:
+            silence = self.hold(row.target, row.key, row.level, row.body)
+            if silence is not None:
+                # Kept on file as 'silenced'; bridge.silences releases the id's latest state later.
+                self._record(head, "silenced")
+                self._count(head.target, "silenced")
+                log.info("delivery.silenced", target=head.target, id=head.key, silence=silence)
+                return
         cfg = self.config.delivery
         now = self._clock()
         attempt = row.attempts + 1
@@ -414,7 +425,7 @@ class Delivery:
             return
         try:
             event = parse(row.body)
-            request = target.target.render(event)
+            request = self._render(head, target, event)
         except EventError as exc:
             self._dead(head, row.attempts, f"stored event is invalid: {exc}", None, "")
             return
@@ -451,6 +462,14 @@ class Delivery:
                 status=response.status,
                 seconds=round(response.elapsed, 4),
             )
+
+    def _render(self, head: Head, target: TargetConfig, event: AlertEvent) -> Request:
+        """``render_told`` (seam 3) when the target has it: the request depends on what the
+        platform was told (Alertmanager resolves exactly the severities that fired)."""
+        render_told = getattr(target.target, "render_told", None)
+        if render_told is None:
+            return target.target.render(event)  # type: ignore[no-any-return]
+        return render_told(event, self.outbox.told(head.target, head.key))  # type: ignore[no-any-return]
 
     def _observe(self, target: str, started: float) -> None:
         if self.metrics is not None:

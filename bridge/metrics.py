@@ -52,6 +52,29 @@ class Metrics:
             ["name", "outcome"],
             registry=registry,
         )
+        self.keepalive_alerts = Counter(
+            "oncall_keepalive_alerts",
+            "Open alerts re-posted to Alertmanager by the keep-alive (per target, all members).",
+            ["target"],
+            registry=registry,
+        )
+        self.keepalive_errors = Counter(
+            "oncall_keepalive_errors",
+            "Keep-alive POSTs that failed (per target; the next round retries).",
+            ["target"],
+            registry=registry,
+        )
+        self.reconcile_actions = Counter(
+            "oncall_reconcile_actions",
+            "Resolves and triggers reconcile with Kapacitor enqueued (action = resolve, trigger).",
+            ["target", "action"],
+            registry=registry,
+        )
+        self.reconcile_errors = Counter(
+            "oncall_reconcile_errors",
+            "Reconcile rounds that did nothing because Kapacitor could not be read.",
+            registry=registry,
+        )
         self.delivery_seconds = Histogram(
             "oncall_delivery_seconds",
             "Duration of one delivery attempt (render + HTTP/SMTP).",

@@ -424,6 +424,20 @@ class _Probe(_Op):
         return True
 
 
+class _Call(_Op):
+    """A caller's function run inside the writer's transaction; the index reloads after it."""
+
+    __slots__ = ("fn", "done")
+
+    def __init__(self, fn: Callable[[sqlite3.Cursor], Any], done: Optional[Done]) -> None:
+        self.fn, self.done = fn, done
+
+    def apply(self, box: "Outbox", cur: sqlite3.Cursor) -> Any:
+        result = self.fn(cur)
+        _Rebuild(only_if_changed=False).apply(box, cur)
+        return result
+
+
 _STOP = object()
 log = get_logger("bridge.outbox")
 
@@ -725,9 +739,10 @@ class Outbox:
         status: Optional[int] = None,
         wait: bool = True,
     ) -> None:
-        """Record the outcome of a claimed row: delivered, dead, suppressed, or pending again
-        (with ``attempts`` and ``next_at`` so a restart resumes the schedule)."""
-        if state not in ("delivered", "dead", "suppressed", "pending"):
+        """Record the outcome of a claimed row: delivered, dead, suppressed, silenced (held by
+        a silence, see :mod:`bridge.silences`), or pending again (with ``attempts`` and
+        ``next_at`` so a restart resumes the schedule)."""
+        if state not in ("delivered", "dead", "suppressed", "silenced", "pending"):
             raise ValueError(f"bad final state {state!r}")
         if state == "pending" and next_at is None:
             raise ValueError("a retry needs next_at")
@@ -817,6 +832,12 @@ class Outbox:
     def replay(self, target: Optional[str] = None, key: Optional[str] = None) -> int:
         """Dead letters back to pending (fresh attempts and age); returns how many."""
         return int(self._run_sync(_Replay(target, key, None)))
+
+    def transact(self, fn: Callable[[sqlite3.Cursor], Any], timeout: Optional[float] = None) -> Any:
+        """Run ``fn(cursor)`` in the writer's next commit, then reload the index from the file;
+        returns what ``fn`` returned. For changes of non-pending rows made elsewhere
+        (silences release held rows with it), so they cannot race the writer's own."""
+        return self._run_sync(_Call(fn, None), timeout)
 
     def probe(self, timeout: float = 5.0) -> bool:
         """Prove the store can commit right now (a real fsync'd write)."""

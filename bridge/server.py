@@ -24,18 +24,22 @@ from dataclasses import dataclass
 from typing import Any, AsyncIterator, Deque, Dict, List, Optional, Tuple
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, generate_latest
 
-from .config import Config, listen_error
-from .delivery import Delivery
+from .config import Config, bind_bridge_url, listen_error
+from .delivery import Delivery, Sender
 from .errors import ConfigError, StoreError
 from .event import EventError, parse
 from .heartbeat import Heartbeat
+from .keepalive import KeepAlive
 from .log import get_logger
 from .metrics import Metrics
 from .outbox import Outbox
+from .reconcile import Reconciler, routes_of
 from .rejections import RejectionLog, json_error, json_errors
+from .silences import Silencer
 from .store import Stats
+from .ui import setup_ui
 
 __all__ = ["Health", "Service", "check_listen", "make_app", "serve"]
 
@@ -57,12 +61,27 @@ class Service:
     """Config + outbox + delivery + metrics + heartbeats: the running bridge minus HTTP."""
 
     def __init__(self, config: Config, *, registry: Optional[CollectorRegistry] = None) -> None:
+        config = bind_bridge_url(config)
         self.config = config
         self.registry = registry if registry is not None else CollectorRegistry()
         self.metrics = Metrics(self.registry)
         self.outbox = Outbox(config.store.path, on_change=self._on_change)
         self.delivery = Delivery(config, self.outbox, metrics=self.metrics)
+        silenced = Gauge("oncall_silences_active", "Silences in force (read from the store).", registry=self.registry)
+        self.silencer = Silencer(config.store.path, self.outbox.transact, on_read=silenced.set)
+        self.delivery.hold = self.silencer.holds
         self.heartbeats = [Heartbeat(h, self.healthy, metrics=self.metrics) for h in config.heartbeats]
+        self.keepalive = KeepAlive(config.targets, self.outbox, Sender(config.delivery), metrics=self.metrics)
+        self.reconciler: Optional[Reconciler] = None
+        if config.kapacitor.url is not None:
+            self.reconciler = Reconciler(
+                config.kapacitor,
+                self.outbox,
+                routes=routes_of(config.kapacitor, config.fanout),
+                targets=config.targets,
+                metrics=self.metrics,
+                on_enqueue=self._on_change,
+            )
         self.draining = False
         self._probe_at = 0.0
         self._probe_ok = True
@@ -78,9 +97,13 @@ class Service:
     def start(self) -> None:
         """Open the store (recovering a crash), start delivery and heartbeats."""
         self.outbox.open()
+        self.silencer.start()
         self.delivery.start()
         for heartbeat in self.heartbeats:
             heartbeat.start()
+        self.keepalive.start()
+        if self.reconciler is not None:
+            self.reconciler.start()
         orphans = self.outbox.targets_with_rows() - set(self.config.targets)
         if orphans:
             log.warning("outbox.orphaned", targets=sorted(orphans), hint="rows for targets no longer configured")
@@ -90,6 +113,10 @@ class Service:
         self.draining = True
         for heartbeat in self.heartbeats:
             heartbeat.stop()
+        if self.reconciler is not None:
+            self.reconciler.stop()
+        self.keepalive.stop()
+        self.silencer.stop()
         clean = self.delivery.stop(timeout)
         left = self.outbox.stats().total_pending
         self.outbox.close()
@@ -191,6 +218,7 @@ class _Handlers:
         self.token = cfg.server.token.encode() if cfg.server.token else None
         self.max_body = cfg.server.max_body_bytes
         self.targets = cfg.targets
+        self.fanout = cfg.fanout
         self.no_recovery = cfg.delivery.no_recovery_resolve_after
         self.commit_timeout = service.outbox.commit_timeout
         self.metrics = service.metrics
@@ -272,6 +300,7 @@ class _Handlers:
                 self._completions.resolver(future), name, event.id, event.level, body, expire_after=expire
             )
             seq = await future
+            await self._fan_out(name, event.id, event.level, body, expire)
         except StoreError as exc:
             self._received(name, "store_error")
             log.error("alert.store_failed", target=name, id=event.id, error=str(exc))
@@ -290,6 +319,23 @@ class _Handlers:
         """Answer a refusal in JSON and log it (rate-limited): Kapacitor's log rarely shows why."""
         self.rejections.record(request, status, message, target)
         return _error(status, message, **extra)
+
+    async def _fan_out(self, name: str, key: str, level: str, body: bytes, expire: Optional[float]) -> None:
+        """The other members of an HA target (``<name>@2``…) get their own durable row each."""
+        members = self.fanout.get(name, ())[1:]
+        if not members or self._completions is None:
+            return
+        loop = asyncio.get_running_loop()
+        futures: List["asyncio.Future[int]"] = []
+        for member in members:
+            future: "asyncio.Future[int]" = loop.create_future()
+            self._waiting.append((time.monotonic() + self.commit_timeout, future))
+            self.service.outbox.enqueue_with(
+                self._completions.resolver(future), member, key, level, body, expire_after=expire
+            )
+            futures.append(future)
+        for future in futures:
+            await future
 
     async def healthz(self, request: web.Request) -> web.Response:
         health = await asyncio.get_running_loop().run_in_executor(None, self.service.health)
@@ -310,6 +356,7 @@ def make_app(service: Service) -> web.Application:
     app.router.add_post("/alerts/{target}", handlers.post_alert)
     app.router.add_get("/healthz", handlers.healthz)
     app.router.add_get("/metrics", handlers.metrics_text)
+    setup_ui(app, service)
 
     async def sweeper(app: web.Application) -> AsyncIterator[None]:
         task = asyncio.get_running_loop().create_task(handlers.sweep())

@@ -128,7 +128,23 @@ INSERT INTO ledger (target, key, open, level, fired_levels, body, opened_at, tol
 
 #: Ordered schema migrations, version -> SQL; applied at open in one transaction.
 #: A fresh file runs them all. Append only: never edit a released step.
-MIGRATIONS: List[Tuple[int, str]] = [(1, _V1), (2, _V2)]
+#: Version 3: silences (see :mod:`bridge.silences`); rows they hold are in state 'silenced'.
+_V3 = """
+CREATE TABLE silences (
+    id          TEXT PRIMARY KEY,
+    matchers    TEXT NOT NULL,
+    starts_at   REAL NOT NULL,
+    ends_at     REAL NOT NULL,
+    comment     TEXT NOT NULL,
+    created_by  TEXT NOT NULL,
+    created_at  REAL NOT NULL,
+    expired_at  REAL
+);
+CREATE INDEX silences_ends ON silences (ends_at) WHERE expired_at IS NULL;
+CREATE INDEX outbox_silenced ON outbox (target, key, seq) WHERE state = 'silenced';
+"""
+
+MIGRATIONS: List[Tuple[int, str]] = [(1, _V1), (2, _V2), (3, _V3)]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 

@@ -14,12 +14,14 @@ from __future__ import annotations
 from typing import Tuple
 
 from ..schema import (
+    DURATION,
     FILE,
     INTEGER,
     LEVELS,
     NONEMPTY,
     STRING,
     STRING_MAP,
+    STRING_LIST,
     STRING_OR_LIST,
     URL,
     Key,
@@ -50,8 +52,32 @@ TARGET_KEYS: Tuple[Key, ...] = (
     Key(
         "url",
         URL,
-        "Alertmanager base URL (`/api/v2/alerts` is appended unless present).",
+        "Alertmanager base URL (`/api/v2/alerts` is appended unless present); the first member of an HA cluster.",
         required=True,
+        types=("alertmanager",),
+    ),
+    Key(
+        "urls",
+        STRING_LIST,
+        "Further members of an Alertmanager HA cluster (members share no alerts): each member gets "
+        "every alert through its own queue (`<name>@2`…), so a failing member is retried alone.",
+        types=("alertmanager",),
+    ),
+    Key(
+        "resend_interval",
+        DURATION,
+        "Every open alert is re-posted this often (with `endsAt` 4 intervals ahead), so Alertmanager "
+        "neither resolves it after `resolve_timeout` nor forgets it on restart; keep it below "
+        "`resolve_timeout` (check-config warns at 5m or more).",
+        default_text='`"1m"`',
+        positive=True,
+        types=("alertmanager",),
+    ),
+    Key(
+        "labels",
+        STRING_LIST,
+        "Tag keys to add as labels although the alert id does not encode them (their value must "
+        "not change while the id fires, or the alert splits in two).",
         types=("alertmanager",),
     ),
     Key(

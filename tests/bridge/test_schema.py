@@ -207,7 +207,7 @@ class TestDeclarations:
 
     def test_sections_come_from_config(self) -> None:
         """The tables the loader reads are the Config fields declared with section()."""
-        assert list(sections()) == ["server", "store", "delivery"]
+        assert list(sections()) == ["server", "store", "delivery", "kapacitor"]
 
 
 class TestReference:

@@ -5,8 +5,10 @@ Body: a JSON array of ``postableAlert`` (``labels`` required, ``annotations``,
 label values, then requires at least one label, valid label names (classic
 ``[a-zA-Z_][a-zA-Z0-9_]*``), valid annotation names, a start time and
 ``endsAt`` not before ``startsAt``. Answers 200 (empty) or 400 with the error
-text as a JSON string. Alerts are identified by their label set; ``incidents``
-reports per ``kapacitor_id`` label: open while any of its label sets fires.
+text as a JSON string. Alerts are identified by their label set; one is resolved
+when its ``endsAt`` is not after the time it arrives (a future ``endsAt`` keeps it
+firing, as Prometheus sends it); ``incidents`` reports per ``kapacitor_id`` label:
+open while any of its label sets fires.
 """
 
 from __future__ import annotations
@@ -95,10 +97,12 @@ class AlertmanagerReceiver(Receiver):
         return 400, problems or validate_alertmanager_alerts(body)
 
     def accept(self, req: Incoming) -> Answer:
+        arrived = datetime.now(timezone.utc)
         for alert in req.json():
             labels = {k: v for k, v in alert["labels"].items() if v}
             key = json.dumps(labels, sort_keys=True)
-            self.alerts[key] = "resolved" if "endsAt" in alert else "open"
+            ends = parse_rfc3339(alert["endsAt"]) if "endsAt" in alert else None
+            self.alerts[key] = "resolved" if ends is not None and ends <= arrived else "open"
             ident = labels.get("kapacitor_id", key)
             states = [s for k, s in self.alerts.items() if json.loads(k).get("kapacitor_id", k) == ident]
             if "open" in states:

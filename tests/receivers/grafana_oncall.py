@@ -231,4 +231,6 @@ class OnCallAlertmanagerReceiver(_OnCallReceiver):
         return validate_alertmanager_webhook(body)
 
     def group(self, body: Any) -> Tuple[str, bool]:
-        return body["groupKey"], body["status"] == "resolved"
+        # OnCall groups on groupKey; the bridge's groupKey ({}:{alertname=…, kapacitor_id=…})
+        # maps one-to-one to the Kapacitor id, so incidents are listed by that id.
+        return body.get("groupLabels", {}).get("kapacitor_id") or body["groupKey"], body["status"] == "resolved"
