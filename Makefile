@@ -12,7 +12,7 @@ STAMP  := $(VENV)/.installed-stamp
 KAPACITOR_VERSIONS ?= 1.8.6,1.5.9
 export KAPACITOR_VERSIONS
 
-.PHONY: venv kapacitor kapacitor-default influxdb alertmanager promtool chromium peers test demo bench check proto docs dist clean
+.PHONY: venv kapacitor kapacitor-default influxdb alertmanager promtool chromium postgres peers test demo bench check proto docs dist clean
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,10 @@ kapacitor:
 kapacitor-default:
 	scripts/kapacitor-build >/dev/null
 
+# PostgreSQL server binaries for the replica tests (Debian's package where the machine has none).
+postgres:
+	scripts/postgres-install >/dev/null
+
 influxdb:
 	scripts/influxdb-build >/dev/null
 
@@ -45,7 +49,7 @@ promtool:
 chromium:
 	scripts/chromium-install
 
-peers: kapacitor influxdb alertmanager promtool chromium
+peers: kapacitor influxdb alertmanager promtool chromium postgres
 
 test: venv peers
 	$(BIN)/python -m pytest
@@ -53,7 +57,7 @@ test: venv peers
 demo: venv kapacitor-default
 	$(BIN)/python -m demo
 
-bench: venv kapacitor
+bench: venv kapacitor postgres
 	$(BIN)/python -m bench $(BENCH_ARGS)
 
 proto:

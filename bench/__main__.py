@@ -4,7 +4,9 @@
     .venv/bin/python -m bench [--official-agent DIR] [--runs 5] [--sections udf memory ...] [--quick]
 
 Sections: ``udf`` (throughput vs InfluxData's agent), ``memory``, ``kapacitord``
-(through a real kapacitord), ``bridge``, ``profile``. ``--sections`` re-measures
+(through a real kapacitord), ``bridge``, ``replicas`` (PostgreSQL replicas beside
+SQLite), ``coalesce`` (outage backlog under a rate limit, fake clock:
+:mod:`bench.coalesce_drain`), ``profile``. ``--sections`` re-measures
 only those and merges them into the previous ``bench/.work/results.json``.
 ``--quick`` shrinks every input for a smoke run (figures meaningless).
 """
@@ -22,10 +24,11 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from .common import BENCH_DIR, WORK_DIR, Figure, load_results, machine_facts, merge_results, save_results
 
-SECTIONS = ("udf", "memory", "kapacitord", "bridge", "profile", "keepalive")
+SECTIONS = ("udf", "memory", "kapacitord", "bridge", "replicas", "coalesce", "profile", "keepalive")
 #: Section name on the command line -> figure key prefix and report heading key.
-REPORT_KEY = {"udf": "udf", "memory": "mem", "kapacitord": "e2e", "bridge": "bridge", "profile": "profile",
-              "keepalive": "keepalive"}
+REPORT_KEY = {"udf": "udf", "memory": "mem", "kapacitord": "e2e", "bridge": "bridge", "replicas": "replicas",
+              "coalesce": "coalesce",
+              "profile": "profile", "keepalive": "keepalive"}
 
 @dataclass(frozen=True)
 class Size:
@@ -141,6 +144,24 @@ def run(args: argparse.Namespace) -> int:
             figures.extend(sec.figures)
             notes["bridge"] = sec.notes
         section("bridge", bridge)
+    if "replicas" in sections:
+        def replicas() -> None:
+            from .replicas import measure
+
+            sec = measure(runs=min(runs, 3), alerts=300 if args.quick else 5_000, log=_log)
+            figures.extend(sec.figures)
+            notes["replicas"] = sec.notes
+        section("replicas", replicas)
+    if "coalesce" in sections:
+        def coalesce() -> None:
+            from .coalesce_drain import measure
+
+            # Full size even with --quick: it is a fake-clock run of a few seconds, and a backlog
+            # smaller than one rate-limit window would make both drains take no time at all.
+            sec = measure(1, 10_000, 20, log=_log)
+            figures.extend(sec.figures)
+            notes["coalesce"] = sec.notes
+        section("coalesce", coalesce)
     if "profile" in sections:
         def profile() -> None:
             from .profile import profile_bridge, profile_udf, transport_ab, udf_ab
@@ -162,7 +183,9 @@ def run(args: argparse.Namespace) -> int:
     notes["provenance"] = provenance
     if args.sections and json_path.exists():
         old = load_results(json_path)
-        figures = merge_results(old["figures"], figures)
+        # A re-measured section replaces all its old figures (keys may have changed).
+        fresh = {f.key.split(".")[0] for f in figures}
+        figures = merge_results([f for f in old["figures"] if f.key.split(".")[0] not in fresh], figures)
         notes = merge_notes(old.get("notes", {}), notes)
         # Machine facts are this run's; what ran when is per section (notes["provenance"]).
         facts = {**old.get("facts", {}), **facts}

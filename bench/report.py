@@ -138,7 +138,7 @@ def _commands(figs: List[Figure]) -> List[str]:
     return out
 
 
-SECTION_ORDER = ["udf", "mem", "e2e", "bridge"]
+SECTION_ORDER = ["udf", "mem", "e2e", "bridge", "replicas"]
 
 
 def write_markdown(data: Dict[str, Any], path: Path, png_name: str = "results.png") -> None:
@@ -279,13 +279,15 @@ def write_markdown(data: Dict[str, Any], path: Path, png_name: str = "results.pn
             "",
             _origin(provenance, "e2e"),
             "",
-            f"kapacitord {e2e.get('kapacitord_version', '1.5.9')} (built by `scripts/kapacitor-build`) runs "
-            "`kapacitor.conf.example` rendered by `tests/e2e/kapacitord.py`; line protocol is POSTed to "
-            "`/kapacitor/v1/write` in 5,000-line bodies; the annotated points are counted at the "
-            "`httpOut` node (`collected` in the task's node stats). Task: "
-            "`stream|from().measurement('cpu').groupBy('host')@alertState().field('usage_user')"
-            ".warn(70.0).crit(90.0).critReset(80.0).for(1m)|httpOut('annotated')`; the control task "
-            "drops the UDF node.",
+            e2e.get("description") or (
+                f"kapacitord {e2e.get('kapacitord_version', '1.5.9')} (built by `scripts/kapacitor-build`) runs "
+                "`kapacitor.conf.example` rendered by `tests/e2e/kapacitord.py`; line protocol is POSTed to "
+                "`/kapacitor/v1/write` in 5,000-line bodies; the annotated points are counted at the "
+                "`httpOut` node (`collected` in the task's node stats). Task: "
+                "`stream|from().measurement('cpu').groupBy('host')@alertState().field('usage_user')"
+                ".warn(70.0).crit(90.0).critReset(80.0).for(1m)|httpOut('annotated')`; the control task "
+                "drops the UDF node."
+            ),
             "",
         ]
         L += _section_table(
@@ -296,9 +298,17 @@ def write_markdown(data: Dict[str, Any], path: Path, png_name: str = "results.pn
                 ("UDF cores", "udf_cpu", "{:.2f}"),
                 ("UDF µs/point", "udf_us_per_point", "{:.1f}"),
                 ("other cores", "other_cpu", "{:.2f}"),
+                ("CPU-time ratio", "cpu_ratio", "{:.2f}×"),
             ],
         )
-        L += ["", f"**Bottleneck.** {e2e.get('bottleneck', '')}"]
+        bottleneck = e2e.get("bottleneck", "")
+        if isinstance(bottleneck, dict):
+            for version, text in bottleneck.items():
+                L += ["", f"**Bottleneck, kapacitord {version}.** {text}"]
+        else:
+            L += ["", f"**Bottleneck.** {bottleneck}"]
+        if e2e.get("hop"):
+            L += ["", f"**Where kapacitord's cost of the hop goes.** {e2e['hop']}"]
         if e2e.get("alertState_avg_exec_time_ns"):
             L.append(f" kapacitord's own stat for the UDF node: avg_exec_time {e2e['alertState_avg_exec_time_ns'] / 1000:.0f} µs.")
         L += _commands(by_prefix["e2e"])
@@ -338,6 +348,31 @@ def write_markdown(data: Dict[str, Any], path: Path, png_name: str = "results.pn
                 L += ["", f"*1 id:* {f.notes}."]
         L += _commands(by_prefix["bridge"])
         L.append("")
+
+    if "replicas" in by_prefix:
+        rp = notes.get("replicas", {})
+        L += [
+            "## Replicas on PostgreSQL",
+            "",
+            _origin(provenance, "replicas"),
+            "",
+            f"`serve` processes on one private PostgreSQL 15 (fsync on, same machine) beside the SQLite "
+            f"store as anchor, measured in the same run. Accept: {rp.get('clients', 50)} keep-alive clients "
+            f"spread over the replicas post {rp.get('alerts_per_run', 0):,} events (1,000 ids), target "
+            "throttled so only the accept path runs; p99 from first byte to the 202. Drain: the same "
+            "stores restarted with `rate_limit = \"off\"`, deliveries/s to the fast receiver from the first "
+            f"arrival to the last. Failover gap: two replicas, `lease = {rp.get('lease', 3)}s`; the receiver "
+            "never answers the first request, the replica holding the key is `kill -9`'ed, and the gap runs "
+            "until the other replica's delivery arrives.",
+            "",
+        ]
+        L += _section_table(by_prefix["replicas"], [])
+        L += _commands(by_prefix["replicas"])
+        L.append("")
+    if "coalesce" in by_prefix:
+        from .coalesce_drain import markdown as coalesce_markdown
+
+        L += coalesce_markdown(by_prefix["coalesce"], notes.get("coalesce", {}), _origin(provenance, "coalesce"))
 
     profiles = notes.get("profiles") or []
     L += ["## Profiles and proposed fixes", "", _origin(provenance, "profile"), ""]
@@ -394,7 +429,7 @@ def _origin(provenance: Dict[str, Dict[str, Any]], key: str) -> str:
 
 
 def _header(facts: Dict[str, Any], provenance: Dict[str, Dict[str, Any]], by_prefix: Dict[str, List[Figure]]) -> str:
-    shown = [k for k in SECTION_ORDER + ["profile"] if k in by_prefix or (k == "profile" and k in provenance)]
+    shown = [k for k in SECTION_ORDER + ["coalesce", "profile"] if k in by_prefix or (k == "profile" and k in provenance)]
     origins = {(provenance[k].get("command"), provenance[k].get("when")) for k in shown if k in provenance}
     method = (
         "Each figure is the **median of its runs** with min/max; the UDF comparisons are interleaved "
@@ -477,7 +512,7 @@ def write_plot(data: Dict[str, Any], path: Path) -> None:
     )
     hbars(axes[0][1], [k for k in figs if k.startswith("udf.ratio.")], "ours ÷ InfluxData, same rounds", "×",
           [(2.0, "target 2×")])
-    hbars(axes[0][2], ["e2e.plain", "e2e.udf"], "through kapacitord 1.5.9 (/write → task → httpOut)",
+    hbars(axes[0][2], [k for k in figs if k.startswith("e2e.") and ".ratio." not in k], "through kapacitord",
           "thousand points/s", scale=1000)
     hbars(axes[1][0], ["mem.rss.no-expire", "mem.rss.expire"],
           "alert-state RSS: hosts coming and going, with and without expire", "MiB")

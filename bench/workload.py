@@ -63,9 +63,13 @@ def _double_entry(key: str, value: float) -> bytes:
     return _ld(0x42, _ld(0x0A, key.encode()) + b"\x11" + _pack_d(value))
 
 
-def field_block(values: Sequence[Tuple[str, float]]) -> bytes:
-    """Encoded ``fieldsDouble`` entries, in the given order."""
-    return b"".join(_double_entry(k, v) for k, v in values)
+def _int_entry(key: str, value: int) -> bytes:
+    return _ld(0x4A, _ld(0x0A, key.encode()) + b"\x10" + encode_uvarint(value & 0xFFFFFFFFFFFFFFFF))
+
+
+def field_block(values: Sequence[Tuple[str, float]], int_field: str = "") -> bytes:
+    """Encoded ``fieldsDouble`` entries, in the given order (``int_field`` as a rounded ``fieldsInt`` entry)."""
+    return b"".join(_int_entry(k, round(v)) if k == int_field else _double_entry(k, v) for k, v in values)
 
 
 def _group_part(host: str) -> bytes:
@@ -119,6 +123,8 @@ class Workload:
     active: Optional[int] = None
     keepalive_every: int = 10_000
     seed: int = 1
+    #: Send the evaluated field as an integer (``fieldsInt``), as telegraf does for counters.
+    int_field: bool = False
 
     def __post_init__(self) -> None:
         if self.points <= 0 or self.groups <= 0:
@@ -142,7 +148,7 @@ class Workload:
         return blocks
 
     def _blocks(self) -> List[bytes]:
-        return [field_block(values) for values in self._block_values()]
+        return [field_block(values, FIELD if self.int_field else "") for values in self._block_values()]
 
     def lines(self, batch: int = 5000) -> List[bytes]:
         """The same points as InfluxDB line protocol (precision ns), ``batch`` lines per body."""

@@ -1,4 +1,5 @@
-"""``kapacitor-oncall-bridge``: serve, check-config, config-reference, send-test, queue, replay, reconcile.
+"""``kapacitor-oncall-bridge``: serve, check-config, config-reference, send-test, queue, replay,
+move, drop, incidents, reconcile, silence.
 
 Exit codes: 0 success, 1 the operation failed (a send-test the platform
 refused), 2 bad configuration or usage, 3 the store is unusable. Every line
@@ -14,9 +15,9 @@ import dataclasses
 import json
 import sys
 from datetime import datetime, timezone
-from typing import Any, Dict, Optional, Sequence, TextIO
+from typing import Any, Dict, Optional, Sequence, TextIO, Tuple
 
-from . import __version__
+from . import __version__, cli_store
 from . import log as logmod
 from .config import Config, bind_bridge_url, default_config, format_duration, load, parse_listen
 from .errors import ConfigError, DeliveryError, StoreError
@@ -52,6 +53,7 @@ def _parser() -> argparse.ArgumentParser:
         "--insecure", action="store_true", help="allow a non-loopback listen address without server.token"
     )
     serve.add_argument("--listen", metavar="HOST:PORT", help="listen here instead of [server] listen")
+    serve.add_argument("--replica-id", metavar="NAME", help="PostgreSQL store: this replica's id instead of [store] replica_id")
     check = add(
         "check-config",
         "Validate the config (every error in one run), resolve secrets, print the targets (never the secrets).",
@@ -73,9 +75,17 @@ def _parser() -> argparse.ArgumentParser:
     queue.add_argument("--dead", action="store_true", help="list dead letters with their last error")
     queue.add_argument("--target", "-t")
     queue.add_argument("--json", action="store_true", help="machine-readable output")
-    replay = add("replay", "Put dead letters back into the queue (a running bridge picks them up).")
+    replay = add(
+        "replay",
+        "Put dead letters back into the queue (a running bridge picks them up); one that a later "
+        "event of its id supersedes is reported, not re-sent.",
+    )
     replay.add_argument("--target", "-t")
     replay.add_argument("--id", dest="alert_id", help="only this alert id")
+    replay.add_argument(
+        "--force", action="store_true", help="re-send superseded dead letters too (after the newer events)"
+    )
+    cli_store.add_parsers(add)
     rec = add(
         "reconcile",
         "Compare Kapacitor's alert state with what the platforms were told; queue the missing "
@@ -140,6 +150,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if getattr(args, "listen", None):
             parse_listen(args.listen, "--listen")
             config = dataclasses.replace(config, server=dataclasses.replace(config.server, listen=args.listen))
+        if getattr(args, "replica_id", None):
+            config = dataclasses.replace(config, store=dataclasses.replace(config.store, replica_id=args.replica_id))
     except ConfigError as exc:
         _config_errors(args, exc, err)
         return EXIT_CONFIG
@@ -207,7 +219,8 @@ def _check_config(args: argparse.Namespace, config: Config, out: _Out, err: _Out
     s, d = config.server, config.delivery
     out.line(f"config OK: {config.source}")
     out.line(f"listen     {s.listen}  token: {'set' if s.token else 'none'}  max_body_bytes: {s.max_body_bytes}")
-    out.line(f"store      {config.store.path}  keep_delivered: {config.store.keep_delivered}")
+    where = config.store.path if config.store.backend == "sqlite" else "postgres (dsn from config, not shown)"
+    out.line(f"store      {where}  keep_delivered: {config.store.keep_delivered}")
     out.line(
         f"delivery   timeout {_dur(d.timeout)}  backoff {_dur(d.backoff_initial)}..{_dur(d.backoff_max)}  "
         f"max_age {_dur(d.max_age)}  repeat_interval {_dur(d.repeat_interval)}  workers {d.workers}"
@@ -268,10 +281,23 @@ def _send_test(args: argparse.Namespace, config: Config, out: _Out, err: _Out) -
     return EXIT_OK
 
 
-def _queue(args: argparse.Namespace, config: Config, out: _Out, err: _Out) -> int:
-    from .store import STATES, dead_letters, open_store, queue_counts
+def _open_offline(config: Config) -> Tuple[Any, Any]:
+    """(connection, module with queue_counts / dead_letters / replay) for the configured backend."""
+    if config.store.backend == "postgres":
+        from .pg import admin
 
-    conn = open_store(config.store.path, create=False)
+        assert config.store.dsn is not None
+        return admin.open_admin(config.store.dsn), admin
+    from . import store
+
+    return store.open_store(config.store.path, create=False), store
+
+
+def _queue(args: argparse.Namespace, config: Config, out: _Out, err: _Out) -> int:
+    from .store import STATES
+
+    conn, backend = _open_offline(config)
+    dead_letters, queue_counts = backend.dead_letters, backend.queue_counts
     try:
         if args.dead:
             rows = dead_letters(conn, args.target)
@@ -305,20 +331,6 @@ def _queue(args: argparse.Namespace, config: Config, out: _Out, err: _Out) -> in
         return EXIT_OK
     finally:
         conn.close()
-
-
-def _replay(args: argparse.Namespace, config: Config, out: _Out, err: _Out) -> int:
-    from .store import open_store, replay
-
-    if args.target and args.target not in config.targets:
-        err.line(f"warning: target {args.target!r} is not configured; its rows will not be delivered")
-    conn = open_store(config.store.path, create=False)
-    try:
-        count = replay(conn, args.target, args.alert_id)
-    finally:
-        conn.close()
-    out.line(f"replayed {count} dead letter(s); a running bridge picks them up within a second")
-    return EXIT_OK
 
 
 def _reconcile(args: argparse.Namespace, config: Config, out: _Out, err: _Out) -> int:
@@ -394,7 +406,10 @@ _COMMANDS: Dict[str, Any] = {
     "check-config": _check_config,
     "send-test": _send_test,
     "queue": _queue,
-    "replay": _replay,
+    "replay": cli_store.run_replay,
+    "move": cli_store.move,
+    "drop": cli_store.drop,
+    "incidents": cli_store.incidents,
     "reconcile": _reconcile,
 }
 

@@ -97,8 +97,17 @@ def _method(value: Any, where: str) -> str:
     return value.upper()
 
 
+def _coalesce(value: Any, where: str) -> str:
+    from .coalesce import MODES
+
+    if not isinstance(value, str) or value not in MODES:
+        raise ConfigError(where, f"must be one of {', '.join(repr(m) for m in MODES)}")
+    return value
+
+
 NAME = Kind("name", _name, '"oncall"')
 METHOD = Kind("GET or POST", _method, '"GET"')
+COALESCE = Kind("worst-then-latest, latest or off", _coalesce, '"latest"')
 
 
 def section(cls: Type[Any]) -> Any:
@@ -146,12 +155,39 @@ class ServerConfig:
 
 @dataclass(frozen=True)
 class StoreConfig:
-    """``[store]``: the SQLite outbox."""
+    """``[store]``: the durable outbox (SQLite file, or PostgreSQL for several replicas)."""
 
     path: str = setting(NONEMPTY, "SQLite outbox file (WAL, fsync per commit group), created with mode 0600.", "kapacitor-oncall.db")
     keep_delivered: int = setting(
         INTEGER, "Delivered and suppressed rows kept for `queue` statistics; dead letters are always kept.", 10000, minimum=0
     )
+    backend: str = setting(
+        NONEMPTY,
+        "`sqlite` (one process, the file at `path`) or `postgres` (any number of replicas sharing the database at `dsn`).",
+        "sqlite",
+        choices=("sqlite", "postgres"),
+    )
+    dsn: Optional[str] = setting(
+        NONEMPTY,
+        "PostgreSQL connection (libpq DSN or `postgresql://` URL) when `backend = \"postgres\"`; "
+        "write `env:BRIDGE_PG_DSN` or `file:…` to keep the password out of the file. Never logged.",
+        None,
+        secret=True,
+    )
+    replica_id: Optional[str] = setting(
+        NONEMPTY,
+        "PostgreSQL: this replica's name in leases, `/healthz` and `/metrics`; unset: `<hostname>:<port>`. "
+        "Must differ between replicas and stay the same across restarts.",
+        None,
+    )
+    lease: float = setting(
+        DURATION,
+        "PostgreSQL: how long a replica's claim on an in-flight row or a singleton job lasts without renewal; "
+        "a killed replica's work moves to another after this.",
+        15.0,
+        positive=True,
+    )
+    pool_size: int = setting(INTEGER, "PostgreSQL: connections per replica.", 8, minimum=2, maximum=100)
 
 
 @dataclass(frozen=True)
@@ -183,6 +219,14 @@ class DeliveryConfig:
         "when no new event arrives within this time (targets without `resolve_after`).",
         3600.0,
         positive=True,
+    )
+    coalesce: str = setting(
+        COALESCE,
+        "When several events of one id are queued behind a platform that cannot keep up (its oldest "
+        "failed once, waited 10 s, or the rate limit holds it), deliver state, not history: "
+        "`\"worst-then-latest\"` sends the worst skipped level if the platform was not told it, then the latest; "
+        "`\"latest\"` only the latest; `\"off\"` every event in order. Skipped rows stay on file as `superseded`.",
+        "worst-then-latest",
     )
 
 
@@ -376,6 +420,9 @@ def _build(data: Mapping[str, Any], secrets: Set[str], source: Optional[str], er
         collect_secrets(table, secrets, [k.name for k in keys if k.secret])
         parts[name] = cls(**values)
     delivery: DeliveryConfig = parts["delivery"]
+    store: StoreConfig = parts["store"]
+    if store.backend == "postgres" and not store.dsn:
+        errors.add("store.dsn", "required when store.backend is \"postgres\" (e.g. \"env:BRIDGE_PG_DSN\")")
     if delivery.backoff_max < delivery.backoff_initial:
         errors.add("delivery.backoff_max", "must not be smaller than delivery.backoff_initial")
     targets: Dict[str, TargetConfig] = {}

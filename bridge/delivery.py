@@ -32,12 +32,13 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 import tenacity
 
+from . import supervise
 from .config import Config, DeliveryConfig, TargetConfig
 from .errors import DeliveryError, PermanentError, RetryableError, StoreError
 from .event import AlertEvent, EventError, format_time, parse, parse_time
 from .log import get_logger
 from .metrics import Metrics
-from .outbox import Outbox
+from .backend import Limiters, Store
 from .store import Head
 from .ratelimit import RateLimiters
 from .targets.base import EmailMessage, HttpRequest, Request
@@ -58,6 +59,8 @@ log = get_logger("bridge.delivery")
 #: How often the dispatcher runs housekeeping (expiries, replays by other processes).
 TICK_SECONDS = 0.5
 PRUNE_EVERY = 10.0
+#: Crashes of the dispatch loop in quick succession after which the process exits (bridge.supervise).
+DISPATCHER_CRASHES = 5
 #: The id ``send-test`` uses, so the test incident is easy to find and close.
 SEND_TEST_ID = "kapacitor-oncall-bridge:send-test"
 
@@ -200,12 +203,12 @@ class Delivery:
     def __init__(
         self,
         config: Config,
-        outbox: Outbox,
+        outbox: Store,
         *,
         metrics: Optional[Metrics] = None,
         sender: Optional[Sender] = None,
         clock: Callable[[], float] = time.time,
-        limiters: Optional[RateLimiters] = None,
+        limiters: Optional[Limiters] = None,
     ) -> None:
         self.config = config
         self.targets: Mapping[str, TargetConfig] = config.targets
@@ -216,7 +219,7 @@ class Delivery:
         #: row, or None. Set by the service (see :mod:`bridge.silences`).
         self.hold: Optional[Callable[[str, str, str, bytes], Optional[str]]] = None
         self.policy = RetryPolicy(config.delivery.backoff_initial, config.delivery.backoff_max)
-        self.limiters = limiters or RateLimiters({n: t.rate_limit for n, t in self.targets.items()})
+        self.limiters: Limiters = limiters or RateLimiters({n: t.rate_limit for n, t in self.targets.items()})
         self._clock = clock
         workers = config.delivery.workers
         self._workers_n = workers
@@ -232,17 +235,16 @@ class Delivery:
         self._dispatcher: Optional[threading.Thread] = None
         self._rotation = 0
         self._next_prune = 0.0
+        self.coalesce_mode = config.delivery.coalesce
 
     # -- lifecycle -------------------------------------------------------------
 
     def start(self) -> None:
         """Start the workers and the dispatcher."""
+        stopping = self._stopping.is_set
         for i in range(self._workers_n):
-            thread = threading.Thread(target=self._work, name=f"delivery-{i}", daemon=True)
-            thread.start()
-            self._threads.append(thread)
-        self._dispatcher = threading.Thread(target=self._dispatch, name="dispatcher", daemon=True)
-        self._dispatcher.start()
+            self._threads.append(supervise.start(f"delivery-{i}", self._work, stopping=stopping))
+        self._dispatcher = supervise.start("dispatcher", self._dispatch, stopping=stopping)
 
     def stop(self, timeout: float = 30.0) -> bool:
         """Claim nothing new, let attempts in flight finish; True if all workers exited."""
@@ -273,12 +275,21 @@ class Delivery:
     # -- dispatcher --------------------------------------------------------------
 
     def _dispatch(self) -> None:
+        crashes = 0
         while not self._stopping.is_set():
+            started = time.monotonic()
             try:
                 self._dispatch_loop()
             except Exception:  # noqa: BLE001 - a dead dispatcher would silently stop every delivery
-                log.error("dispatcher.crashed", exc_info=True)
+                # A crash after a minute of work is a new fault; crashes in quick succession are one.
+                crashes = crashes + 1 if time.monotonic() - started < 60.0 else 1
+                log.error("dispatcher.crashed", crashes=crashes, exc_info=True)
+                if crashes >= DISPATCHER_CRASHES:
+                    # Not a passing fault: let the process die loudly (bridge.supervise) and restart.
+                    raise
                 self._stopping.wait(1.0)
+            else:
+                crashes = 0
 
     def _dispatch_loop(self) -> None:
         next_tick = 0.0
@@ -302,11 +313,13 @@ class Delivery:
 
     def _fill(self, target: str, now: float) -> Optional[float]:
         """Claim ready heads of one target while workers are free; return when to look again."""
+        self._coalesce(target)
+        limited = self.targets[target].rate_limit is not None
         while not self._stopping.is_set():
             with self._lock:
                 if self._free <= 0 or self._inflight[target] >= self._cap:
                     return None
-            head, due = self.outbox.peek(target, now)
+            head, due = self.outbox.peek(target, now, resolves_first=limited)
             if head is None:
                 return due
             kind = "suppress" if self._suppressed(head) else "send"
@@ -323,6 +336,24 @@ class Delivery:
                 self._inflight[target] += 1
             self._jobs.put(_Job(kind, head))
         return None
+
+    def _coalesce(self, target: str) -> None:
+        """Turn a backlog of history into state before claiming (see :mod:`bridge.coalesce`)."""
+        if self.coalesce_mode == "off":
+            return
+        limited = self.targets[target].rate_limit is not None and self.limiters.wait_time(target) > 0
+        if not self.outbox.coalescible(target, limited=limited):
+            return
+        try:
+            gone = self.outbox.coalesce(target, self.coalesce_mode, limited=limited)
+        except (StoreError, TimeoutError) as exc:
+            # Not coalescing only costs extra deliveries: deliver history this round.
+            log.error("store.error", target=target, op="coalesce", error=str(exc))
+            return
+        if gone:
+            log.info("delivery.coalesced", target=target, superseded=gone, mode=self.coalesce_mode)
+            if self.metrics is not None:
+                self.metrics.deliveries.labels(target, "superseded").inc(gone)
 
     def _suppressed(self, head: Head) -> bool:
         interval = self.config.delivery.repeat_interval

@@ -24,7 +24,7 @@ from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Proto
 from .config import TargetConfig
 from .errors import DeliveryError
 from .log import get_logger
-from .outbox import Outbox
+from .backend import Store
 from .targets.alertmanager import Alertmanager
 
 __all__ = ["BATCH", "KeepAlive", "Round", "keepalive_targets"]
@@ -70,12 +70,13 @@ class KeepAlive:
     def __init__(
         self,
         targets: Mapping[str, TargetConfig],
-        ledger: Outbox,
+        ledger: Store,
         sender: _Send,
         *,
         metrics: Any = None,
         clock: Callable[[], float] = time.time,
         batch: int = BATCH,
+        allowed: Callable[[], bool] = lambda: True,
     ) -> None:
         self.targets = keepalive_targets(targets)
         self.ledger = ledger
@@ -83,6 +84,8 @@ class KeepAlive:
         self.metrics = metrics
         self._clock = clock
         self._batch = batch
+        #: With replicas, only the holder of the ``keepalive`` singleton re-posts.
+        self._allowed = allowed
         self._stopping = threading.Event()
         self._thread: Optional[threading.Thread] = None
         members = sum(len(t.target.members) for t in self.targets.values())
@@ -107,7 +110,7 @@ class KeepAlive:
         while not self._stopping.is_set():
             now = self._clock()
             for name, when in due.items():
-                if now < when:
+                if now < when or not self._allowed():
                     continue
                 interval = self.targets[name].target.resend_interval
                 due[name] = now + interval

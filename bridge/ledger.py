@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import sqlite3
 from dataclasses import dataclass
-from typing import Any, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-__all__ = ["Incident", "LastTold", "last_told", "open_incidents", "record_delivery", "told"]
+__all__ = ["Incident", "LastTold", "last_told", "open_counts", "open_incidents", "record_delivery", "told"]
 
 
 @dataclass(frozen=True)
@@ -130,3 +130,8 @@ def last_told(conn: sqlite3.Connection, target: str, key: str) -> Optional[LastT
         "SELECT level, seq, told_at FROM ledger WHERE target = ? AND key = ?", (target, key)
     ).fetchone()
     return None if found is None else LastTold(found[0], found[1], found[2])
+
+
+def open_counts(conn: sqlite3.Connection) -> Dict[str, int]:
+    """Open incidents per target."""
+    return {t: n for t, n in conn.execute("SELECT target, count(*) FROM ledger WHERE open = 1 GROUP BY target")}

@@ -37,7 +37,7 @@ from .event import format_time, parse_time
 from .kapacitor_api import KapacitorClient, KapacitorEvent, KapacitorState, KapacitorUnavailable
 from .ledger import Incident
 from .log import get_logger
-from .outbox import Outbox
+from .backend import Store
 
 __all__ = [
     "Action",
@@ -226,7 +226,7 @@ class Reconciler:
     def __init__(
         self,
         config: KapacitorConfig,
-        ledger: Outbox,
+        ledger: Store,
         *,
         routes: Routes,
         targets: Iterable[str],
@@ -234,8 +234,11 @@ class Reconciler:
         metrics: Any = None,
         clock: Callable[[], float] = time.time,
         on_enqueue: Optional[Callable[[], None]] = None,
+        allowed: Callable[[], bool] = lambda: True,
     ) -> None:
         self.config = config
+        #: With replicas, only the holder of the ``reconcile`` singleton reconciles.
+        self._allowed = allowed
         self.routes = routes
         self.ledger = ledger
         self.targets = set(targets)
@@ -299,7 +302,8 @@ class Reconciler:
     def _run(self) -> None:
         while not self._stopping.is_set():
             try:
-                self.run_once()
+                if self._allowed():
+                    self.run_once()
             except Exception:  # noqa: BLE001 - a failed round must not end reconciling
                 log.error("reconcile.crashed", exc_info=True)
             self._stopping.wait(self.config.reconcile_interval)

@@ -98,6 +98,7 @@ def _url_secrets(value: str) -> Set[str]:
     """
     out: Set[str] = set()
     if "://" not in value:
+        out.update(_dsn_secrets(value))
         return out
     try:
         parts = urlsplit(value)
@@ -116,6 +117,20 @@ def _url_secrets(value: str) -> Set[str]:
     for _, v in parse_qsl(parts.query):
         if len(v) >= 8:
             out.add(v)
+    return out
+
+
+_DSN_PASSWORD = re.compile(r"(?:^|\s)password\s*=\s*('(?:[^'\\]|\\.)*'|\S+)")
+
+
+def _dsn_secrets(value: str) -> Set[str]:
+    """The password of a libpq ``key=value`` DSN (``password=s3cret`` or ``password='a b'``)."""
+    out: Set[str] = set()
+    for match in _DSN_PASSWORD.finditer(value):
+        word = match.group(1)
+        if word.startswith("'"):
+            word = word[1:-1].replace("\\'", "'").replace("\\\\", "\\")
+        out.add(word)
     return out
 
 

@@ -34,7 +34,8 @@ from .heartbeat import Heartbeat
 from .keepalive import KeepAlive
 from .log import get_logger
 from .metrics import Metrics
-from .outbox import Outbox
+from .backend import open_backend
+from .outbox import Outbox, Ticket
 from .reconcile import Reconciler, routes_of
 from .rejections import RejectionLog, json_error, json_errors
 from .silences import Silencer
@@ -65,13 +66,21 @@ class Service:
         self.config = config
         self.registry = registry if registry is not None else CollectorRegistry()
         self.metrics = Metrics(self.registry)
-        self.outbox = Outbox(config.store.path, on_change=self._on_change)
-        self.delivery = Delivery(config, self.outbox, metrics=self.metrics)
-        silenced = Gauge("oncall_silences_active", "Silences in force (read from the store).", registry=self.registry)
-        self.silencer = Silencer(config.store.path, self.outbox.transact, on_read=silenced.set)
-        self.delivery.hold = self.silencer.holds
-        self.heartbeats = [Heartbeat(h, self.healthy, metrics=self.metrics) for h in config.heartbeats]
-        self.keepalive = KeepAlive(config.targets, self.outbox, Sender(config.delivery), metrics=self.metrics)
+        backend = open_backend(config, on_change=self._on_change)
+        self.outbox = backend.store
+        #: Set when replicas share the store (PostgreSQL): replica id, singletons, reachability.
+        self.cluster = backend.cluster
+        self.delivery = Delivery(config, self.outbox, metrics=self.metrics, limiters=backend.limiters)
+        #: Silences live in the SQLite file (bridge/silences.py); not available on PostgreSQL yet.
+        self.silencer: Optional[Silencer] = None
+        if isinstance(self.outbox, Outbox):
+            silenced = Gauge("oncall_silences_active", "Silences in force (read from the store).",
+                             registry=self.registry)
+            self.silencer = Silencer(config.store.path, self.outbox.transact, on_read=silenced.set)
+            self.delivery.hold = self.silencer.holds
+        self.heartbeats = [Heartbeat(h, self._beat_allowed, metrics=self.metrics) for h in config.heartbeats]
+        self.keepalive = KeepAlive(config.targets, self.outbox, Sender(config.delivery), metrics=self.metrics,
+                                   allowed=lambda: self._singleton("keepalive"))
         self.reconciler: Optional[Reconciler] = None
         if config.kapacitor.url is not None:
             self.reconciler = Reconciler(
@@ -81,12 +90,23 @@ class Service:
                 targets=config.targets,
                 metrics=self.metrics,
                 on_enqueue=self._on_change,
+                allowed=lambda: self._singleton("reconcile"),
             )
         self.draining = False
         self._probe_at = 0.0
         self._probe_ok = True
         self._probe_lock = threading.Lock()
         self.metrics.watch_outbox(self._stats, config.targets)
+        if self.cluster is not None:
+            self.metrics.watch_cluster(self.cluster)
+
+    def _singleton(self, job: str) -> bool:
+        """Alone, or the replica holding ``job``'s lease: work that must happen once."""
+        return self.cluster is None or self.cluster.holds(job)
+
+    def _beat_allowed(self) -> bool:
+        """Healthy, and with replicas only the one holding the ``heartbeat`` job beats."""
+        return (self.cluster is None or self.cluster.holds("heartbeat")) and self.healthy()
 
     def _on_change(self) -> None:
         self.delivery.wake()
@@ -97,7 +117,8 @@ class Service:
     def start(self) -> None:
         """Open the store (recovering a crash), start delivery and heartbeats."""
         self.outbox.open()
-        self.silencer.start()
+        if self.silencer is not None:
+            self.silencer.start()
         self.delivery.start()
         for heartbeat in self.heartbeats:
             heartbeat.start()
@@ -116,7 +137,8 @@ class Service:
         if self.reconciler is not None:
             self.reconciler.stop()
         self.keepalive.stop()
-        self.silencer.stop()
+        if self.silencer is not None:
+            self.silencer.stop()
         clean = self.delivery.stop(timeout)
         left = self.outbox.stats().total_pending
         self.outbox.close()
@@ -153,7 +175,7 @@ class Service:
         }
         body = {
             "status": "draining" if self.draining else ("ok" if ok else "unhealthy"),
-            "store": {"path": self.config.store.path, "writable": writable, "error": stats.last_error},
+            "store": self._store_health(writable, stats),
             "workers": {"alive": running, "expected": expected},
             "queue": {
                 "pending": sum(stats.pending.values()),
@@ -166,6 +188,19 @@ class Service:
             "targets": targets,
         }
         return Health(ok, body)
+
+    def _store_health(self, writable: bool, stats: Stats) -> Dict[str, Any]:
+        if self.cluster is None:
+            return {"path": self.config.store.path, "writable": writable, "error": stats.last_error}
+        # The DSN is a secret: say what the store is, never where or with which credentials.
+        return {
+            "backend": "postgres",
+            "replica": self.cluster.replica_id,
+            "database_reachable": self.cluster.reachable(),
+            "singletons": self.cluster.singletons(),
+            "writable": writable,
+            "error": stats.last_error,
+        }
 
 
 class _Completions:
@@ -207,6 +242,10 @@ class _Completions:
 SERVICE = web.AppKey("service", Service)
 
 
+class _CommitUnknown(Exception):
+    """The insert was sealed into a transaction that did not finish within two commit timeouts."""
+
+
 def _error(status: int, message: str, **extra: Any) -> web.Response:
     return json_error(status, message, **extra)
 
@@ -226,7 +265,7 @@ class _Handlers:
         self._completions: Optional[_Completions] = None
         self._counters: Dict[Tuple[str, str], Any] = {}
         #: (deadline, future) in arrival order; swept by :meth:`sweep` (cheaper than a timer each).
-        self._waiting: Deque[Tuple[float, "asyncio.Future[int]"]] = deque()
+        self._waiting: Deque[Tuple[float, "asyncio.Future[int]", Optional[Ticket]]] = deque()
 
     def _received(self, target: str, outcome: str) -> None:
         counter = self._counters.get((target, outcome))
@@ -235,15 +274,29 @@ class _Handlers:
         counter.inc()
 
     async def sweep(self) -> None:
-        """Fail accepts whose commit takes longer than ``commit_timeout`` with 503."""
+        """Answer accepts whose commit takes longer than ``commit_timeout``.
+
+        A queued insert is withdrawn first, so "NOT stored" is the truth: it will never
+        be committed later (a client that retries creates no duplicate). If the writer
+        has already sealed it into a transaction, the answer waits one more
+        ``commit_timeout`` for the commit, and only then says the outcome is unknown.
+        """
         while True:
             await asyncio.sleep(0.25)
             now = time.monotonic()
             waiting = self._waiting
+            late: List[Tuple[float, "asyncio.Future[int]", Optional[Ticket]]] = []
             while waiting and (waiting[0][1].done() or waiting[0][0] <= now):
-                _deadline, future = waiting.popleft()
-                if not future.done():
-                    future.set_exception(StoreError("commit did not finish in time"))
+                _deadline, future, ticket = waiting.popleft()
+                if future.done():
+                    continue
+                if ticket is None:
+                    future.set_exception(_CommitUnknown())
+                elif ticket.withdraw():
+                    future.set_exception(StoreError("commit did not finish in time; the alert was withdrawn"))
+                else:
+                    late.append((now + self.commit_timeout, future, None))
+            waiting.extend(late)
 
     async def post_alert(self, request: web.Request) -> web.Response:
         started = time.perf_counter()
@@ -294,13 +347,21 @@ class _Handlers:
         if self._completions is None:
             self._completions = _Completions(loop)
         future: "asyncio.Future[int]" = loop.create_future()
-        self._waiting.append((time.monotonic() + self.commit_timeout, future))
         try:
-            self.service.outbox.enqueue_with(
+            ticket = self.service.outbox.enqueue_with(
                 self._completions.resolver(future), name, event.id, event.level, body, expire_after=expire
             )
+            self._waiting.append((time.monotonic() + self.commit_timeout, future, ticket))
             seq = await future
             await self._fan_out(name, event.id, event.level, body, expire)
+        except _CommitUnknown:
+            self._received(name, "store_unknown")
+            log.error("alert.store_unknown", target=name, id=event.id, waited=2 * self.commit_timeout)
+            return _error(
+                504,
+                "alert outcome UNKNOWN: the store was committing it when the deadline passed; it is "
+                "probably stored and will be delivered; a retry may deliver it twice",
+            )
         except StoreError as exc:
             self._received(name, "store_error")
             log.error("alert.store_failed", target=name, id=event.id, error=str(exc))
@@ -329,10 +390,10 @@ class _Handlers:
         futures: List["asyncio.Future[int]"] = []
         for member in members:
             future: "asyncio.Future[int]" = loop.create_future()
-            self._waiting.append((time.monotonic() + self.commit_timeout, future))
-            self.service.outbox.enqueue_with(
+            ticket = self.service.outbox.enqueue_with(
                 self._completions.resolver(future), member, key, level, body, expire_after=expire
             )
+            self._waiting.append((time.monotonic() + self.commit_timeout, future, ticket))
             futures.append(future)
         for future in futures:
             await future
@@ -403,7 +464,8 @@ async def serve(config: Config, *, insecure: bool = False, registry: Optional[Co
         "bridge.started",
         listen=config.server.listen,
         targets=sorted(config.targets),
-        store=config.store.path,
+        store=config.store.path if service.cluster is None else "postgres",
+        replica=None if service.cluster is None else service.cluster.replica_id,
         pending=stats.total_pending,
         dead=sum(stats.dead.values()),
         recovered_inflight=service.outbox.recovered_inflight,

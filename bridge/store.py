@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from .errors import StoreError
@@ -27,7 +27,6 @@ __all__ = [
     "dead_letters",
     "open_store",
     "queue_counts",
-    "replay",
 ]
 
 #: ``PRAGMA application_id``: "konc". A SQLite file without it is not ours.
@@ -197,6 +196,12 @@ class Stats:
     oldest_pending_age: Optional[float]
     writable: bool
     last_error: Optional[str]
+    #: Age of the oldest undelivered row per target (configured or not).
+    oldest_by_target: Dict[str, float] = field(default_factory=dict)
+    #: Open incidents per target, from the ledger on file.
+    incidents_open: Dict[str, int] = field(default_factory=dict)
+    #: Store operations that failed with nobody waiting for them, by operation.
+    failed_ops: Dict[str, int] = field(default_factory=dict)
 
     @property
     def total_pending(self) -> int:
@@ -397,35 +402,3 @@ def dead_letters(conn: sqlite3.Connection, target: Optional[str] = None, limit: 
     sql += " ORDER BY seq LIMIT ?"
     args.append(limit)
     return [_row(r) for r in conn.execute(sql, args)]
-
-
-def _replay(cur: sqlite3.Cursor, target: Optional[str], key: Optional[str], now: float) -> int:
-    sql = (
-        "UPDATE outbox SET state = 'pending', attempts = 0, next_attempt_at = ?, queued_at = ?, done_at = NULL"
-        " WHERE state = 'dead'"
-    )
-    args: List[Any] = [now, now]
-    if target is not None:
-        sql += " AND target = ?"
-        args.append(target)
-    if key is not None:
-        sql += " AND key = ?"
-        args.append(key)
-    return int(cur.execute(sql, args).rowcount)
-
-
-def replay(conn: sqlite3.Connection, target: Optional[str] = None, key: Optional[str] = None) -> int:
-    """Dead letters back to pending, with a fresh ``max_age`` clock. A running bridge
-    notices the commit (``PRAGMA data_version``) within its housekeeping tick."""
-    cur = conn.cursor()
-    try:
-        cur.execute("BEGIN IMMEDIATE")
-        count = _replay(cur, target, key, time.time())
-        cur.execute("COMMIT")
-    except sqlite3.Error as exc:
-        try:
-            conn.execute("ROLLBACK")
-        except sqlite3.Error:
-            pass
-        raise StoreError(f"replay failed: {exc}") from None
-    return count

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING, Iterator
 
 import pytest
+
+if TYPE_CHECKING:
+    from tests.pgserver import PgServer
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
@@ -18,3 +22,13 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if skipped:
         reporter.write_line(f"CI: {skipped} test(s) skipped or xfailed; nothing may skip in CI", red=True)
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> "Iterator[PgServer]":
+    """One private PostgreSQL server per test session (fsync on); tests create their own databases."""
+    from tests.pgserver import PgServer
+
+    server = PgServer().start()
+    yield server
+    server.close()

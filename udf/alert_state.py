@@ -4,12 +4,14 @@ Data flow: Kapacitor → :class:`~udf.agent.Agent` → :class:`AlertStateHandler
 (protobuf in and out) → :class:`~udf.state.Evaluator` (the pure state machine) →
 the same point, extended with ``alert_*`` fields.
 
-Why it is fast: the handler reads only ``group``, ``time`` and the evaluated field
-of each point, and answers with the input point's own bytes followed by encoded
-``alert_*`` map entries (protobuf lets a later map entry extend the message). The
-entries that depend only on the state (level, previous level, changed, pending,
-flapping) are encoded once per distinct state and cached; only ``duration`` and
-``count`` are encoded per point.
+Why it is fast and exact: the handler parses only a view of each point (``group``,
+``time`` and the numeric field maps, :mod:`udf.point_view_pb2`), so the field is
+found as a full parse finds it, and answers with the input point's own bytes
+followed by encoded ``alert_*`` map entries (protobuf lets a later map entry
+extend the message). The entries that depend only on the state (level, previous
+level, changed, pending, flapping) are encoded once per distinct state and
+cached; only ``duration`` and ``count`` are encoded per point. With
+``.changesOnly()`` only the points whose level changed are answered.
 """
 
 from __future__ import annotations
@@ -17,15 +19,17 @@ from __future__ import annotations
 import argparse
 import struct
 import sys
+import time
 from typing import Callable, Dict, List, Optional, Sequence, Set, Tuple
 
 import structlog
+from google.protobuf.message import DecodeError
 
 from . import udf_pb2 as pb
 from .agent import Agent, Handler, HandlerFactory, main as agent_main
 from .framing import encode_uvarint
-from .point_view_pb2 import PointHead
-from .options import INFO_OPTIONS, LEVEL_NAMES, AlertOptions, OptionError, parse_options
+from .point_view_pb2 import PointNumbers
+from .options import INFO_OPTIONS, LEVEL_NAMES, AlertOptions, OptionError, options_help, parse_options
 from .state import Evaluator, Groups, SnapshotError, decode_snapshot, encode_snapshot
 
 __all__ = ["AlertStateHandler", "annotation_fields", "main"]
@@ -45,6 +49,8 @@ _DOUBLE_MAP, _INT_MAP, _STRING_MAP, _BOOL_MAP = 0x42, 0x4A, 0x52, 0x62
 _pack_double = struct.Struct("<d").pack
 #: Groups whose "field missing" was logged are remembered up to this many.
 _MISSING_LOG_LIMIT = 10_000
+#: At most this many field names are listed in the "field not seen" warning.
+_NAMES_SHOWN = 30
 
 
 def annotation_fields(prefix: str) -> Dict[str, str]:
@@ -148,12 +154,22 @@ class AlertStateHandler(Handler):
     """One task node's alert state: every group of its stream, isolated."""
 
     batch = False
+    #: A task whose points never carry the field (a misspelled ``.field()``) logs one
+    #: warning after this many such points in a row, or this many seconds of them,
+    #: whichever comes first: soon on a busy stream, within a minute on a quiet one.
+    field_warn_points = 1000
+    field_warn_seconds = 60.0
 
     def __init__(self, agent: Agent) -> None:
         super().__init__(agent)
         self.opts: Optional[AlertOptions] = None
         self.groups: Optional[Groups] = None
         self._missing_logged: Set[str] = set()
+        self._task = ("", "")
+        self._without = 0
+        self._without_since = 0.0
+        self._warned = False
+        self._names_seen: Dict[str, None] = {}
         self._batch_group = ""
         self._on_point: Callable[[bytes], None] = self._not_initialized
 
@@ -172,6 +188,7 @@ class AlertStateHandler(Handler):
             return pb.InitResponse(success=False, error=f"@alertState(): {exc}")
         self.opts = opts
         self.groups = Groups(Evaluator(opts))
+        self._task = (init.taskID, init.nodeID)
         self._on_point = self._make_point_path(opts, self.groups)
         log.info("alert_state.init", task=init.taskID, node=init.nodeID, field=opts.field)
         return pb.InitResponse(success=True)
@@ -209,31 +226,64 @@ class AlertStateHandler(Handler):
     def _not_initialized(self, data: bytes) -> None:
         raise RuntimeError("point before init")
 
-    def _missing(self, group: str) -> None:
+    def _missing(self, v: PointNumbers, data: bytes) -> None:
+        """A point without the field: passed through; counted until the warning is due."""
+        group = v.group
         if group not in self._missing_logged and len(self._missing_logged) < _MISSING_LOG_LIMIT:
             self._missing_logged.add(group)
             assert self.opts is not None
             log.debug("alert_state.field_missing", group=group, field=self.opts.field)
+        if self._warned:
+            return
+        if self.groups:
+            # A group exists only once some point carried the field: not a misspelling.
+            self._without = 0
+            return
+        now = time.monotonic()
+        if self._without == 0:
+            self._without_since = now
+        self._without += 1
+        if len(self._names_seen) < _NAMES_SHOWN:
+            self._note_names(data)
+        if self._without >= self.field_warn_points or now - self._without_since >= self.field_warn_seconds:
+            self._warn_field_not_seen(now)
+
+    def _note_names(self, data: bytes) -> None:
+        try:
+            p = pb.Point.FromString(data)
+        except DecodeError:  # a name that is not UTF-8: the view was enough to pass it on
+            return
+        for fields in (p.fieldsDouble, p.fieldsInt, p.fieldsString, p.fieldsBool):
+            for name in fields:
+                if len(self._names_seen) < _NAMES_SHOWN:
+                    self._names_seen[name] = None
+
+    def _warn_field_not_seen(self, now: float) -> None:
+        """Log once per task: on kapacitord's stderr pipe, it becomes a ``UDF log`` line."""
+        assert self.opts is not None
+        self._warned = True
+        names = sorted(self._names_seen)
+        log.warning(
+            "alert_state.field_not_seen",
+            task=self._task[0],
+            node=self._task[1],
+            field=self.opts.field,
+            points=self._without,
+            seconds=round(now - self._without_since, 1),
+            fields_seen=",".join(names) + (",..." if len(names) >= _NAMES_SHOWN else ""),
+            hint="none of these points carried the field: check .field() in the TICKscript",
+        )
 
     def _make_point_path(self, opts: AlertOptions, groups: Groups) -> Callable[[bytes], None]:
         """Build the per-point function with everything it needs bound to locals.
 
-        The evaluated field is located by searching the point's bytes for its
-        encoded ``fieldsDouble`` entry head (entry tag and length, key, fixed64
-        value tag), accepted only when it occurs exactly once; anything else (an
-        int field, a missing field, a repeated key) takes the full protobuf parse.
-        The one input the shortcut could misread is a point whose double field is
-        absent while some string in it (a tag value, a string field) holds that
-        exact run of control bytes; real telemetry does not.
+        The evaluated field is read from a :class:`PointNumbers` view of the point
+        (its time, group and numeric field maps; the protobuf runtime skips every
+        other field by its wire structure), so the value is exactly what a full
+        ``Point`` parse would give: ``fieldsDouble`` first, then ``fieldsInt``.
         """
         field = opts.field
-        key = field.encode()
-        body_len = 1 + len(encode_uvarint(len(key))) + len(key) + 1 + 8
-        needle = bytes((_DOUBLE_MAP,)) + encode_uvarint(body_len) + b"\x0a" + encode_uvarint(len(key)) + key + b"\x11"
-        skip = len(needle)
-        unpack = struct.Struct("<d").unpack_from
-        head = PointHead.FromString
-        parse = pb.Point.FromString
+        view = PointNumbers.FromString
         get_state = groups.get
         update = groups.evaluator.update
         enc = _Encoder(opts.prefix)
@@ -246,29 +296,29 @@ class AlertStateHandler(Handler):
         emit = self.agent.write_point_bytes
         missing = self._missing
         handler = self
+        changes_only = opts.changes_only
 
         def on_point(data: bytes) -> None:
-            i = data.find(needle)
-            if i >= 0 and data.find(needle, i + skip) < 0:
-                value = unpack(data, i + skip)[0]
-                h = head(data)
-                group = h.group
-                t = h.time
-            else:
-                point = parse(data)
-                value = point.fieldsDouble.get(field)
+            try:
+                v = view(data)
+            except DecodeError as exc:
+                raise DecodeError(f"{len(data)}-byte point is not a valid agent.Point ({exc})") from None
+            value = v.fieldsDouble.get(field)
+            if value is None:
+                value = v.fieldsInt.get(field)
                 if value is None:
-                    value = point.fieldsInt.get(field)
-                    if value is None:
-                        missing(point.group)
+                    missing(v, data)
+                    if not changes_only:
                         emit(data)
-                        return
-                group = point.group
-                t = point.time
+                    return
+            group = v.group
+            t = v.time
             if not group:
                 group = handler._batch_group
             s = get_state(group, t)
             update(s, value, t)
+            if changes_only and not s.changed:
+                return
             st = (s.level, s.previous, s.changed, s.pending, s.flapping)
             static = cache.get(st)
             if static is None:
@@ -312,12 +362,29 @@ def _version() -> str:
         return "0+unknown"
 
 
+_DESCRIPTION = """\
+Kapacitor UDF @alertState(): annotates every point with its group's alert state
+(alert_level, alert_changed, alert_duration, ...).
+
+kapacitord starts this program itself, once per task node, and speaks the UDF
+protocol on its stdin/stdout; declare it in kapacitor.conf:
+
+  [udf.functions.alertState]
+    prog = "/path/to/kapacitor-alert-state"
+    timeout = "10s"
+
+Run it by hand only in socket mode (--socket PATH, with socket = PATH in that
+section instead of prog). Started by hand without --socket it waits for
+Kapacitor's requests on stdin."""
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Console script ``kapacitor-alert-state``."""
     return agent_main(
         AlertStateHandler,
         argv,
-        description="Kapacitor UDF that annotates every point with its alert state",
+        description=_DESCRIPTION,
+        epilog="@alertState() options (TICKscript; value types as Kapacitor checks them):\n" + options_help(),
         add_arguments=_arguments,
         configure=_factory,
     )

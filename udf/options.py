@@ -29,8 +29,11 @@ __all__ = [
     "INFO_OPTIONS",
     "LEVEL_NAMES",
     "MAX_HISTORY",
+    "OPTIONS",
     "AlertOptions",
+    "OptionSpec",
     "OptionError",
+    "options_help",
     "parse_options",
 ]
 
@@ -40,22 +43,35 @@ LEVEL_NAMES = ("OK", "INFO", "WARNING", "CRITICAL")
 MAX_HISTORY = 1000
 """Largest accepted ``history``."""
 
-INFO_OPTIONS: Dict[str, Tuple[str, ...]] = {
-    "field": ("STRING",),
-    "info": ("DOUBLE",),
-    "warn": ("DOUBLE",),
-    "crit": ("DOUBLE",),
-    "infoReset": ("DOUBLE",),
-    "warnReset": ("DOUBLE",),
-    "critReset": ("DOUBLE",),
-    "below": (),
-    "for": ("DURATION",),
-    "recoverFor": ("DURATION",),
-    "flapping": ("DOUBLE", "DOUBLE"),
-    "history": ("INT",),
-    "prefix": ("STRING",),
-    "expire": ("DURATION",),
-}
+@dataclass(frozen=True)
+class OptionSpec:
+    """One ``@alertState()`` option: its Kapacitor value types and what it does (for --help)."""
+
+    name: str
+    types: Tuple[str, ...]
+    meaning: str
+
+
+OPTIONS: Tuple[OptionSpec, ...] = (
+    OptionSpec("field", ("STRING",), "required: the numeric field to evaluate (double or int)"),
+    OptionSpec("info", ("DOUBLE",), "INFO threshold"),
+    OptionSpec("warn", ("DOUBLE",), "WARNING threshold"),
+    OptionSpec("crit", ("DOUBLE",), "CRITICAL threshold (at least one threshold is required)"),
+    OptionSpec("infoReset", ("DOUBLE",), "stay INFO until the value crosses this"),
+    OptionSpec("warnReset", ("DOUBLE",), "stay WARNING until the value crosses this"),
+    OptionSpec("critReset", ("DOUBLE",), "stay CRITICAL until the value crosses this"),
+    OptionSpec("below", (), "lower values are worse (default: higher is worse)"),
+    OptionSpec("for", ("DURATION",), "a worse level must hold this long before it is entered"),
+    OptionSpec("recoverFor", ("DURATION",), "a better level must hold this long before it is entered"),
+    OptionSpec("flapping", ("DOUBLE", "DOUBLE"), "low, high: flap detection as Kapacitor's alert node"),
+    OptionSpec("history", ("INT",), "state-change history length for flapping (default 21)"),
+    OptionSpec("prefix", ("STRING",), "prefix of the added fields (default 'alert_')"),
+    OptionSpec("expire", ("DURATION",), "drop the state of a group silent this long (default never)"),
+    OptionSpec("changesOnly", (), "emit only the points whose level changed (default: every point)"),
+)
+"""Every option, in the order --help lists them."""
+
+INFO_OPTIONS: Dict[str, Tuple[str, ...]] = {o.name: o.types for o in OPTIONS}
 """Option name -> Kapacitor ValueType names, in argument order (the Info contract)."""
 
 
@@ -86,6 +102,7 @@ class AlertOptions:
     history: int = 21
     prefix: str = "alert_"
     expire_ns: int = 0
+    changes_only: bool = False
 
 
 # Per level code: (threshold option, reset option, AlertOptions attributes).
@@ -94,6 +111,13 @@ _LEVELS = (
     (2, "warn", "warnReset", "warn", "warn_reset"),
     (3, "crit", "critReset", "crit", "crit_reset"),
 )
+
+
+def options_help() -> str:
+    """The option list for ``--help``: TICKscript call syntax and meaning, from :data:`OPTIONS`."""
+    calls = [(f".{o.name}({', '.join(o.types)})", o.meaning) for o in OPTIONS]
+    width = max(len(c) for c, _ in calls)
+    return "\n".join(f"  {c.ljust(width)}  {m}" for c, m in calls)
 
 
 def _check_value(name: str, vtype: str, value: object) -> object:
@@ -151,7 +175,7 @@ def parse_options(options: Sequence[Tuple[str, Sequence[object]]]) -> AlertOptio
         raise OptionError("field", "must not be empty")
 
     below = "below" in raw
-    kw: Dict[str, object] = {"field": field, "below": below}
+    kw: Dict[str, object] = {"field": field, "below": below, "changes_only": "changesOnly" in raw}
     thresholds = []  # (code, option name, value) of the thresholds that are set
     for code, tname, rname, tattr, rattr in _LEVELS:
         thr = one(tname)

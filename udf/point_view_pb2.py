@@ -24,13 +24,21 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x10point_view.proto\x12\x10kapacitor_oncall\"(\n\tPointHead\x12\x0c\n\x04time\x18\x01 \x01(\x03\x12\r\n\x05group\x18\x05 \x01(\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x10point_view.proto\x12\x10kapacitor_oncall\"\x9c\x02\n\x0cPointNumbers\x12\x0c\n\x04time\x18\x01 \x01(\x03\x12\r\n\x05group\x18\x05 \x01(\t\x12\x46\n\x0c\x66ieldsDouble\x18\x08 \x03(\x0b\x32\x30.kapacitor_oncall.PointNumbers.FieldsDoubleEntry\x12@\n\tfieldsInt\x18\t \x03(\x0b\x32-.kapacitor_oncall.PointNumbers.FieldsIntEntry\x1a\x33\n\x11\x46ieldsDoubleEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x1a\x30\n\x0e\x46ieldsIntEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'point_view_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_POINTHEAD']._serialized_start=38
-  _globals['_POINTHEAD']._serialized_end=78
+  _globals['_POINTNUMBERS_FIELDSDOUBLEENTRY']._loaded_options = None
+  _globals['_POINTNUMBERS_FIELDSDOUBLEENTRY']._serialized_options = b'8\001'
+  _globals['_POINTNUMBERS_FIELDSINTENTRY']._loaded_options = None
+  _globals['_POINTNUMBERS_FIELDSINTENTRY']._serialized_options = b'8\001'
+  _globals['_POINTNUMBERS']._serialized_start=39
+  _globals['_POINTNUMBERS']._serialized_end=323
+  _globals['_POINTNUMBERS_FIELDSDOUBLEENTRY']._serialized_start=222
+  _globals['_POINTNUMBERS_FIELDSDOUBLEENTRY']._serialized_end=273
+  _globals['_POINTNUMBERS_FIELDSINTENTRY']._serialized_start=275
+  _globals['_POINTNUMBERS_FIELDSINTENTRY']._serialized_end=323
 # @@protoc_insertion_point(module_scope)

@@ -36,9 +36,15 @@ def _error(status: int, message: str, **extra: Any) -> web.Response:
 
 async def write_silence(service: "Service", change: Callable[[Any], T]) -> T:
     """Run a silences change in the outbox writer's transaction, then make it effective now."""
+    from ..errors import StoreError
+    from ..outbox import Outbox
+
+    outbox, silencer = service.outbox, service.silencer
+    if not isinstance(outbox, Outbox) or silencer is None:
+        raise StoreError("silences need the SQLite store ([store] backend = \"sqlite\")")
     loop = asyncio.get_running_loop()
-    result: T = await loop.run_in_executor(None, service.outbox.transact, change)
-    await loop.run_in_executor(None, service.silencer.refresh)
+    result: T = await loop.run_in_executor(None, outbox.transact, change)
+    await loop.run_in_executor(None, silencer.refresh)
     return result
 
 

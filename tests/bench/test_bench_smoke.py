@@ -250,9 +250,13 @@ class TestWholeRun:
             "udf.official-moving-avg-g100",
             "udf.ratio.alert-state-g100.vs.official-moving-avg-g100",
             "mem.rss.expire",
-            "e2e.udf",
+            "e2e.1.5.9.udf",
+            "e2e.1.5.9.alert-udf-changes",
             "bridge.accept.ids1000",
             "bridge.drain.ids1000",
+            "replicas.accept.postgres3",
+            "replicas.drain.postgres1",
+            "replicas.failover_gap",
         ):
             assert key in figs, key
         for f in figs.values():
@@ -263,7 +267,8 @@ class TestWholeRun:
         assert notes.get("failures") is None
         md = data["md"]
         for heading in ("## Machine", "## Targets", "## UDF throughput", "## UDF memory",
-                        "## Through a real kapacitord", "## Bridge", "## Profiles and proposed fixes"):
+                        "## Through a real kapacitord", "## Bridge", "## Replicas on PostgreSQL",
+                        "## Profiles and proposed fixes"):
             assert heading in md
-        assert "**Bottleneck.**" in md and "udf/alert_state.py" in md
+        assert "**Bottleneck, kapacitord 1.5.9.**" in md and "udf/alert_state.py" in md
         assert json.loads((tmp_path / "out" / "results.json").read_text())["facts"]["quick"] is True

@@ -14,7 +14,8 @@ import pytest
 
 from bridge.errors import StoreError
 from bridge.outbox import Outbox
-from bridge.store import Head, dead_letters, open_store, queue_counts, replay
+from bridge.store import Head, dead_letters, open_store, queue_counts
+from bridge.store_ops import replay
 
 
 class Clock:
@@ -177,7 +178,7 @@ class TestDeadLetters:
         box.finish(head, "dead", attempts=1, error="HTTP 400: bad field", status=400)
         assert box.stats().dead == {"t": 1}
         assert take(box) is None
-        assert box.replay(target="t", key="a") == 1
+        assert box.replay(target="t", key="a").count == 1
         again = take(box)
         assert again is not None and again.seq == seq
         box.finish(again, "delivered", attempts=1, status=202)
@@ -193,7 +194,7 @@ class TestDeadLetters:
         conn = open_store(str(tmp_path / "o.db"), create=False)
         try:
             assert [r.key for r in dead_letters(conn)] == ["a"]
-            assert replay(conn, target="t") == 1
+            assert replay(conn, target="t").count == 1
         finally:
             conn.close()
         box.check_external(wait=True)
@@ -206,7 +207,7 @@ class TestDeadLetters:
             put(box, key)
         for head in drain_ready(box):
             box.finish(head, "dead", attempts=1, error="x", status=400)
-        assert box.replay(key="b") == 1
+        assert box.replay(key="b").count == 1
         assert [h.key for h in drain_ready(box)] == ["b"]
 
 

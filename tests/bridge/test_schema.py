@@ -133,7 +133,9 @@ class TestUnknownKeys:
     def test_no_suggestion_when_nothing_is_close(self) -> None:
         """Nothing close: no guess, still the list."""
         [(_, message)] = errors_of({"store": {"zzz": 1}})
-        assert message == "unknown key `zzz`; valid keys for [store]: keep_delivered, path"
+        assert message == (
+            "unknown key `zzz`; valid keys for [store]: backend, dsn, keep_delivered, lease, path, pool_size, replica_id"
+        )
 
     def test_unknown_section_and_type(self) -> None:
         """Unknown top-level tables and target types get the same treatment."""

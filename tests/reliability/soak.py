@@ -25,6 +25,7 @@ duplicate, never as a loss.
 Run the soak::
 
     python -m tests.reliability.soak --kills 200 --alerts 50000 --ids 2000 --ledger soak.json
+    python -m tests.reliability.soak --backend postgres --replicas 3 --kills 50 --alerts 10000 --ids 1000
 
 It writes the ledger as JSON to ``--ledger`` and as markdown next to it
 (``.md``), prints the markdown, and exits 1 when the books do not balance.
@@ -369,6 +370,8 @@ backoff_max = "{cfg.backoff_max}"
 max_age = "{cfg.max_age}"
 repeat_interval = "{cfg.repeat_interval}"
 workers = {cfg.workers}
+# The storm accounts for every accepted event, so history is delivered, not coalesced.
+coalesce = "off"
 
 [[target]]
 name = "hook"
@@ -603,6 +606,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--posters", type=int, default=24)
     parser.add_argument("--workdir", type=Path, default=None, help="keep the bridge's files here")
     parser.add_argument("--repeat-interval", default="0s", help="bridge repeat_interval (suppressed repeats are booked)")
+    parser.add_argument("--backend", choices=("sqlite", "postgres"), default="sqlite",
+                        help="postgres: replicas on a private PostgreSQL server (killed at random, PostgreSQL crashed once)")
+    parser.add_argument("--replicas", type=int, default=3, help="with --backend postgres: serve processes")
+    parser.add_argument("--rate-limit", default="300/1s", help="with --backend postgres: aggregate limit, count/seconds")
     args = parser.parse_args(argv)
     if args.kills < 0 or args.alerts < 1 or args.ids < 1:
         parser.error("--kills >= 0, --alerts >= 1, --ids >= 1")
@@ -626,11 +633,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"[soak] {msg}", file=sys.stderr, flush=True)
 
     say(f"seed {cfg.seed}: {cfg.alerts} alerts over {cfg.ids} ids, {cfg.kills} kills, fail ratio {cfg.fail_ratio}")
-    ledger = run_storm(cfg, args.workdir, log=say)
+    facts: Dict[str, Any] = {}
+    if args.backend == "postgres":
+        from .replicas import ReplicaStorm, run_replica_storm
+
+        count, _, seconds = args.rate_limit.partition("/")
+        rs = ReplicaStorm(replicas=args.replicas, rate_limit=(int(count), float(seconds.rstrip("s") or 1)))
+        with tempfile.TemporaryDirectory(prefix="soak-pg-") as tmp:
+            ledger, facts = run_replica_storm(cfg, rs, args.workdir or Path(tmp), log=say)
+    else:
+        ledger = run_storm(cfg, args.workdir, log=say)
     args.ledger.write_text(ledger.to_json() + "\n")
     markdown = args.ledger.with_suffix(".md")
-    markdown.write_text(f"# Soak ledger (seed {cfg.seed})\n\n" + ledger.to_markdown())
-    print(ledger.to_markdown())
+    extra = "".join(f"| {k} | {v} |\n" for k, v in sorted(facts.items()))
+    text = ledger.to_markdown() + (f"\n| replicas ({args.backend}) | value |\n|---|---|\n{extra}" if facts else "")
+    markdown.write_text(f"# Soak ledger (seed {cfg.seed}, {args.backend})\n\n" + text)
+    print(text)
     say(f"ledger written to {args.ledger} and {markdown}")
     return 0 if ledger.balanced else 1
 

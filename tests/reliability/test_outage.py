@@ -30,6 +30,8 @@ def outage_config(url: str, **delivery: str) -> str:
         "backoff_max": "250ms",
         "repeat_interval": "0s",
         "max_age": "1h",
+        # These tests check that every event (history) is delivered in order.
+        "coalesce": "off",
         **delivery,
     }
     lines = "\n".join(f'{k} = "{v}"' for k, v in settings.items())
@@ -159,5 +161,63 @@ class TestOutage:
             bridge.wait_until(
                 lambda: bridge.metric("oncall_outbox_dead", {"target": "oncall"}) == 0, timeout=10, message="replayed"
             )
+        finally:
+            platform.stop()
+
+
+class TestCoalescing:
+    """Issue 13 item 3: after an outage the platform gets each id's state, not its history."""
+
+    def test_flapping_backlog_converges_with_two_deliveries_per_id(
+        self, make_bridge: Callable[..., BridgeProcess]
+    ) -> None:
+        """Receiver down, 20 flips per id over 1k ids ending in mixed states, receiver up:
+        every id ends in its latest state with at most 2 deliveries, the rest superseded."""
+        ids, flips = 1000, 20
+        levels = ("CRITICAL", "WARNING", "OK")
+        platform = Receiver(default=200)
+        platform.stop()
+        bridge = make_bridge(
+            outage_config(platform.url, coalesce="worst-then-latest", backoff_initial="1s", backoff_max="2s")
+        )
+        try:
+            final: Dict[str, str] = {}
+            for j in range(flips):  # one round per flip: an id's events are posted in order
+                bodies = []
+                for i in range(ids):
+                    key, level = f"cpu:host=h{i:04d}", levels[(i + j) % 3]
+                    final[key] = level
+                    bodies.append(json.dumps(kapacitor_event(key, level, details=f"flip {j}")).encode())
+                assert set(post_many(bridge.port, "oncall", bodies)) == {202}
+            assert sorted(set(final.values())) == ["CRITICAL", "OK", "WARNING"]
+            bridge.wait_until(
+                lambda: (bridge.metric("oncall_outbox_pending", {"target": "oncall"}) or 0) <= 2 * ids,
+                timeout=60,
+                message="backlog coalesced",
+            )
+            time.sleep(1.0)  # attempts started before the last post have failed and been re-planned
+            platform.up()
+            bridge.wait_until(
+                lambda: bridge.metric("oncall_outbox_pending", {"target": "oncall"}) == 0,
+                timeout=120,
+                message="drained",
+            )
+            got: Dict[str, List[str]] = {}
+            for rec in platform.requests:
+                if rec.status == 200:
+                    event = rec.json()
+                    got.setdefault(event["id"], []).append(event["level"])
+            assert set(got) == set(final)
+            too_many = {k: v for k, v in got.items() if len(v) > 2}
+            assert not too_many, list(too_many.items())[:5]
+            wrong = {k: (v, final[k]) for k, v in got.items() if v[-1] != final[k]}
+            assert not wrong, list(wrong.items())[:5]
+            # An id that ends OK was CRITICAL on the way: the platform saw it open, then close.
+            assert all(got[k] == ["CRITICAL", "OK"] for k, level in final.items() if level == "OK")
+            delivered = sum(len(v) for v in got.values())
+            superseded = ids * flips - delivered
+            assert bridge.metric("oncall_deliveries_total", {"target": "oncall", "outcome": "superseded"}) == superseded
+            table = json.loads(bridge.cli("queue", "--json").stdout)
+            assert table["oncall"]["superseded"] == superseded and table["oncall"]["delivered"] == delivered
         finally:
             platform.stop()

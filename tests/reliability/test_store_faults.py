@@ -52,6 +52,7 @@ timeout = "1s"
 backoff_initial = "50ms"
 backoff_max = "200ms"
 repeat_interval = "0s"
+coalesce = "off"
 
 [[target]]
 name = "oncall"

@@ -89,22 +89,30 @@ class TestSession:
             assert kinds == ["begin", "point", "end"]
 
 
+#: Seconds the UDF may take to answer, report and exit once it is running (Info answered,
+#: so interpreter start-up is never counted). The promise is one second; a very slow
+#: machine may raise it, as the reliability suite does.
+EXIT_LIMIT = float(os.environ.get("RELIABILITY_UDF_EXIT_LIMIT", "1.0"))
+
+
 class TestEndings:
+    """How a session ends; every bound is timed from readiness (Info answered)."""
+
     def test_stdin_eof_exits_promptly(self) -> None:
         """Closing stdin (Kapacitor's stop) ends the process with status 0."""
         with UdfClient(MIRROR) as c:
             c.info()
             started = time.monotonic()
             c.close_input()
-            assert c.wait(5) == 0
-            assert time.monotonic() - started < 2
+            assert c.wait(5 + EXIT_LIMIT) == 0
+            assert time.monotonic() - started < EXIT_LIMIT
 
     def test_info_probe_then_eof(self) -> None:
         """The startup probe: Info only, then EOF, exit 0."""
         with UdfClient(MIRROR) as c:
             assert c.info().provides == pb.STREAM
             c.close_input()
-            assert c.wait(5) == 0
+            assert c.wait(5 + EXIT_LIMIT) == 0
 
     @pytest.mark.parametrize(
         "garbage, words",
@@ -117,37 +125,39 @@ class TestEndings:
         ],
     )
     def test_garbage_gets_error_then_eof(self, garbage: bytes, words: str) -> None:
-        """Garbage yields an ErrorResponse naming the problem, then EOF, within a second."""
+        """Garbage yields an ErrorResponse naming the problem, then EOF, within the bound."""
         with UdfClient(MIRROR) as c:
+            c.info()
             c.send_bytes(garbage)
             started = time.monotonic()
-            resp = c.recv(timeout=1.0)
+            resp = c.recv(timeout=EXIT_LIMIT)
             assert resp is not None and resp.WhichOneof("message") == "error"
             assert words in resp.error.error
-            assert c.recv(timeout=1.0) is None
-            assert time.monotonic() - started < 1.0
-            assert c.wait(2) != 0
+            assert c.recv(timeout=EXIT_LIMIT) is None
+            assert time.monotonic() - started < EXIT_LIMIT
+            assert c.wait(2 * EXIT_LIMIT) != 0
             assert "Traceback" not in c.stderr_text()
 
     def test_truncated_frame_at_eof(self) -> None:
         """EOF in the middle of a frame is reported, not ignored."""
         with UdfClient(MIRROR) as c:
+            c.info()
             c.send_bytes(encode_uvarint(50) + b"\x8a\x01")
             c.close_input()
-            resp = c.recv(timeout=1.0)
+            resp = c.recv(timeout=EXIT_LIMIT)
             assert resp is not None and "truncated frame" in resp.error.error
-            assert c.wait(2) == 1
+            assert c.wait(2 * EXIT_LIMIT) == 1
 
     def test_handler_exception_becomes_error_response(self) -> None:
         """An exception in a handler reaches Kapacitor as an ErrorResponse and in stderr."""
         with UdfClient(SAMPLE) as c:
             c.init([])
             c.send(point(1, boom=1.0))
-            resp = c.recv(timeout=2)
+            resp = c.recv(timeout=2 * EXIT_LIMIT)
             assert resp is not None
             assert resp.error.error == "error processing request of type point: boom field present"
-            assert c.recv(timeout=2) is None
-            c.wait(2)
+            assert c.recv(timeout=2 * EXIT_LIMIT) is None
+            c.wait(2 * EXIT_LIMIT)
             err = c.stderr_text()
             assert "udf.handler_error" in err and "boom field present" in err
 

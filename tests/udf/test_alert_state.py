@@ -205,3 +205,36 @@ class TestBatch:
             assert [r.WhichOneof("message") for r in out] == ["begin", "point", "point", "end"]
             assert annotations(out[2].point)["level"] == "CRITICAL"
             assert out[3].end.tmax == SEC
+
+
+class TestChangesOnly:
+    def test_only_changes_are_emitted(self) -> None:
+        """changesOnly: the points whose level changed, annotated as usual; nothing else."""
+        with UdfClient(UDF) as c:
+            assert c.init(STANDARD + [option("changesOnly")]).success
+            sent = [cpu_point(0, 10.0), cpu_point(10, 75.0), cpu_point(20, 76.0), cpu_point(30, None),
+                    cpu_point(40, 95.0), cpu_point(50, 5.0), cpu_point(60, 6.0)]
+            for p in sent:
+                c.send(pb.Request(point=p))
+            got = c.recv_points(3)
+            assert c.keepalive(7) == 7  # the next answer: no other point was emitted
+            assert [p.time // SEC for p in got] == [10, 40, 50]
+            assert [annotations(p)["level"] for p in got] == ["WARNING", "CRITICAL", "OK"]
+            assert all(annotations(p)["changed"] is True for p in got)
+            assert got[0].fieldsDouble["usage_system"] == 1.25 and got[0].fieldsString["note"] == "keep me"
+
+    def test_state_and_snapshot_are_the_same_as_without(self) -> None:
+        """The option changes what is emitted, never the state: snapshots are byte-identical."""
+        pts = [cpu_point(t * 10, v, host) for t, v in enumerate([10.0, 95.0, 96.0, 50.0]) for host in "ab"]
+        snaps = []
+        for extra in ([], [option("changesOnly")]):
+            with UdfClient(UDF) as c:
+                assert c.init(STANDARD + extra).success
+                for p in pts:
+                    c.send(pb.Request(point=p))
+                c.send(pb.Request(keepalive=pb.KeepaliveRequest(time=1)))
+                while (r := c.recv()) is not None and r.WhichOneof("message") == "point":
+                    pass
+                assert r is not None and r.WhichOneof("message") == "keepalive"
+                snaps.append(c.snapshot())
+        assert snaps[0] == snaps[1] and snaps[0]

@@ -34,7 +34,7 @@ def error_of(options: Opts) -> OptionError:
 
 class TestInfoOptions:
     def test_contract_matches_issue_table(self) -> None:
-        """Option names and Kapacitor value types are exactly the issue's interface."""
+        """Option names and Kapacitor value types are exactly the issues' interface (changesOnly: issue 14)."""
         assert INFO_OPTIONS == {
             "field": ("STRING",),
             "info": ("DOUBLE",),
@@ -50,6 +50,7 @@ class TestInfoOptions:
             "history": ("INT",),
             "prefix": ("STRING",),
             "expire": ("DURATION",),
+            "changesOnly": (),
         }
 
     def test_level_names(self) -> None:
@@ -58,6 +59,11 @@ class TestInfoOptions:
 
 
 class TestParseOptions:
+    def test_changes_only_flag(self) -> None:
+        """changesOnly takes no value and is off by default."""
+        assert parse_options([("field", ["x"]), ("crit", [1.0])]).changes_only is False
+        assert parse_options([("field", ["x"]), ("crit", [1.0]), ("changesOnly", [])]).changes_only is True
+
     def test_minimal_defaults(self) -> None:
         """A field and one threshold give the documented defaults for everything else."""
         o = parse_options(base(("crit", [90.0])))

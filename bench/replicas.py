@@ -1,0 +1,236 @@
+"""Replicas on PostgreSQL beside SQLite: accept rate and p99, drain rate, failover gap.
+
+    .venv/bin/python -m bench --sections replicas      (with the other sections: make bench)
+    .venv/bin/python -m bench.replicas --runs 3 --alerts 5000
+
+* **Accept**: 50 keep-alive clients post ``alerts`` Kapacitor events (1,000 ids)
+  spread over the replicas' ports, the target throttled (``1/1h``) so only the
+  accept path runs; alerts/s and p99 of request → 202. SQLite (one process) is
+  the anchor, measured in the same run.
+* **Drain**: the same bridges restart with ``rate_limit = "off"`` on the same
+  store and deliver the backlog to the fast receiver; deliveries/s from the first
+  arrival to the last.
+* **Failover gap**: two replicas, ``lease = 3s``; the receiver never answers the
+  first request, so one replica holds the key in flight; that replica is
+  ``kill -9``'ed, and the gap is the time until the other replica's delivery of
+  the same event arrives (goal: < lease + 1 s).
+
+A private PostgreSQL server (``fsync`` on) runs on the same 2 cores as everything else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import tempfile
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import psycopg
+
+from .bridge_load import FastReceiver, _client, kapacitor_alert
+from .common import REPO_ROOT, Figure, Log
+from .udf_throughput import Section
+
+SECTION = "replicas"
+CMD = "python -m bench.replicas"
+CLIENTS = 50
+LEASE = 3.0
+SETUPS: Tuple[Tuple[str, int], ...] = (("sqlite", 1), ("postgres", 1), ("postgres", 3))
+
+
+def _config(url: str, backend: str, throttled: bool, db: str, lease: float = LEASE, timeout: str = "10s") -> str:
+    store = (f'backend = "postgres"\ndsn = "env:BRIDGE_PG_DSN"\nlease = "{lease}s"\n' if backend == "postgres"
+             else f'path = "{db}"\n')
+    limit = '"1/1h"' if throttled else '"off"'
+    return (f'[store]\n{store}\n[delivery]\nrepeat_interval = "0s"\ntimeout = "{timeout}"\n\n'
+            f'[[target]]\nname = "load"\ntype = "webhook"\nurl = "{url}/alerts"\nrate_limit = {limit}\n')
+
+
+def _bridges(n: int, text: str, root: Path, env: Dict[str, str]) -> List[Any]:
+    from tests.bridge.harness import BridgeProcess
+
+    out = [BridgeProcess(text, root / f"r{i}", env=env, args=["--log-level", "warning"]) for i in range(n)]
+    for b in out:
+        b.start(timeout=60)
+    return out
+
+
+async def _post(ports: Sequence[int], bodies: Sequence[bytes]) -> Tuple[float, List[float], Dict[int, int]]:
+    lat: List[float] = []
+    statuses: Dict[int, int] = {}
+    t0 = time.perf_counter()
+    await asyncio.gather(*(_client(ports[c % len(ports)], b"/alerts/load", bodies[c::CLIENTS], lat, statuses)
+                           for c in range(CLIENTS)))
+    return time.perf_counter() - t0, lat, statuses
+
+
+def _bodies(count: int, ids: int) -> List[bytes]:
+    """``count`` distinct events over ``ids`` ids (levels alternate per id). Each carries its own
+    value: the PostgreSQL store keeps one copy of byte-identical events (two replicas posting
+    the same event), which would shrink the backlog."""
+    when = time.strftime("%Y-%m-%dT%H:%M:%S.000000Z", time.gmtime())
+    out = []
+    for i in range(count):
+        level, previous = ("CRITICAL", "OK") if (i // ids) % 2 == 0 else ("OK", "CRITICAL")
+        out.append(kapacitor_alert(f"cpu:host=web-{i % ids:06d}", level, previous, float(i), when))
+    return out
+
+
+def _one_run(backend: str, n: int, alerts: int, receiver: FastReceiver, pg: Any, root: Path) -> Dict[str, float]:
+    env: Dict[str, str] = {}
+    db = str(root / "outbox.db")
+    if backend == "postgres":
+        env["BRIDGE_PG_DSN"] = pg.create_database("bench")
+    receiver.reset()
+    bridges = _bridges(n, _config(receiver.url, backend, True, db), root, env)
+    try:
+        secs, lat, statuses = asyncio.run(_post([b.port for b in bridges], _bodies(alerts, 1000)))
+    finally:
+        for b in bridges:
+            b.stop()
+    if statuses.get(202, 0) != alerts:
+        raise RuntimeError(f"{backend} x{n}: statuses {statuses}")
+    lat.sort()
+    before = int(receiver.stats()["count"])
+    receiver.reset()
+    want = alerts - before
+    bridges = _bridges(n, _config(receiver.url, backend, False, db), root / "drain", env)
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            st = receiver.stats()
+            if int(st["count"]) >= want:
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{backend} x{n}: drain got {st['count']}/{want}")
+            time.sleep(0.01)
+    finally:
+        for b in bridges:
+            b.stop()
+    return {"accept": alerts / secs, "p99": lat[int(0.99 * len(lat))] * 1000,
+            "drain": (int(st["count"]) - 1) / max(1e-6, float(st["last"]) - float(st["first"]))}
+
+
+class _HangFirst(BaseHTTPRequestHandler):
+    """The first request after a reset never gets an answer; later ones get 200 and are timed."""
+
+    server: "_HangServer"
+
+    def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+        length = int(self.headers.get("Content-Length", "0"))
+        self.rfile.read(length)
+        with self.server.lock:
+            self.server.seen += 1
+            hang = self.server.seen == 1
+            if not hang:
+                self.server.arrivals.append(time.time())
+        if hang:
+            self.server.release.wait(120)
+            return
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+class _HangServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _HangFirst)
+        self.lock = threading.Lock()
+        self.release = threading.Event()
+        self.seen = 0
+        self.arrivals: List[float] = []
+
+
+def _failover_gap(pg: Any, root: Path) -> float:
+    from tests.bridge.harness import kapacitor_event, wait_until
+
+    hang = _HangServer()
+    threading.Thread(target=hang.serve_forever, daemon=True).start()
+    dsn = pg.create_database("failover")
+    url = f"http://127.0.0.1:{hang.server_address[1]}"
+    bridges = _bridges(2, _config(url, "postgres", False, "", timeout="100s"), root, {"BRIDGE_PG_DSN": dsn})
+    try:
+        status, _ = bridges[0].post_alert("load", kapacitor_event("cpu:failover", "CRITICAL"))
+        assert status == 202
+        wait_until(lambda: hang.seen >= 1, timeout=30)
+        with psycopg.connect(dsn) as conn:
+            found = conn.execute("SELECT owner FROM oncall_queue WHERE inflight_seq IS NOT NULL").fetchone()
+        assert found is not None
+        holder = next(b for b in bridges if str(found[0]).endswith(f":{b.port}"))
+        killed_at = time.time()
+        holder.kill9()
+        wait_until(lambda: hang.arrivals, timeout=LEASE * 10)
+        return hang.arrivals[0] - killed_at
+    finally:
+        hang.release.set()
+        for b in bridges:
+            b.close()
+        hang.shutdown()
+        hang.server_close()
+
+
+def measure(runs: int = 3, alerts: int = 5_000, log: Log = print) -> Section:
+    sys.path.insert(0, str(REPO_ROOT))
+    from tests.pgserver import PgServer
+
+    cmd = f"{CMD} --runs {runs} --alerts {alerts}"
+    figs: Dict[str, Figure] = {}
+
+    def fig(key: str, label: str, unit: str, **kw: Any) -> Figure:
+        if key not in figs:
+            figs[key] = Figure(key=f"{SECTION}.{key}", section=SECTION, label=label, unit=unit, command=cmd, **kw)
+        return figs[key]
+
+    pg = PgServer().start()
+    receiver = FastReceiver()
+    try:
+        for _ in range(runs):
+            for backend, n in SETUPS:
+                name = f"{backend} × {n}"
+                with tempfile.TemporaryDirectory(prefix="bench-replicas-") as tmp:
+                    got = _one_run(backend, n, alerts, receiver, pg, Path(tmp))
+                log(f"  {name}: accept {got['accept']:.0f}/s p99 {got['p99']:.1f} ms, drain {got['drain']:.0f}/s")
+                total = backend == "postgres" and n == 3
+                fig(f"accept.{backend}{n}", f"accepted alerts/s, {name}", "alerts/s",
+                    **({"target": "≥ 5,000 /s", "compare": "ge", "threshold": 5000.0} if total else {})
+                    ).values.append(round(got["accept"], 1))
+                fig(f"p99.{backend}{n}", f"accept latency p99, {name}", "ms",
+                    **({"target": "< 50 ms", "compare": "le", "threshold": 50.0} if total else {})
+                    ).values.append(round(got["p99"], 2))
+                fig(f"drain.{backend}{n}", f"drain to fast receiver, {name}", "deliveries/s").values.append(
+                    round(got["drain"], 1))
+            with tempfile.TemporaryDirectory(prefix="bench-failover-") as tmp:
+                gap = _failover_gap(pg, Path(tmp))
+            log(f"  failover gap {gap:.2f}s (lease {LEASE}s)")
+            fig("failover_gap", f"failover gap: kill -9 of the key holder → delivery by another (lease {LEASE:.0f} s)",
+                "s", target=f"< {LEASE + 1:.0f} s", compare="le", threshold=LEASE + 1).values.append(round(gap, 2))
+    finally:
+        receiver.close()
+        pg.close()
+    notes = {"clients": CLIENTS, "alerts_per_run": alerts, "lease": LEASE, "setups": [list(s) for s in SETUPS]}
+    return Section(list(figs.values()), notes)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    p = argparse.ArgumentParser(prog=CMD, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--alerts", type=int, default=5_000)
+    args = p.parse_args(argv)
+    sec = measure(args.runs, args.alerts)
+    for f in sec.figures:
+        print(f"{f.label}: median {f.median} {f.unit} (runs {f.values})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,207 @@
+"""SQL the PostgreSQL store runs, kept apart from the control flow that runs it.
+
+Statements use psycopg's ``%(name)s`` / ``%s`` placeholders; the server-side
+functions they call (``oncall_enqueue``, ``oncall_refresh``,
+``oncall_resume_expired``) are defined by the migrations in :mod:`.schema`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, List, Optional, Sequence
+
+import psycopg
+
+from ..ledger import Incident, LastTold
+from ..store import Row
+
+ROW_COLUMNS = (
+    "o.seq, o.target, o.key, o.level, o.body, o.received_at, o.queued_at, o.state, o.attempts, "
+    "o.next_attempt_at, o.last_error, o.last_status, o.synthetic"
+)
+
+ENQUEUE = "SELECT seq, dup FROM oncall_enqueue(%s, %s, %s, %s, %s, %s, %s, %s)"
+
+#: Claim up to ``n`` ready heads of a target: queue rows locked with SKIP LOCKED (a key being
+#: inserted or claimed by another replica is skipped, never waited for), marked in flight with
+#: our owner and lease, and the rows (bodies included) returned for delivery.
+CLAIM = f"""
+WITH c AS (
+    SELECT target, key, head_seq FROM oncall_queue
+    WHERE target = %(target)s AND head_seq IS NOT NULL AND due <= %(now)s
+      AND (held_until IS NULL OR held_until < oncall_now())
+    ORDER BY due LIMIT %(n)s
+    FOR UPDATE SKIP LOCKED
+), q AS (
+    UPDATE oncall_queue x SET inflight_seq = c.head_seq, head_seq = NULL, due = NULL, owner = %(me)s,
+        lease_until = oncall_now() + %(lease)s
+    FROM c WHERE x.target = c.target AND x.key = c.key
+    RETURNING x.inflight_seq AS seq, x.fwd_level, x.fwd_received_at
+)
+UPDATE oncall_outbox o SET state = 'inflight' FROM q WHERE o.seq = q.seq
+RETURNING {ROW_COLUMNS}, q.fwd_level, q.fwd_received_at
+"""
+
+NEXT_DUE = "SELECT min(due) FROM oncall_queue WHERE target = %s AND head_seq IS NOT NULL"
+
+LOCK_KEY = "SELECT inflight_seq, owner FROM oncall_queue WHERE target = %s AND key = %s FOR UPDATE"
+
+FINISH_PENDING = (
+    "UPDATE oncall_outbox SET state = 'pending', attempts = COALESCE(%s, attempts), next_attempt_at = %s,"
+    " last_error = %s, last_status = %s WHERE seq = %s AND state = 'inflight'"
+)
+FINISH_SUPPRESSED = "UPDATE oncall_outbox SET state = 'suppressed', done_at = %s WHERE seq = %s AND state = 'inflight'"
+FINISH_FINAL = (
+    "UPDATE oncall_outbox SET state = %s, attempts = COALESCE(%s, attempts), last_error = %s, last_status = %s,"
+    " done_at = %s, delivered_by = %s WHERE seq = %s AND state = 'inflight' RETURNING body"
+)
+SET_FORWARDED = "UPDATE oncall_queue SET fwd_level = %s, fwd_received_at = %s WHERE target = %s AND key = %s"
+REFRESH = "SELECT oncall_refresh(%s, %s)"
+
+RENEW = (
+    "UPDATE oncall_queue SET lease_until = oncall_now() + %s WHERE owner = %s AND inflight_seq IS NOT NULL"
+)
+RESUME_EXPIRED = "SELECT oncall_resume_expired(%s)"
+#: Our own rows (this replica id, an earlier life of it, or claimed but never started) back to pending.
+RELEASE_OWN = """
+SELECT target, key, inflight_seq FROM oncall_queue WHERE owner = %s AND inflight_seq IS NOT NULL
+ORDER BY target, key FOR UPDATE
+"""
+BACK_TO_PENDING = "UPDATE oncall_outbox SET state = 'pending' WHERE seq = %s AND state = 'inflight'"
+
+TAKE_SINGLETON = """
+UPDATE oncall_singleton SET taken = taken + (owner IS DISTINCT FROM %(me)s)::int, owner = %(me)s,
+    lease_until = oncall_now() + %(lease)s
+WHERE name = %(name)s AND (owner = %(me)s OR lease_until < oncall_now())
+RETURNING name
+"""
+HOLD_SINGLETON = (
+    "SELECT 1 FROM oncall_singleton WHERE name = %s AND owner = %s AND lease_until > oncall_now() FOR UPDATE"
+)
+
+DUE_EXPIRIES = "SELECT target, key FROM oncall_expiry WHERE due_at <= %s ORDER BY due_at LIMIT 500"
+LOCK_QUEUE = (
+    "INSERT INTO oncall_queue AS x (target, key) VALUES (%s, %s)"
+    " ON CONFLICT (target, key) DO UPDATE SET target = x.target"
+)
+TAKE_EXPIRY = "DELETE FROM oncall_expiry WHERE target = %s AND key = %s AND due_at <= %s RETURNING body"
+
+PRUNE = (
+    "DELETE FROM oncall_outbox WHERE seq IN (SELECT seq FROM oncall_outbox WHERE state = %s"
+    " ORDER BY seq DESC LIMIT %s OFFSET %s)"
+)
+FORGET = (
+    "UPDATE oncall_queue SET fwd_level = NULL, fwd_received_at = NULL"
+    " WHERE fwd_received_at < %s AND fwd_level IS NOT NULL"
+)
+DROP_IDLE_QUEUES = (
+    "DELETE FROM oncall_queue WHERE head_seq IS NULL AND inflight_seq IS NULL AND fwd_level IS NULL"
+    " AND (held_until IS NULL OR held_until < oncall_now())"
+)
+
+STATS = (
+    "SELECT target, state, count(*) FROM oncall_outbox WHERE state IN ('pending', 'inflight', 'dead')"
+    " GROUP BY target, state"
+)
+OLDEST = (
+    "SELECT min(received_at) FROM (SELECT received_at FROM oncall_outbox WHERE state IN ('pending', 'inflight')"
+    " ORDER BY state, seq LIMIT 2) s"
+)
+
+HOLD = """
+UPDATE oncall_queue SET held_by = %(me)s, held_until = oncall_now() + %(hold)s
+WHERE target = %(target)s AND key = ANY(%(keys)s) AND head_seq IS NULL AND inflight_seq IS NULL
+  AND (held_until IS NULL OR held_until < oncall_now())
+RETURNING key
+"""
+ENSURE_QUEUES = (
+    "INSERT INTO oncall_queue (target, key) SELECT %s, k FROM unnest(%s::text[]) AS k ORDER BY k"
+    " ON CONFLICT DO NOTHING"
+)
+RELEASE_HOLD = (
+    "UPDATE oncall_queue SET held_by = NULL, held_until = NULL WHERE target = %s AND key = ANY(%s) AND held_by = %s"
+)
+IDLE = (
+    "SELECT head_seq IS NULL AND inflight_seq IS NULL AND (held_until IS NULL OR held_until < oncall_now())"
+    " FROM oncall_queue WHERE target = %s AND key = %s"
+)
+
+_INCIDENT_COLUMNS = "target, key, level, fired_levels, body, opened_at, told_at, seq"
+
+
+def to_row(t: Sequence[Any]) -> Row:
+    return Row(
+        seq=t[0], target=t[1], key=t[2], level=t[3], body=bytes(t[4]), received_at=t[5], queued_at=t[6],
+        state=t[7], attempts=t[8], next_attempt_at=t[9], last_error=t[10], last_status=t[11], synthetic=bool(t[12]),
+    )
+
+
+def load_row(conn: "psycopg.Connection[Any]", seq: int) -> Optional[Row]:
+    found = conn.execute(f"SELECT {ROW_COLUMNS} FROM oncall_outbox o WHERE o.seq = %s", (seq,)).fetchone()
+    return None if found is None else to_row(found)
+
+
+# -- the incident ledger: the same rules as bridge.ledger, in PostgreSQL -------------------
+
+
+def _levels(text: str) -> tuple[str, ...]:
+    return tuple(part for part in text.split(",") if part)
+
+
+def _incident(t: Sequence[Any]) -> Incident:
+    return Incident(target=t[0], key=t[1], level=t[2], fired_levels=_levels(t[3]), body=bytes(t[4]),
+                    opened_at=t[5], told_at=t[6], seq=t[7])
+
+
+def record_delivery(cur: "psycopg.Cursor[Any]", target: str, key: str, level: str, body: bytes, seq: int,
+                    now: float) -> None:
+    """See :func:`bridge.ledger.record_delivery`: OK closes (the row stays), others open or extend."""
+    found = cur.execute(
+        "SELECT open, fired_levels, opened_at FROM oncall_ledger WHERE target = %s AND key = %s", (target, key)
+    ).fetchone()
+    if level == "OK":
+        cur.execute(
+            "INSERT INTO oncall_ledger (target, key, open, level, fired_levels, body, opened_at, told_at, seq)"
+            " VALUES (%s, %s, false, 'OK', '', %s, %s, %s, %s)"
+            " ON CONFLICT (target, key) DO UPDATE SET open = false, level = 'OK', fired_levels = '',"
+            " body = excluded.body, told_at = excluded.told_at, seq = excluded.seq",
+            (target, key, body, now, now, seq),
+        )
+        return
+    if found is None or not found[0]:
+        fired, opened_at = level, now
+    else:
+        levels = _levels(found[1])
+        fired = ",".join(levels if level in levels else levels + (level,))
+        opened_at = found[2]
+    cur.execute(
+        "INSERT INTO oncall_ledger (target, key, open, level, fired_levels, body, opened_at, told_at, seq)"
+        " VALUES (%s, %s, true, %s, %s, %s, %s, %s, %s)"
+        " ON CONFLICT (target, key) DO UPDATE SET open = true, level = excluded.level,"
+        " fired_levels = excluded.fired_levels, body = excluded.body, opened_at = excluded.opened_at,"
+        " told_at = excluded.told_at, seq = excluded.seq",
+        (target, key, level, fired, body, opened_at, now, seq),
+    )
+
+
+def open_incidents(conn: "psycopg.Connection[Any]", target: Optional[str] = None) -> List[Incident]:
+    sql = f"SELECT {_INCIDENT_COLUMNS} FROM oncall_ledger WHERE open"
+    args: List[Any] = []
+    if target is not None:
+        sql += " AND target = %s"
+        args.append(target)
+    sql += " ORDER BY opened_at, target, key"
+    return [_incident(r) for r in conn.execute(sql, args)]
+
+
+def told(conn: "psycopg.Connection[Any]", target: str, key: str) -> Optional[Incident]:
+    found = conn.execute(
+        f"SELECT {_INCIDENT_COLUMNS} FROM oncall_ledger WHERE open AND target = %s AND key = %s", (target, key)
+    ).fetchone()
+    return None if found is None else _incident(found)
+
+
+def last_told(conn: "psycopg.Connection[Any]", target: str, key: str) -> Optional[LastTold]:
+    found = conn.execute(
+        "SELECT level, seq, told_at FROM oncall_ledger WHERE target = %s AND key = %s", (target, key)
+    ).fetchone()
+    return None if found is None else LastTold(found[0], found[1], found[2])

@@ -1,0 +1,319 @@
+"""PostgreSQL backend specifics: schema versions, replicas sharing one database,
+leases, singletons, shared rate limits, and the database going away (a real server)."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from typing import Any, Iterator, List, Optional
+
+import psycopg
+import pytest
+
+from bridge.errors import StoreError
+from bridge.pg import SCHEMA_VERSION, PgOutbox, SharedRateLimiters
+from bridge.ratelimit import RateLimiter
+from bridge.targets.base import RateLimit
+from tests.pgserver import PgServer
+
+from .conftest import webhook_config
+from .harness import BridgeProcess, Receiver, kapacitor_event, wait_until
+
+
+@pytest.fixture
+def dsn(pg_server: PgServer) -> str:
+    return pg_server.create_database("pg")
+
+
+@pytest.fixture
+def replicas(dsn: str) -> Iterator[List[PgOutbox]]:
+    """Two replicas on one database (a lease long enough that a loaded machine never lets it run out)."""
+    boxes = [PgOutbox(dsn, replica_id=f"r{i}", lease=10.0).open() for i in (1, 2)]
+    yield boxes
+    for box in boxes:
+        box.close()
+
+
+def put(box: PgOutbox, key: str, level: str = "CRITICAL", n: int = 0) -> int:
+    body = f'{{"id":"{key}","level":"{level}","time":"2026-01-01T00:00:{n:02d}Z"}}'.encode()
+    return box.enqueue("t", key, level, body).result(10)
+
+
+class TestSchema:
+    def test_fresh_database_is_current(self, dsn: str) -> None:
+        """Opening a new database applies every migration once."""
+        PgOutbox(dsn, replica_id="r").open().close()
+        with psycopg.connect(dsn) as conn:
+            assert conn.execute("SELECT max(version), count(*) FROM oncall_schema").fetchone() == (SCHEMA_VERSION, 1)
+
+    def test_replicas_starting_together_migrate_once(self, dsn: str) -> None:
+        """The advisory lock lets one replica migrate while the others wait."""
+        errors: List[BaseException] = []
+        boxes: List[PgOutbox] = []
+
+        def start(i: int) -> None:
+            try:
+                boxes.append(PgOutbox(dsn, replica_id=f"r{i}").open())
+            except BaseException as exc:  # noqa: BLE001
+                errors.append(exc)
+
+        threads = [threading.Thread(target=start, args=(i,)) for i in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        for box in boxes:
+            box.close()
+        assert errors == [] and len(boxes) == 4
+        with psycopg.connect(dsn) as conn:
+            assert conn.execute("SELECT count(*) FROM oncall_schema").fetchone() == (SCHEMA_VERSION,)
+
+    def test_newer_schema_refused(self, dsn: str) -> None:
+        """A database migrated by a newer bridge refuses to start, naming both versions."""
+        PgOutbox(dsn, replica_id="r").open().close()
+        with psycopg.connect(dsn) as conn:
+            conn.execute("INSERT INTO oncall_schema (version) VALUES (%s)", (SCHEMA_VERSION + 1,))
+        with pytest.raises(StoreError, match=f"schema version {SCHEMA_VERSION + 1} is newer"):
+            PgOutbox(dsn, replica_id="r").open()
+
+    def test_unreachable_database_is_a_clear_error(self, pg_server: PgServer) -> None:
+        """A wrong database name fails open with StoreError, never quoting a password."""
+        dsn = pg_server.dsn("no_such_db") + " password=hunter2-secret"
+        with pytest.raises(StoreError) as info:
+            PgOutbox(dsn, replica_id="r").open()
+        assert "no_such_db" in str(info.value) and "hunter2" not in str(info.value)
+
+
+class TestReplicas:
+    def test_same_event_on_two_replicas_is_stored_once(self, replicas: List[PgOutbox]) -> None:
+        """Both posts get the same seq; the duplicate is counted."""
+        a, b = replicas
+        assert put(a, "k") == put(b, "k")
+        assert b.duplicates == 1
+        other = put(b, "k", n=1)  # a different event time is a different event
+        assert other != put(a, "k")
+
+    def test_one_inflight_row_per_key_across_replicas(self, replicas: List[PgOutbox]) -> None:
+        """While one replica delivers a key's head, the other cannot claim that key."""
+        a, b = replicas
+        put(a, "k", n=1)
+        put(b, "k", "OK", n=2)
+        head, _ = a.peek("t", time.time())
+        assert head is not None and a.claim(head)
+        assert b.peek("t", time.time())[0] is None
+        a.finish(head, "delivered", attempts=1)
+        nxt, _ = b.peek("t", time.time())
+        assert nxt is not None and nxt.level == "OK" and nxt.seq > head.seq
+
+    def test_concurrent_inserts_keep_key_order(self, replicas: List[PgOutbox]) -> None:
+        """Inserts of one key from two replicas at once: claims follow commit order, one at a time."""
+        a, b = replicas
+        committed: List[int] = []
+        lock = threading.Lock()
+
+        def post(box: PgOutbox, base: int) -> None:
+            for i in range(30):
+                seq = put(box, "k", n=(base + i) % 60)
+                with lock:
+                    committed.append(seq)
+
+        threads = [threading.Thread(target=post, args=(box, i * 30)) for i, box in enumerate((a, b))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        delivered: List[int] = []
+        while len(delivered) < len(set(committed)):
+            for box in (a, b):
+                head, _ = box.peek("t", time.time())
+                if head is None:
+                    continue
+                assert box.claim(head)
+                other = b if box is a else a
+                assert other.peek("t", time.time())[0] is None
+                delivered.append(head.seq)
+                box.finish(head, "delivered", attempts=1)
+        assert delivered == sorted(set(committed))
+
+    def test_lease_expiry_moves_rows_to_another_replica(self, dsn: str) -> None:
+        """A replica that stops renewing loses its in-flight row after the lease; its late finish is ignored."""
+        a, b = (PgOutbox(dsn, replica_id=f"r{i}", lease=1.0).open() for i in (1, 2))
+        try:
+            self._lease_expiry(a, b)
+        finally:
+            a.close()
+            b.close()
+
+    def _lease_expiry(self, a: PgOutbox, b: PgOutbox) -> None:
+        seq = put(a, "k")
+        head, _ = a.peek("t", time.time())
+        assert head is not None and a.claim(head)
+        a._stop.set()  # a hangs: no more lease renewals
+        time.sleep(1.3)
+        b.keep()
+        assert b.resumed == 1
+        again, _ = b.peek("t", time.time())
+        assert again is not None and again.seq == seq and b.claim(again)
+        a.finish(head, "delivered", attempts=1)  # stale: must not touch b's claim
+        b.finish(again, "delivered", attempts=1)
+        row = b.load(seq)
+        assert row is not None and row.state == "delivered"
+        with psycopg.connect(b._dsn) as conn:
+            assert conn.execute("SELECT delivered_by, resumed FROM oncall_outbox WHERE seq = %s",
+                                (seq,)).fetchone() == ("r2", 1)
+
+    def test_singletons_held_by_one_replica_and_move_on_close(self, replicas: List[PgOutbox]) -> None:
+        """Each singleton job has exactly one holder; it moves when the holder goes."""
+        a, b = replicas
+        a.keep()
+        b.keep()
+        for job in ("expiry", "prune", "heartbeat"):
+            assert a.holds(job) != b.holds(job)
+        holder, other = (a, b) if a.holds("expiry") else (b, a)
+        made: List[str] = []
+        other.enqueue("t", "x", "CRITICAL", b"{}", expire_after=0.0).result(10)
+        assert other.fire_expiries(lambda t, k, body, now: made.append(k) or b"{}", wait=True) == []
+        assert len(holder.fire_expiries(lambda t, k, body, now: made.append(k) or b"{}", wait=True)) == 1
+        assert made == ["x"]
+        holder.close()
+        other.keep()
+        assert other.holds("expiry")
+
+    def test_rate_limit_holds_in_aggregate(self, replicas: List[PgOutbox]) -> None:
+        """Two replicas with a 5 / 2 s limit take at most 5 tokens in any 2 s window together."""
+        limit = RateLimit(5, 2.0)
+        limiters = [SharedRateLimiters(box, {"t": limit}) for box in replicas]
+        taken: List[float] = []
+        lock = threading.Lock()
+        end = time.monotonic() + 5.0
+
+        def run(lim: SharedRateLimiters) -> None:
+            while time.monotonic() < end:
+                if lim.wait_time("t") == 0 and lim.try_acquire("t"):
+                    with lock:
+                        taken.append(time.monotonic())
+                else:
+                    time.sleep(0.01)
+
+        threads = [threading.Thread(target=run, args=(lim,)) for lim in limiters for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        window = RateLimiter(limit).window
+        assert len(taken) >= 10
+        taken.sort()
+        for i, at in enumerate(taken):
+            assert sum(1 for x in taken[i:] if x - at < window - 0.05) <= 5
+
+
+class TestDatabaseDown:
+    def test_outage_fails_accepts_and_resumes(self) -> None:
+        """PostgreSQL down: enqueue fails (StoreError) and reachability drops; back up: all works again."""
+        with PgServer() as server:
+            box = PgOutbox(server.create_database(), replica_id="r", commit_timeout=2.0).open()
+            try:
+                put(box, "before")
+                server.stop("immediate")
+                with pytest.raises(StoreError):
+                    put(box, "during")
+                assert not box.reachable() and not box.probe(timeout=1.0)
+                with pytest.raises(StoreError):
+                    box.peek("t", time.time())
+                server.start()
+                wait_until(box.probe, timeout=20)
+                put(box, "after")
+                keys = []
+                while (head := box.peek("t", time.time())[0]) is not None:
+                    assert box.claim(head)
+                    keys.append(head.key)
+                    box.finish(head, "delivered", attempts=1)
+                assert sorted(keys) == ["after", "before"] and box.reachable()
+            finally:
+                box.close()
+
+
+def pg_config(url: str, **delivery: str) -> str:
+    return webhook_config(url, **delivery) + '\n[store]\nbackend = "postgres"\ndsn = "env:BRIDGE_PG_DSN"\nlease = "2s"\n'
+
+
+class TestServe:
+    def test_two_replicas_serve_one_database(self, tmp_path: Any, dsn: str, receiver: Receiver,
+                                             make_bridge: Any) -> None:
+        """Two `serve` processes: an event posted to both is accepted by both and delivered once;
+        /healthz and /metrics show the replica, its singletons and the database; the DSN never shows."""
+        secret = "hunter2-in-dsn"
+        env = {"BRIDGE_PG_DSN": f"{dsn} password={secret}"}
+        a = make_bridge(pg_config(receiver.url), env=env)
+        b = make_bridge(pg_config(receiver.url), env=env)
+        event = kapacitor_event("cpu:web-01", "CRITICAL")
+        sa, ba = a.post_alert("hook", event)
+        sb, bb = b.post_alert("hook", event)
+        assert (sa, sb) == (202, 202) and ba["seq"] == bb["seq"]
+        wait_until(lambda: len(receiver.requests) >= 1, timeout=15)
+        time.sleep(1.0)
+        assert len(receiver.requests) == 1
+        status, health = a.healthz()
+        assert status == 200 and health["store"]["backend"] == "postgres"
+        assert health["store"]["database_reachable"] is True
+        assert health["store"]["replica"].endswith(f":{a.port}")
+        _, other = b.healthz()
+        for job in ("expiry", "prune", "heartbeat"):
+            assert health["store"]["singletons"][job] != other["store"]["singletons"][job]
+        assert a.metric("oncall_database_reachable") == 1.0
+        assert (a.metric("oncall_duplicate_posts_total") or 0) + (b.metric("oncall_duplicate_posts_total") or 0) == 1
+        for bridge in (a, b):
+            assert secret not in bridge.log_text() and secret not in bridge.metrics_text()
+
+    def test_queue_and_replay_commands(self, dsn: str, receiver: Receiver, make_bridge: Any) -> None:
+        """`queue` and `replay` work on the shared database while a replica serves."""
+        receiver.default = 400
+        env = {"BRIDGE_PG_DSN": dsn}
+        bridge = make_bridge(pg_config(receiver.url), env=env)
+        status, _ = bridge.post_alert("hook", kapacitor_event("cpu:db", "CRITICAL"))
+        assert status == 202
+
+        def dead() -> bool:
+            result = bridge.cli("queue", "--json", env=env)
+            return result.returncode == 0 and json.loads(result.stdout)["hook"]["dead"] == 1
+
+        wait_until(dead, timeout=15)
+        listed = bridge.cli("queue", "--dead", env=env)
+        assert "cpu:db" in listed.stdout and "400" in listed.stdout
+        receiver.default = 202
+        replayed = bridge.cli("replay", "--target", "hook", env=env)
+        assert replayed.returncode == 0 and "replayed 1" in replayed.stdout
+        wait_until(lambda: len(receiver.accepted()) == 1, timeout=15)
+
+
+class TestConfig:
+    def test_postgres_needs_a_dsn(self) -> None:
+        """`backend = "postgres"` without `dsn` is refused, naming the key."""
+        from bridge.config import from_mapping
+        from bridge.errors import ConfigError
+        from bridge.schema import ConfigErrors
+
+        with pytest.raises((ConfigError, ConfigErrors)) as info:
+            from_mapping({"store": {"backend": "postgres"}})
+        assert "store.dsn" in str(info.value)
+
+    def test_unknown_backend_refused(self) -> None:
+        """Only sqlite and postgres are backends."""
+        from bridge.config import from_mapping
+        from bridge.errors import ConfigError
+        from bridge.schema import ConfigErrors
+
+        with pytest.raises((ConfigError, ConfigErrors)) as info:
+            from_mapping({"store": {"backend": "mysql"}})
+        assert "store.backend" in str(info.value) and "sqlite, postgres" in str(info.value)
+
+    def test_dsn_and_its_password_are_secrets(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """The DSN from env: and the password inside a key=value DSN are scrubbed from logs."""
+        from bridge.config import from_mapping
+
+        monkeypatch.setenv("BRIDGE_PG_DSN", "host=db.internal dbname=oncall password=s3cret-pw-1")
+        config = from_mapping({"store": {"backend": "postgres", "dsn": "env:BRIDGE_PG_DSN"}})
+        assert config.store.dsn == "host=db.internal dbname=oncall password=s3cret-pw-1"
+        assert "s3cret-pw-1" in config.secrets and config.store.dsn in config.secrets
+        assert "s3cret" not in repr(config.store)

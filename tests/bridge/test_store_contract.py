@@ -1,0 +1,320 @@
+"""The store contract, run against every backend (SQLite and a real PostgreSQL).
+
+One suite, parametrised: whatever delivery, the server and the ledger rely on must
+hold for :class:`bridge.outbox.Outbox` and :class:`bridge.pg.PgOutbox` alike.
+Backend-specific behaviour (files, schema refusal, replicas) is tested beside each.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any, Callable, Iterator, List, Optional
+
+import pytest
+
+from bridge.backend import Store
+from bridge.errors import StoreError
+from bridge.store import Head
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_700_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+Factory = Callable[[], Store]
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def make_store(request: pytest.FixtureRequest, tmp_path: Path, clock: Clock) -> Iterator[Factory]:
+    """``make_store()`` opens a store on this test's file or database (again after a close)."""
+    opened: List[Store] = []
+    if request.param == "sqlite":
+        from bridge.outbox import Outbox
+
+        path = str(tmp_path / "o.db")
+
+        def make() -> Store:
+            box = Outbox(path, clock=clock)
+            box.open()
+            opened.append(box)
+            return box
+    else:
+        from bridge.pg import PgOutbox
+
+        dsn = request.getfixturevalue("pg_server").create_database("contract")
+
+        def make() -> Store:
+            box = PgOutbox(dsn, replica_id="r1", clock=clock, lease=5.0)
+            box.open()
+            opened.append(box)
+            return box
+
+    yield make
+    for box in opened:
+        box.close()
+
+
+@pytest.fixture
+def box(make_store: Factory) -> Store:
+    return make_store()
+
+
+def body(key: str, level: str, n: int = 0) -> bytes:
+    return f'{{"id":"{key}","level":"{level}","time":"2026-01-01T00:00:{n:02d}Z"}}'.encode()
+
+
+def put(box: Store, key: str, level: str = "CRITICAL", target: str = "t", n: int = 0, **kw: Any) -> int:
+    return box.enqueue(target, key, level, body(key, level, n), **kw).result(10)
+
+
+def take(box: Store, clock: Clock, target: str = "t") -> Optional[Head]:
+    head, _due = box.peek(target, clock())
+    if head is not None:
+        assert box.claim(head)
+    return head
+
+
+def drain(box: Store, clock: Clock, target: str = "t") -> List[Head]:
+    heads: List[Head] = []
+    while (head := take(box, clock, target)) is not None:
+        heads.append(head)
+    return heads
+
+
+def deliver(box: Store, clock: Clock, key: str, level: str, target: str = "t", n: int = 0) -> Head:
+    put(box, key, level, target, n)
+    head = take(box, clock, target)
+    assert head is not None and head.key == key
+    box.finish(head, "delivered", attempts=1, status=202)
+    return head
+
+
+class TestAccept:
+    def test_concurrent_enqueues_get_distinct_seqs(self, box: Store) -> None:
+        """Many threads enqueue at once; every one gets its own durable seq."""
+        seqs: List[int] = []
+        lock = threading.Lock()
+
+        def worker(i: int) -> None:
+            for j in range(25):
+                seq = put(box, f"k{i}-{j}", n=j)
+                with lock:
+                    seqs.append(seq)
+
+        threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert len(set(seqs)) == 200
+
+    def test_synthetic_flag_stored(self, box: Store) -> None:
+        """``synthetic=True`` marks the bridge's own events."""
+        seq = box.enqueue("t", "a", "OK", b"{}", synthetic=True).result(10)
+        row = box.load(seq)
+        assert row is not None and row.synthetic and row.body == b"{}"
+
+    def test_closed_store_refuses(self, make_store: Factory) -> None:
+        """After close an enqueue fails with StoreError: never a silent drop."""
+        box = make_store()
+        box.close()
+        with pytest.raises(StoreError):
+            box.enqueue("t", "k", "CRITICAL", b"{}").result(10)
+
+
+class TestDispatch:
+    def test_only_head_of_key(self, box: Store, clock: Clock) -> None:
+        """One row per key at a time, in seq order; other keys go in parallel."""
+        a1, a2, b1 = put(box, "a", n=1), put(box, "a", "OK", n=2), put(box, "b")
+        first = drain(box, clock)
+        assert sorted(h.seq for h in first) == [a1, b1]
+        head_a = next(h for h in first if h.key == "a")
+        box.finish(head_a, "delivered", attempts=1)
+        second = drain(box, clock)
+        assert [h.seq for h in second] == [a2]
+
+    def test_retry_waits_for_due_time(self, box: Store, clock: Clock) -> None:
+        """A row put back with ``next_at`` is not ready before then; peek says when."""
+        put(box, "a")
+        head = take(box, clock)
+        assert head is not None
+        box.finish(head, "pending", attempts=1, next_at=clock.now + 30, error="boom", status=503)
+        ready, due = box.peek("t", clock.now)
+        assert ready is None and due == pytest.approx(clock.now + 30)
+        clock.now += 31
+        again = take(box, clock)
+        assert again is not None and again.seq == head.seq
+        row = box.load(head.seq)
+        assert row is not None and row.attempts == 1 and row.last_status == 503
+
+    def test_targets_are_separate(self, box: Store, clock: Clock) -> None:
+        """Claims of one target never return another target's rows."""
+        put(box, "a", target="t1")
+        put(box, "a", target="t2")
+        assert [h.target for h in drain(box, clock, "t1")] == ["t1"]
+        assert [h.target for h in drain(box, clock, "t2")] == ["t2"]
+
+    def test_inflight_back_to_pending_after_restart(self, make_store: Factory, clock: Clock) -> None:
+        """A row claimed when the process stopped is delivered again after a restart."""
+        box = make_store()
+        seq = put(box, "a")
+        assert take(box, clock) is not None
+        box.close()
+        again = make_store()
+        head = take(again, clock)
+        assert head is not None and head.seq == seq
+
+    def test_retry_schedule_survives_restart(self, make_store: Factory, clock: Clock) -> None:
+        """Attempts and next due time live in the store, not in memory."""
+        box = make_store()
+        put(box, "a")
+        head = take(box, clock)
+        assert head is not None
+        box.finish(head, "pending", attempts=3, next_at=clock.now + 100)
+        box.close()
+        again = make_store()
+        assert again.peek("t", clock.now)[0] is None
+        clock.now += 101
+        head = take(again, clock)
+        assert head is not None
+        row = again.load(head.seq)
+        assert row is not None and row.attempts == 3
+
+    def test_dead_and_replay(self, box: Store, clock: Clock) -> None:
+        """Dead letters stay until replayed; replay filters by target and key."""
+        for key in ("a", "b"):
+            put(box, key)
+        for head in drain(box, clock):
+            box.finish(head, "dead", attempts=5, error="gone", status=410)
+        assert box.stats().dead == {"t": 2}
+        assert box.replay("t", "a").count == 1
+        assert [h.key for h in drain(box, clock)] == ["a"]
+        assert box.replay().count == 1
+
+    def test_forwarded_memory_and_prune(self, box: Store, clock: Clock) -> None:
+        """The last delivered level is remembered for repeat suppression, and forgotten by prune."""
+        deliver(box, clock, "a", "CRITICAL")
+        fwd = box.forwarded("t", "a")
+        assert fwd is not None and fwd.level == "CRITICAL" and fwd.received_at == clock.now
+        box.prune(0, forget_before=clock.now + 1, wait=True)
+        assert box.forwarded("t", "a") is None
+
+    def test_prune_keeps_dead(self, box: Store, clock: Clock) -> None:
+        """Pruning bounds delivered history and never touches dead letters."""
+        for i in range(5):
+            deliver(box, clock, f"k{i}", "CRITICAL")
+        put(box, "x")
+        head = take(box, clock)
+        assert head is not None
+        box.finish(head, "dead", error="gone")
+        box.prune(2, wait=True)
+        assert box.stats().dead == {"t": 1}
+        assert box.load(head.seq) is not None
+
+    def test_stats(self, box: Store, clock: Clock) -> None:
+        """Pending, in-flight and dead per target, and the oldest pending age."""
+        put(box, "a")
+        put(box, "b")
+        assert take(box, clock) is not None
+        clock.now += 5
+        stats = box.stats()
+        assert stats.total_pending == 2 and sum(stats.inflight.values()) == 1
+        assert stats.oldest_pending_age == pytest.approx(5.0) and stats.writable
+        assert box.targets_with_rows() == {"t"}
+        assert box.probe()
+
+
+class TestExpiry:
+    def test_expiry_fires_synthetic_resolve(self, box: Store, clock: Clock) -> None:
+        """A quiet id gets a synthetic OK after ``expire_after``; a newer event resets the timer."""
+        put(box, "a", expire_after=60)
+        head = take(box, clock)
+        assert head is not None
+        box.finish(head, "delivered", attempts=1)
+
+        def make(target: str, key: str, old: bytes, now: float) -> Optional[bytes]:
+            return b'{"resolved":"' + key.encode() + b'"}'
+
+        clock.now += 30
+        assert box.fire_expiries(make, wait=True) == []
+        clock.now += 31
+        fired = box.fire_expiries(make, wait=True)
+        assert [(t, k) for _s, t, k in fired] == [("t", "a")]
+        row = box.load(fired[0][0])
+        assert row is not None and row.synthetic and row.level == "OK"
+        assert box.fire_expiries(make, wait=True) == []
+
+
+class TestLedger:
+    def test_trigger_escalate_resolve(self, box: Store, clock: Clock) -> None:
+        """Non-OK deliveries open and extend the incident; OK closes it."""
+        first = deliver(box, clock, "cpu:a", "WARNING", n=1)
+        opened = clock.now
+        clock.now += 10
+        second = deliver(box, clock, "cpu:a", "CRITICAL", n=2)
+        clock.now += 10
+        deliver(box, clock, "cpu:a", "WARNING", n=3)
+        inc = box.told("t", "cpu:a")
+        assert inc is not None
+        assert inc.level == "WARNING" and inc.fired_levels == ("WARNING", "CRITICAL")
+        assert inc.opened_at == opened and inc.told_at == clock.now and inc.seq > second.seq > first.seq
+        assert b'"level":"WARNING"' in inc.body
+        deliver(box, clock, "cpu:a", "OK", n=4)
+        assert box.told("t", "cpu:a") is None and box.incidents() == []
+        deliver(box, clock, "cpu:a", "INFO", n=5)
+        reopened = box.told("t", "cpu:a")
+        assert reopened is not None and reopened.fired_levels == ("INFO",) and reopened.opened_at == clock.now
+
+    def test_only_deliveries_count(self, box: Store, clock: Clock) -> None:
+        """Dead, suppressed and retried rows never reach the ledger."""
+        for state in ("dead", "suppressed"):
+            put(box, f"k-{state}")
+            head = take(box, clock)
+            assert head is not None
+            box.finish(head, state)
+        put(box, "k-retry")
+        head = take(box, clock)
+        assert head is not None
+        box.finish(head, "pending", attempts=1, next_at=clock.now + 60)
+        assert box.incidents() == []
+
+    def test_incidents_by_target(self, box: Store, clock: Clock) -> None:
+        """``incidents(target)`` filters; ``incidents()`` lists every target's."""
+        deliver(box, clock, "a", "CRITICAL", target="t1")
+        deliver(box, clock, "b", "CRITICAL", target="t2")
+        assert [i.target for i in box.incidents()] == ["t1", "t2"]
+        assert [i.key for i in box.incidents("t2")] == ["b"]
+
+    def test_survives_restart(self, make_store: Factory, clock: Clock) -> None:
+        """The ledger is read from the store, not from memory."""
+        box = make_store()
+        deliver(box, clock, "a", "CRITICAL")
+        box.close()
+        again = make_store()
+        assert [i.key for i in again.incidents()] == ["a"]
+
+    def test_idle_and_hold(self, box: Store, clock: Clock) -> None:
+        """Busy or pending keys are not idle; held keys are not claimable until released."""
+        deliver(box, clock, "a", "CRITICAL")
+        assert box.idle("t", "a") and box.idle("t", "never-seen")
+        put(box, "b")
+        assert not box.idle("t", "b")
+        with box.hold("t", ["a", "b"]) as held:
+            assert held == ["a"]
+            assert not box.idle("t", "a")
+            put(box, "a", "OK", n=9)
+            head = take(box, clock)
+            assert head is not None and head.key == "b"
+            assert take(box, clock) is None
+        head = take(box, clock)
+        assert head is not None and head.key == "a" and head.level == "OK"
