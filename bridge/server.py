@@ -353,7 +353,7 @@ class _Handlers:
             )
             self._waiting.append((time.monotonic() + self.commit_timeout, future, ticket))
             seq = await future
-            await self._fan_out(name, event.id, event.level, body, expire)
+            missing = await self._fan_out(name, event.id, event.level, body, expire)
         except _CommitUnknown:
             self._received(name, "store_unknown")
             log.error("alert.store_unknown", target=name, id=event.id, waited=2 * self.commit_timeout)
@@ -370,6 +370,8 @@ class _Handlers:
             self._received(name, "store_error")
             log.error("alert.store_crashed", target=name, id=event.id, exc_info=True)
             return _error(500, "alert NOT stored: internal error (see bridge log)")
+        if missing:
+            return self._partly_stored(name, event.id, seq, missing)
         self._received(name, "accepted")
         self.metrics.accept_seconds.observe(time.perf_counter() - started)
         log.info("alert.accepted", target=name, id=event.id, alert_level=event.level, seq=seq)
@@ -381,22 +383,53 @@ class _Handlers:
         self.rejections.record(request, status, message, target)
         return _error(status, message, **extra)
 
-    async def _fan_out(self, name: str, key: str, level: str, body: bytes, expire: Optional[float]) -> None:
-        """The other members of an HA target (``<name>@2``…) get their own durable row each."""
+    async def _fan_out(
+        self, name: str, key: str, level: str, body: bytes, expire: Optional[float]
+    ) -> Dict[str, BaseException]:
+        """The other members of an HA target (``<name>@2``…) get their own durable row each,
+        after the primary's row committed; returns the members whose row was not (or not
+        knowably) committed. Every member is waited for, so the answer covers all of them."""
         members = self.fanout.get(name, ())[1:]
         if not members or self._completions is None:
-            return
+            return {}
         loop = asyncio.get_running_loop()
         futures: List["asyncio.Future[int]"] = []
         for member in members:
             future: "asyncio.Future[int]" = loop.create_future()
-            ticket = self.service.outbox.enqueue_with(
-                self._completions.resolver(future), member, key, level, body, expire_after=expire
-            )
-            self._waiting.append((time.monotonic() + self.commit_timeout, future, ticket))
+            try:
+                ticket = self.service.outbox.enqueue_with(
+                    self._completions.resolver(future), member, key, level, body, expire_after=expire
+                )
+            except Exception as exc:  # noqa: BLE001 - a closed store: this member is not stored
+                future.set_exception(exc)
+                ticket = None
+            if ticket is not None:
+                self._waiting.append((time.monotonic() + self.commit_timeout, future, ticket))
             futures.append(future)
-        for future in futures:
-            await future
+        results = await asyncio.gather(*futures, return_exceptions=True)
+        return {m: r for m, r in zip(members, results) if isinstance(r, BaseException)}
+
+    def _partly_stored(self, name: str, key: str, seq: int, missing: Dict[str, BaseException]) -> web.Response:
+        """The primary's row is committed but some members' are not: never "NOT stored" (it is,
+        for the primary) and never 202 (it is not, for the others). 504 says a retry may
+        deliver it twice to the members that have it."""
+        unknown = sorted(m for m, e in missing.items() if isinstance(e, _CommitUnknown))
+        not_stored = sorted(m for m, e in missing.items() if not isinstance(e, _CommitUnknown))
+        self._received(name, "store_partial")
+        log.error("alert.store_partial", target=name, id=key, seq=seq, not_stored=not_stored, unknown=unknown,
+                  errors=sorted({str(e) or type(e).__name__ for e in missing.values()}))
+        stored = [name] + sorted(set(self.fanout.get(name, ())[1:]) - set(missing))
+        parts = [f"stored for {', '.join(stored)} (seq {seq}, will be delivered there)"]
+        if not_stored:
+            parts.append(f"NOT stored for {', '.join(not_stored)} (the store cannot commit; see bridge log)")
+        if unknown:
+            parts.append(f"outcome UNKNOWN for {', '.join(unknown)} (the commit did not finish in time)")
+        return _error(
+            504,
+            "alert PARTLY stored: " + "; ".join(parts) + ". A retry stores it for every member and may "
+            "deliver it twice to those that have it",
+            stored=stored, not_stored=not_stored, unknown=unknown, seq=seq,
+        )
 
     async def healthz(self, request: web.Request) -> web.Response:
         health = await asyncio.get_running_loop().run_in_executor(None, self.service.health)

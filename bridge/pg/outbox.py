@@ -39,6 +39,7 @@ from ..store import Forwarded, Head, Row, Stats
 from . import sql
 from ..outbox_ops import Ticket
 from ..store_ops import Replayed
+from .coalesce import coalesce_keys, coalescible_keys
 from .rows import _bookkeeping_commits, _Claimed, _Insert, _store_error, replay_rows
 from .schema import migrate
 
@@ -51,6 +52,9 @@ MakeResolve = Callable[[str, str, bytes, float], Optional[bytes]]
 #: Work that must happen on one replica at a time.
 SINGLETON_JOBS = ("expiry", "prune", "heartbeat", "keepalive", "reconcile")
 MAX_BATCH = 1000
+#: Seconds the dispatcher's "which keys are coalescible" answer is reused (one query per round
+#: and target would cost more than the coalescing saves).
+COALESCE_RECHECK = 1.0
 _STOP = object()
 
 
@@ -95,6 +99,7 @@ class PgOutbox:
         self._reachable = True
         self._last_error: Optional[str] = None
         self._stats_cache: Optional[Tuple[float, Stats]] = None
+        self._coalescible_cache: Dict[Tuple[str, bool], Tuple[float, List[str]]] = {}
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -322,23 +327,51 @@ class PgOutbox:
 
     def peek(self, target: str, now: float, *, resolves_first: bool = False) -> Tuple[Optional[Head], Optional[float]]:
         """A claimed, ready head of ``target`` (claiming a batch in the database when none is
-        left here), or the next due time. ``resolves_first`` is not applied here yet: heads are
-        claimed in due order (see README, "Running several replicas")."""
+        left here), or the next due time.
+
+        With ``resolves_first`` (the target is rate limited) a ready resolve goes first: one
+        claimed here already, else one claimed in the database before any trigger; and claims
+        take one head at a time, so no batch of triggers waits here ahead of a resolve.
+        """
         with self._lock:
             ready = self._ready.get(target)
-            if ready:
+            if ready and resolves_first:
+                for item in ready:
+                    if item.head.level == "OK":
+                        return item.head, None
+            elif ready:
                 return ready[0].head, None
-        with self._tx() as cur:
-            rows = cur.execute(sql.CLAIM, {"target": target, "now": now, "n": self.claim_batch,
-                                           "me": self.replica_id, "lease": self.lease}).fetchall()
-            due = None if rows else cur.execute(sql.NEXT_DUE, (target,)).fetchone()
+        if resolves_first:
+            rows, _due = self._claim(sql.CLAIM_RESOLVES, target, now, 1, due=False)
+            if rows:
+                return self._keep_claimed(target, rows, front=True), None
+            with self._lock:
+                ready = self._ready.get(target)
+                if ready:
+                    return ready[0].head, None
+        rows, due = self._claim(sql.CLAIM, target, now, 1 if resolves_first else self.claim_batch, due=True)
         if not rows:
-            return None, None if due is None or due[0] is None else float(due[0])
+            return None, due
+        return self._keep_claimed(target, rows), None
+
+    def _claim(self, statement: str, target: str, now: float, n: int, *, due: bool) -> Tuple[List[Any], Optional[float]]:
+        """Claimed rows, and when there are none (and ``due``) the target's next due time."""
+        with self._tx() as cur:
+            rows = cur.execute(statement, {"target": target, "now": now, "n": n, "me": self.replica_id,
+                                           "lease": self.lease}).fetchall()
+            found = None if rows or not due else cur.execute(sql.NEXT_DUE, (target,)).fetchone()
+        return rows, None if found is None or found[0] is None else float(found[0])
+
+    def _keep_claimed(self, target: str, rows: List[Any], *, front: bool = False) -> Head:
+        """Hold freshly claimed rows here in due order; the head to hand out first."""
         claimed = [self._claimed(r) for r in sorted(rows, key=lambda r: (r[9], r[0]))]
         with self._lock:
             ready = self._ready.setdefault(target, deque())
-            ready.extend(claimed)
-            return ready[0].head, None
+            if front:
+                ready.extendleft(reversed(claimed))
+            else:
+                ready.extend(claimed)
+            return ready[0].head
 
     @staticmethod
     def _claimed(r: Any) -> _Claimed:
@@ -348,13 +381,37 @@ class PgOutbox:
         return _Claimed(head, row, fwd)
 
     def coalescible(self, target: str, now: Optional[float] = None, *, limited: bool = False) -> List[str]:
-        """Outage coalescing is not built for PostgreSQL yet: every event is delivered
-        (as ``coalesce = "off"``); README "Running several replicas" says so."""
-        return []
+        """Keys of ``target`` with a backlog of several pending rows and nothing in flight (on any
+        replica). Asked without ``now`` (the dispatcher, every round) the answer is reused for
+        :data:`COALESCE_RECHECK` seconds unless this replica saw a delivery fail meanwhile: a
+        backlog builds over seconds, and :meth:`coalesce` re-checks under the queue-row locks."""
+        explicit = now is not None
+        now = self._clock() if now is None else now
+        if not explicit:
+            with self._lock:
+                cached = self._coalescible_cache.get((target, limited))
+            if cached is not None and time.monotonic() - cached[0] < COALESCE_RECHECK:
+                return list(cached[1])
+        with self._tx() as cur:
+            keys = coalescible_keys(cur, target, now, limited=limited)
+        with self._lock:
+            self._coalescible_cache[(target, limited)] = (time.monotonic(), keys)
+        return list(keys)
 
     def coalesce(self, target: str, mode: str, *, limited: bool = False, limit: int = 5000) -> int:
-        """See :meth:`coalescible`: nothing is superseded on PostgreSQL yet."""
-        return 0
+        """Supersede what :func:`bridge.coalesce.keep` drops for the coalescible keys of ``target``
+        (see :mod:`.coalesce`: queue rows locked, keys in flight left alone); returns how many."""
+        if mode == "off":
+            return 0
+        now = self._clock()
+        with self._tx() as cur:
+            keys = coalescible_keys(cur, target, now, limited=limited, limit=limit)
+            gone = coalesce_keys(cur, target, keys, mode, now) if keys else 0
+        with self._lock:
+            self._coalescible_cache.pop((target, limited), None)
+        if gone:
+            self._on_change()
+        return gone
 
     def claim(self, head: Head) -> bool:
         """Hand out a head ``peek`` returned (it is already ours in the database)."""
@@ -406,6 +463,7 @@ class PgOutbox:
         if state == "pending" and next_at is None:
             raise ValueError("a retry needs next_at")
         now = self._clock()
+        retried = False
         with self._tx() as cur:
             found = cur.execute(sql.LOCK_KEY, (head.target, head.key)).fetchone()
             if found is None or found[0] != head.seq or found[1] != self.replica_id:
@@ -414,6 +472,7 @@ class PgOutbox:
                 stale = False
                 if state == "pending":
                     cur.execute(sql.FINISH_PENDING, (attempts, next_at, error, status, head.seq))
+                    retried = True
                 elif state == "suppressed":
                     cur.execute(sql.FINISH_SUPPRESSED, (now, head.seq))
                 else:
@@ -425,6 +484,8 @@ class PgOutbox:
                 cur.execute(sql.REFRESH, (head.target, head.key))
         with self._lock:
             self._busy.pop(head.seq, None)
+            if retried:  # a failed head makes its key's queue a backlog: look again next round
+                self._coalescible_cache.pop((head.target, False), None)
         if stale:
             log.warning("outbox.stale_finish", target=head.target, id=head.key, seq=head.seq, state=state,
                         hint="the lease ran out and another replica took the row")

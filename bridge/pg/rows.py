@@ -11,7 +11,8 @@ import psycopg
 
 from ..errors import StoreError
 from ..store import Forwarded, Head, Row
-from ..store_ops import Replayed, Superseded
+from ..store_ops import Forced, Replayed, Superseded
+from ..store_ops import _effect as replay_effect
 from . import sql
 
 Done = Callable[[Any, Optional[BaseException]], None]
@@ -75,10 +76,10 @@ def replay_rows(
     """Inside a transaction: dead rows back to pending, order-safe as on SQLite
     (:func:`bridge.store_ops.replay_rows`): a dead letter that a later event of its id
     supersedes (queued, in flight, delivered, or remembered by the ledger) stays dead and is
-    reported. Queue rows are locked first and heads refreshed. ``force`` is refused here:
-    re-queuing a copy after the newer events needs the insert path's dedup key, not built yet."""
-    if force:
-        raise StoreError("replay --force is not supported on the postgres backend yet")
+    reported. Queue rows are locked first and heads refreshed. With ``force`` such a dead letter
+    is queued again *after* the newer events: a copy with a new seq and no dedup key (like the
+    bridge's own synthetic rows: the copy is meant to repeat an event already stored), the old
+    row becomes ``superseded`` and the effect on the platform is reported."""
     cond, args = "o.state = 'dead'", []
     if target is not None:
         cond += " AND o.target = %s"
@@ -92,8 +93,12 @@ def replay_rows(
         cur.execute(sql.LOCK_QUEUE, (t, k))
     requeued: List[Row] = []
     superseded: List[Superseded] = []
+    forced: List[Forced] = []
     for row in rows:
         later = _later(cur, row)
+        if later is not None and force:
+            forced.append(_force(cur, row, later[2], now))
+            continue
         if later is not None:
             superseded.append(Superseded(row, *later))
             continue
@@ -101,11 +106,26 @@ def replay_rows(
             "UPDATE oncall_outbox SET state = 'pending', attempts = 0, next_attempt_at = %s, queued_at = %s,"
             " done_at = NULL WHERE seq = %s", (now, now, row.seq))
         requeued.append(row)
-    for t, k in sorted({(r.target, r.key) for r in requeued}):
+    for t, k in sorted({(r.target, r.key) for r in requeued} | {(f.row.target, f.row.key) for f in forced}):
         found = cur.execute("SELECT inflight_seq FROM oncall_queue WHERE target = %s AND key = %s", (t, k)).fetchone()
         if found is None or found[0] is None:
             cur.execute(sql.REFRESH, (t, k))
-    return Replayed(tuple(requeued), tuple(superseded), ())
+    return Replayed(tuple(requeued), tuple(superseded), tuple(forced))
+
+
+def _force(cur: "psycopg.Cursor[Any]", row: Row, later_level: str, now: float) -> Forced:
+    """Queue a copy of a superseded dead letter after the newer events (its queue row is locked,
+    so the copy's seq is the key's newest); the old row becomes ``superseded``."""
+    told = sql.last_told(cur.connection, row.target, row.key) if cur.connection is not None else None
+    found = cur.execute(
+        "INSERT INTO oncall_outbox (target, key, level, body, received_at, queued_at, state, next_attempt_at,"
+        " synthetic, dedup) VALUES (%s, %s, %s, %s, %s, %s, 'pending', %s, %s, NULL) RETURNING seq",
+        (row.target, row.key, row.level, row.body, row.received_at, now, now, row.synthetic)).fetchone()
+    assert found is not None
+    new_seq = int(found[0])
+    cur.execute("UPDATE oncall_outbox SET state = 'superseded', done_at = %s, last_error = %s WHERE seq = %s",
+                (now, f"replayed with --force as #{new_seq}", row.seq))
+    return Forced(row, new_seq, replay_effect(row, told, later_level))
 
 
 def _later(cur: "psycopg.Cursor[Any]", row: Row) -> Optional[Tuple[int, str, str]]:

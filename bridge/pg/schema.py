@@ -10,7 +10,8 @@ The heart is ``oncall_queue``, one row per ``(target, key)``:
 * ``head_seq``/``due``: the lowest pending row of the key while none is in flight;
 * ``inflight_seq``/``owner``/``lease_until``: the row being delivered and by whom;
 * ``held_until``: keep-alive holds the key (no delivery starts);
-* ``fwd_level``/``fwd_received_at``: the last delivered event (repeat suppression).
+* ``fwd_level``/``fwd_received_at``: the last delivered event (repeat suppression);
+* ``coalesced_upto``: the newest seq of the key that outage coalescing has already planned.
 
 Every insert locks the key's queue row *before* it draws its ``seq``, so the rows
 of one key get their seqs in commit order: a smaller seq can never commit after a
@@ -189,8 +190,14 @@ BEGIN
 END $$;
 """
 
+# Outage coalescing: the newest seq of a key already coalesced, so a key is a candidate again
+# only when an event newer than that arrives (the kept rows alone are not a backlog to redo).
+_V2 = """
+ALTER TABLE oncall_queue ADD COLUMN coalesced_upto bigint;
+"""
+
 #: Ordered migrations, version -> SQL; append only, never edit a released step.
-MIGRATIONS: List[Tuple[int, str]] = [(1, _V1)]
+MIGRATIONS: List[Tuple[int, str]] = [(1, _V1), (2, _V2)]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 

@@ -24,13 +24,21 @@ ENQUEUE = "SELECT seq, dup FROM oncall_enqueue(%s, %s, %s, %s, %s, %s, %s, %s)"
 #: Claim up to ``n`` ready heads of a target: queue rows locked with SKIP LOCKED (a key being
 #: inserted or claimed by another replica is skipped, never waited for), marked in flight with
 #: our owner and lease, and the rows (bodies included) returned for delivery.
-CLAIM = f"""
-WITH c AS (
+_PICK_DUE = """
     SELECT target, key, head_seq FROM oncall_queue
     WHERE target = %(target)s AND head_seq IS NOT NULL AND due <= %(now)s
       AND (held_until IS NULL OR held_until < oncall_now())
     ORDER BY due LIMIT %(n)s
-    FOR UPDATE SKIP LOCKED
+    FOR UPDATE SKIP LOCKED"""
+#: Only heads that are resolves (``peek(resolves_first=True)`` under a rate limit).
+_PICK_RESOLVES = """
+    SELECT x.target, x.key, x.head_seq FROM oncall_queue x JOIN oncall_outbox h ON h.seq = x.head_seq
+    WHERE x.target = %(target)s AND x.head_seq IS NOT NULL AND x.due <= %(now)s AND h.level = 'OK'
+      AND (x.held_until IS NULL OR x.held_until < oncall_now())
+    ORDER BY x.due LIMIT %(n)s
+    FOR UPDATE OF x SKIP LOCKED"""
+_CLAIM = """
+WITH c AS ({pick}
 ), q AS (
     UPDATE oncall_queue x SET inflight_seq = c.head_seq, head_seq = NULL, due = NULL, owner = %(me)s,
         lease_until = oncall_now() + %(lease)s
@@ -38,8 +46,10 @@ WITH c AS (
     RETURNING x.inflight_seq AS seq, x.fwd_level, x.fwd_received_at
 )
 UPDATE oncall_outbox o SET state = 'inflight' FROM q WHERE o.seq = q.seq
-RETURNING {ROW_COLUMNS}, q.fwd_level, q.fwd_received_at
+RETURNING {columns}, q.fwd_level, q.fwd_received_at
 """
+CLAIM = _CLAIM.format(pick=_PICK_DUE, columns=ROW_COLUMNS)
+CLAIM_RESOLVES = _CLAIM.format(pick=_PICK_RESOLVES, columns=ROW_COLUMNS)
 
 NEXT_DUE = "SELECT min(due) FROM oncall_queue WHERE target = %s AND head_seq IS NOT NULL"
 
@@ -205,3 +215,46 @@ def last_told(conn: "psycopg.Connection[Any]", target: str, key: str) -> Optiona
         "SELECT level, seq, told_at FROM oncall_ledger WHERE target = %s AND key = %s", (target, key)
     ).fetchone()
     return None if found is None else LastTold(found[0], found[1], found[2])
+
+
+# -- outage coalescing (the plan is bridge.coalesce.keep; these find and apply it) ----------
+
+#: Keys of a target with several pending rows, nothing in flight, and a backlog: the head has
+#: failed before (due after receipt), waited ``backlog`` seconds, or ``limited`` (rate limit).
+COALESCIBLE = """
+SELECT q.key FROM oncall_queue q JOIN oncall_outbox h ON h.seq = q.head_seq
+WHERE q.target = %(target)s AND q.head_seq IS NOT NULL AND q.inflight_seq IS NULL
+  AND (%(limited)s OR q.due > h.received_at OR %(now)s - h.received_at >= %(backlog)s)
+  AND EXISTS (SELECT 1 FROM oncall_outbox p WHERE p.target = q.target AND p.key = q.key
+              AND p.state = 'pending' AND p.seq > q.head_seq AND p.seq > COALESCE(q.coalesced_upto, 0))
+ORDER BY q.due LIMIT %(limit)s
+"""
+#: The keys' queue rows, locked (in key order, skipping any another replica is inserting into,
+#: claiming or coalescing), and only those with nothing in flight.
+LOCK_COALESCIBLE = """
+SELECT key FROM oncall_queue WHERE target = %s AND key = ANY(%s) AND inflight_seq IS NULL
+ORDER BY key FOR UPDATE SKIP LOCKED
+"""
+PENDING_OF_KEYS = """
+SELECT key, seq, level, attempts, next_attempt_at, last_error, last_status FROM oncall_outbox
+WHERE target = %s AND key = ANY(%s) AND state = 'pending' ORDER BY key, seq
+"""
+TOLD_LEVELS = "SELECT key, level FROM oncall_ledger WHERE target = %s AND key = ANY(%s)"
+SUPERSEDE = """
+UPDATE oncall_outbox o SET state = 'superseded', done_at = %s,
+    last_error = 'superseded by #' || v.latest || ' (coalesced)'
+FROM unnest(%s::bigint[], %s::bigint[]) AS v(seq, latest) WHERE o.seq = v.seq AND o.state = 'pending'
+"""
+#: The first kept row inherits the old head's retry schedule (same backoff, not a fresh burst).
+INHERIT = """
+UPDATE oncall_outbox o SET attempts = v.attempts, next_attempt_at = v.due,
+    last_error = COALESCE(v.error, o.last_error), last_status = COALESCE(v.status, o.last_status)
+FROM unnest(%s::bigint[], %s::int[], %s::float8[], %s::text[], %s::int[]) AS v(seq, attempts, due, error, status)
+WHERE o.seq = v.seq
+"""
+REFRESH_KEYS = "SELECT oncall_refresh(%s, k) FROM unnest(%s::text[]) AS k"
+COALESCED_UPTO = """
+UPDATE oncall_queue q SET coalesced_upto = v.upto FROM unnest(%s::text[], %s::bigint[]) AS v(key, upto)
+WHERE q.target = %s AND q.key = v.key
+"""
+

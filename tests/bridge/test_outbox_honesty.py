@@ -297,3 +297,46 @@ def test_dispatcher_crash_loop_exits(tmp_path: Path, deaths: List[int], monkeypa
     finally:
         delivery.stop(5)
         box.close()
+
+
+class TestHaFanOutAnswer:
+    def test_member_row_failing_after_primary_is_not_called_not_stored(
+        self, receiver: Receiver, make_bridge: Callable[..., BridgeProcess]
+    ) -> None:
+        """An Alertmanager HA target (``urls``) stores one row per member. When the primary's row
+        committed and a member's insert fails (a real SQLite error: a trigger refusing that
+        member's rows), the answer is not 503 "NOT stored" (the primary is stored and is
+        delivered) but 504 naming what is stored and what is not; once the fault is gone, 202."""
+        config = f"""
+[delivery]
+backoff_initial = "50ms"
+backoff_max = "200ms"
+timeout = "2s"
+
+[[target]]
+name = "am"
+type = "alertmanager"
+url = "{receiver.url}/one"
+urls = ["{receiver.url}/two"]
+"""
+        bridge = make_bridge(config)
+        conn = sqlite3.connect(bridge.db_path, isolation_level=None, timeout=30)
+        conn.execute(
+            "CREATE TRIGGER refuse_member BEFORE INSERT ON outbox WHEN NEW.target = 'am@2'"
+            " BEGIN SELECT RAISE(ABORT, 'member row refused by the test'); END"
+        )
+        status, answer = bridge.post_alert("am", kapacitor_event("web-1"), timeout=30)
+        assert status == 504, answer
+        assert "PARTLY stored" in answer["error"] and "NOT stored for am@2" in answer["error"], answer
+        assert answer["stored"] == ["am"] and answer["not_stored"] == ["am@2"] and answer["seq"] >= 1
+        rows = conn.execute("SELECT target, key FROM outbox ORDER BY seq").fetchall()
+        assert rows == [("am", "web-1")]
+        got = receiver.wait_for(1)
+        assert got[0].path.startswith("/one"), "the stored primary row is delivered"
+        assert bridge.metric("oncall_alerts_received_total", {"target": "am", "outcome": "store_partial"}) == 1
+        conn.execute("DROP TRIGGER refuse_member")
+        status, answer = bridge.post_alert("am", kapacitor_event("web-2"), timeout=30)
+        assert status == 202, answer
+        rows = conn.execute("SELECT target, key FROM outbox WHERE key = 'web-2' ORDER BY target").fetchall()
+        assert rows == [("am", "web-2"), ("am@2", "web-2")]
+        conn.close()

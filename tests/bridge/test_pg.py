@@ -13,6 +13,7 @@ import pytest
 
 from bridge.errors import StoreError
 from bridge.pg import SCHEMA_VERSION, PgOutbox, SharedRateLimiters
+from bridge.pg.schema import MIGRATIONS
 from bridge.ratelimit import RateLimiter
 from bridge.targets.base import RateLimit
 from tests.pgserver import PgServer
@@ -45,7 +46,7 @@ class TestSchema:
         """Opening a new database applies every migration once."""
         PgOutbox(dsn, replica_id="r").open().close()
         with psycopg.connect(dsn) as conn:
-            assert conn.execute("SELECT max(version), count(*) FROM oncall_schema").fetchone() == (SCHEMA_VERSION, 1)
+            assert conn.execute("SELECT max(version), count(*) FROM oncall_schema").fetchone() == (SCHEMA_VERSION, len(MIGRATIONS))
 
     def test_replicas_starting_together_migrate_once(self, dsn: str) -> None:
         """The advisory lock lets one replica migrate while the others wait."""
@@ -105,6 +106,33 @@ class TestReplicas:
         a.finish(head, "delivered", attempts=1)
         nxt, _ = b.peek("t", time.time())
         assert nxt is not None and nxt.level == "OK" and nxt.seq > head.seq
+
+    def test_coalescing_leaves_a_key_in_flight_on_another_replica_alone(self, replicas: List[PgOutbox]) -> None:
+        """Replica b never supersedes rows of a key whose head replica a is delivering; once a's
+        attempt fails, b coalesces the backlog and the latest state goes next, once."""
+        a, b = replicas
+        put(a, "k", n=1)
+        head, _ = a.peek("t", time.time())
+        assert head is not None and a.claim(head)
+        for i, level in enumerate(("OK", "WARNING", "OK"), start=2):
+            put(b, "k", level, n=i)
+        assert b.coalescible("t", limited=True) == [] and b.coalesce("t", "latest", limited=True) == 0
+        a.finish(head, "pending", attempts=1, next_at=time.time() + 0.01)
+        assert b.coalescible("t", time.time()) == ["k"], "a head that failed once makes a backlog"
+        assert b.coalesce("t", "latest") == 3 and a.coalesce("t", "latest", limited=True) == 0
+        nxt, _ = a.peek("t", time.time() + 1)
+        assert nxt is not None and nxt.level == "OK" and nxt.seq > head.seq
+
+    def test_resolve_claimed_first_across_replicas(self, replicas: List[PgOutbox]) -> None:
+        """A replica whose own batch holds triggers still claims another id's ready resolve first."""
+        a, b = replicas
+        for i in range(3):
+            put(a, f"x{i}", n=i)
+        head, _ = a.peek("t", time.time())
+        assert head is not None and head.key == "x0"
+        put(b, "y", "OK")
+        first, _ = a.peek("t", time.time(), resolves_first=True)
+        assert first is not None and (first.key, first.level) == ("y", "OK")
 
     def test_concurrent_inserts_keep_key_order(self, replicas: List[PgOutbox]) -> None:
         """Inserts of one key from two replicas at once: claims follow commit order, one at a time."""
@@ -285,6 +313,29 @@ class TestServe:
         replayed = bridge.cli("replay", "--target", "hook", env=env)
         assert replayed.returncode == 0 and "replayed 1" in replayed.stdout
         wait_until(lambda: len(receiver.accepted()) == 1, timeout=15)
+
+    def test_replay_force_after_newer_event(self, dsn: str, receiver: Receiver, make_bridge: Any) -> None:
+        """Issue 13's case on PostgreSQL: a dead CRITICAL whose OK was delivered is left dead by
+        `replay`; `replay --force` sends it after the OK and says it re-opens the incident."""
+        receiver.default = 400
+        env = {"BRIDGE_PG_DSN": dsn}
+        bridge = make_bridge(pg_config(receiver.url), env=env)
+        assert bridge.post_alert("hook", kapacitor_event("cpu:db", "CRITICAL"))[0] == 202
+
+        def dead() -> bool:
+            result = bridge.cli("queue", "--json", env=env)
+            return result.returncode == 0 and json.loads(result.stdout)["hook"]["dead"] == 1
+
+        wait_until(dead, timeout=15)
+        receiver.default = 202
+        assert bridge.post_alert("hook", kapacitor_event("cpu:db", "OK"))[0] == 202
+        wait_until(lambda: len(receiver.accepted()) == 1, timeout=15)
+        kept = bridge.cli("replay", "--target", "hook", env=env)
+        assert kept.returncode == 0 and "superseded" in kept.stdout
+        forced = bridge.cli("replay", "--target", "hook", "--force", env=env)
+        assert forced.returncode == 0 and "re-opens" in forced.stderr, forced
+        wait_until(lambda: len(receiver.accepted()) == 2, timeout=15)
+        assert [r.json()["level"] for r in receiver.accepted()] == ["OK", "CRITICAL"]
 
 
 class TestConfig:

@@ -14,6 +14,7 @@ from typing import Any, Callable, Iterator, List, Optional
 import pytest
 
 from bridge.backend import Store
+from bridge.coalesce import BACKLOG_AGE
 from bridge.errors import StoreError
 from bridge.store import Head
 
@@ -318,3 +319,132 @@ class TestLedger:
             assert take(box, clock) is None
         head = take(box, clock)
         assert head is not None and head.key == "a" and head.level == "OK"
+
+
+def states(box: Store, seqs: List[int]) -> List[str]:
+    out = []
+    for seq in seqs:
+        row = box.load(seq)
+        assert row is not None
+        out.append(row.state)
+    return out
+
+
+class TestCoalesce:
+    """Outage coalescing (:mod:`bridge.coalesce`): the same rule and plan on every backend."""
+
+    def test_flips_become_worst_then_latest(self, box: Store, clock: Clock) -> None:
+        """Twenty flips of one id become two deliveries (worst, then latest); the rest are kept as superseded."""
+        seqs = [put(box, "a", ("CRITICAL", "WARNING", "OK")[i % 3], n=i) for i in range(20)]
+        put(box, "b", "CRITICAL")
+        assert box.coalescible("t", clock.now) == [], "a fresh burst to a healthy platform is not a backlog"
+        assert box.coalescible("t", clock.now + BACKLOG_AGE) == ["a"]
+        assert box.coalesce("t", "worst-then-latest", limited=True) == 18
+        assert box.coalescible("t", clock.now + BACKLOG_AGE) == []
+        assert states(box, seqs) == ["superseded"] * 18 + ["pending"] * 2
+        row = box.load(seqs[0])
+        assert row is not None and row.body == body("a", "CRITICAL", 0), "superseded rows keep their data"
+        assert box.stats().pending == {"t": 3}
+        sent = []
+        while (head := take(box, clock)) is not None:
+            sent.append((head.key, head.level, head.seq))
+            box.finish(head, "delivered", attempts=1)
+        assert [s for s in sent if s[0] == "a"] == [("a", "CRITICAL", seqs[18]), ("a", "WARNING", seqs[19])]
+
+    def test_latest_and_off(self, box: Store, clock: Clock) -> None:
+        """``latest`` keeps only the newest event; ``off`` supersedes nothing."""
+        for i, level in enumerate(("CRITICAL", "OK", "WARNING")):
+            put(box, "a", level, n=i)
+        assert box.coalesce("t", "off", limited=True) == 0
+        assert box.coalesce("t", "latest", limited=True) == 2
+        head = take(box, clock)
+        assert head is not None and head.level == "WARNING" and take(box, clock) is None
+
+    def test_told_level_is_not_repeated(self, box: Store, clock: Clock) -> None:
+        """If the platform was last told CRITICAL, a backlog ending in OK sends only the OK."""
+        deliver(box, clock, "a", "CRITICAL")
+        for i, level in enumerate(("OK", "CRITICAL", "OK")):
+            put(box, "a", level, n=i + 1)
+        assert box.coalesce("t", "worst-then-latest", limited=True) == 2
+        head = take(box, clock)
+        assert head is not None and head.level == "OK" and take(box, clock) is None
+
+    def test_busy_key_waits_and_inherits_backoff(self, box: Store, clock: Clock) -> None:
+        """A key with a row in flight is never coalesced; after a failure the kept row keeps the retry schedule."""
+        put(box, "a", "CRITICAL")
+        head = take(box, clock)
+        assert head is not None
+        for i, level in enumerate(("OK", "WARNING", "OK")):
+            put(box, "a", level, n=i + 1)
+        assert box.coalescible("t", limited=True) == [] and box.coalesce("t", "latest", limited=True) == 0
+        box.finish(head, "pending", attempts=1, next_at=clock.now + 30)
+        assert box.coalescible("t") == ["a"], "a head that failed once makes a backlog"
+        assert box.coalesce("t", "latest") == 3
+        nxt, due = box.peek("t", clock.now)
+        assert nxt is None and due == clock.now + 30, "the retry schedule is inherited, not reset"
+        nxt, _ = box.peek("t", clock.now + 30)
+        assert nxt is not None and nxt.level == "OK"
+        row = box.load(nxt.seq)
+        assert row is not None and row.attempts == 1
+
+    def test_backlog_found_after_restart(self, make_store: Factory, clock: Clock) -> None:
+        """After a restart the keys with a backlog are found again (the outage-then-restart case)."""
+        box = make_store()
+        for i, level in enumerate(("CRITICAL", "OK", "CRITICAL")):
+            put(box, "a", level, n=i)
+        put(box, "b", "OK")
+        box.close()
+        box = make_store()
+        assert box.coalescible("t", limited=True) == ["a"]
+        assert box.coalesce("t", "latest", limited=True) == 2
+
+
+class TestResolvesFirst:
+    def test_ready_resolve_goes_first(self, box: Store, clock: Clock) -> None:
+        """Under a rate limit a ready resolve is offered before earlier triggers of other ids."""
+        for key in ("x1", "x2", "x3"):
+            put(box, key, "CRITICAL")
+        put(box, "y", "OK")
+        head, _ = box.peek("t", clock.now, resolves_first=True)
+        assert head is not None and head.key == "y"
+        assert box.claim(head)
+        head, _ = box.peek("t", clock.now, resolves_first=True)
+        assert head is not None and head.key == "x1"
+
+    def test_resolve_behind_its_trigger_waits(self, box: Store, clock: Clock) -> None:
+        """An OK queued behind its own id's trigger is not a head: per-id order holds."""
+        put(box, "x", "CRITICAL")
+        put(box, "x", "OK")
+        put(box, "y", "CRITICAL")
+        head, _ = box.peek("t", clock.now, resolves_first=True)
+        assert head is not None and (head.key, head.level) == ("x", "CRITICAL")
+
+
+class TestOrderSafeReplay:
+    def _dead_then_ok(self, box: Store, clock: Clock) -> int:
+        put(box, "a", "CRITICAL")
+        head = take(box, clock)
+        assert head is not None
+        box.finish(head, "dead", attempts=5, error="400", status=400)
+        deliver(box, clock, "a", "OK", n=1)
+        return head.seq
+
+    def test_superseded_dead_letter_stays_dead(self, box: Store, clock: Clock) -> None:
+        """A dead CRITICAL after its id's delivered OK is not re-sent: it would re-open the incident."""
+        dead = self._dead_then_ok(box, clock)
+        result = box.replay("t", "a")
+        assert result.count == 0 and [s.row.seq for s in result.superseded] == [dead]
+        assert take(box, clock) is None and box.stats().dead == {"t": 1}
+
+    def test_force_queues_a_copy_after_the_newer_events(self, box: Store, clock: Clock) -> None:
+        """``--force`` sends it anyway, as a new row after the OK, and says it re-opens the incident."""
+        dead = self._dead_then_ok(box, clock)
+        result = box.replay("t", "a", force=True)
+        assert result.count == 1 and len(result.forced) == 1
+        forced = result.forced[0]
+        assert forced.row.seq == dead and forced.new_seq > dead and "re-opens" in forced.effect
+        assert states(box, [dead]) == ["superseded"] and box.stats().dead == {}
+        head = take(box, clock)
+        assert head is not None and (head.seq, head.level) == (forced.new_seq, "CRITICAL")
+        row = box.load(head.seq)
+        assert row is not None and row.body == body("a", "CRITICAL")

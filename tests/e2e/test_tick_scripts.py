@@ -5,6 +5,7 @@ added: it must define, enable, reach ``executing`` without error, and react to a
 (annotated output shows a problem level, alert nodes fire) and to the recovery (back to OK).
 The scripts shipped today additionally have exact expectations in ``EXPECTED``.
 
+Batch scripts (``batch|query()``) need InfluxDB: tests/e2e/test_influxdb_e2e.py runs them.
 All scripts read ``cpu`` points grouped by ``host`` with the field ``usage_user`` (what
 Telegraf's cpu input writes); the feed is data time, so a one-minute ``for()`` passes in
 milliseconds of wall time.
@@ -28,6 +29,15 @@ if TYPE_CHECKING:
 pytestmark = pytest.mark.e2e
 
 TICK_FILES = sorted((REPO_ROOT / "tick").glob("*.tick"))
+
+
+def is_batch(path: Path) -> bool:
+    """A batch script (``batch|query()``) reads InfluxDB: test_influxdb_e2e.py runs those."""
+    code = "\n".join(ln.split("//", 1)[0] for ln in path.read_text(encoding="utf-8").splitlines())
+    return re.search(r"(?m)^\s*(?:var\s+\w+\s*=\s*)?batch\b", code) is not None
+
+
+STREAM_TICK_FILES = [p for p in TICK_FILES if not is_batch(p)]
 ALERT_FIELDS = (
     "alert_changed",
     "alert_count",
@@ -217,31 +227,6 @@ EXPECTED: dict[str, tuple[Check, Check]] = {
             _expect_alerts(crits=1, oks=1),
         ),
     ),
-    # 10 s windows: a window is emitted when the first point past it arrives. After the spike
-    # the last emitted batch is [70 s, 80 s): two CRITICAL points (CRITICAL since 15 s, no for()).
-    # The recovery enters OK at 85 s; the last batch is then [90 s, 100 s), OK for 5 and 10 s.
-    "cpu_alert_state_batch.tick": (
-        _expect_rows({
-            "a": [
-                {"time": _iso(70), "usage_user": 95, **_state("CRITICAL", "OK", False, 12, 55)},
-                {"time": _iso(75), "usage_user": 95, **_state("CRITICAL", "OK", False, 13, 60)},
-            ],
-            "b": [
-                {"time": _iso(70), "usage_user": QUIET, **_state("OK", "OK", False, 15, 70)},
-                {"time": _iso(75), "usage_user": QUIET, **_state("OK", "OK", False, 16, 75)},
-            ],
-        }),
-        _expect_rows({
-            "a": [
-                {"time": _iso(90), "usage_user": 40, **_state("OK", "CRITICAL", False, 2, 5)},
-                {"time": _iso(95), "usage_user": 40, **_state("OK", "CRITICAL", False, 3, 10)},
-            ],
-            "b": [
-                {"time": _iso(90), "usage_user": QUIET, **_state("OK", "OK", False, 19, 90)},
-                {"time": _iso(95), "usage_user": QUIET, **_state("OK", "OK", False, 20, 95)},
-            ],
-        }),
-    ),
 }
 
 
@@ -268,13 +253,14 @@ def _assert_healthy(k: Kapacitord, s: Script) -> Json:
 
 
 def test_tick_dir_is_covered() -> None:
-    """The glob finds the shipped scripts, and every exact expectation names an existing file."""
+    """The glob finds the shipped scripts, and every exact expectation names a stream script."""
     names = {p.name for p in TICK_FILES}
     assert names >= {"cpu_alert.tick", "cpu_alert_state.tick", "cpu_alert_state_batch.tick"}
-    assert set(EXPECTED) <= names
+    assert {p.name for p in TICK_FILES if is_batch(p)} == {"cpu_alert_state_batch.tick"}
+    assert set(EXPECTED) <= {p.name for p in STREAM_TICK_FILES}
 
 
-@pytest.mark.parametrize("path", TICK_FILES, ids=lambda p: p.name)
+@pytest.mark.parametrize("path", STREAM_TICK_FILES, ids=lambda p: p.name)
 def test_tick_script_runs_in_kapacitord(path: Path, start_kapacitord: "StartKapacitord") -> None:
     """The script defines, enables, executes without error, and reacts to a spike and its recovery."""
     s = Script.load(path)
@@ -285,7 +271,7 @@ def test_tick_script_runs_in_kapacitord(path: Path, start_kapacitord: "StartKapa
     # UDF Init runs in a goroutine after enable returned: give a failing Init time to show.
     time.sleep(0.3)
     task = _assert_healthy(k, s)
-    assert task["type"] == "stream"  # the batch script gets its batches from a window, see below
+    assert task["type"] == "stream"
     for name in s.http_outs:
         assert k.http_out(s.task_id, name) == {"series": None}
 
@@ -303,36 +289,3 @@ def test_tick_script_runs_in_kapacitord(path: Path, start_kapacitord: "StartKapa
 
     # The generic checks hold for the shipped scripts too (they are what a new script gets).
     assert generic_recovered(k, s)
-
-
-def test_batch_script_yields_annotated_batches(start_kapacitord: "StartKapacitord") -> None:
-    """The batch variant gets whole batches through @alertStateBatch(), every point annotated.
-
-    There is no InfluxDB on a test machine, so instead of ``batch|query()`` the script builds
-    its batches with stream|window(); the UDF sees the same BATCH edge (begin, points, end).
-    """
-    s = Script.load(REPO_ROOT / "tick" / "cpu_alert_state_batch.tick")
-    k = start_kapacitord()
-    k.define_task(s.task_id, s.text, dbrps=[(s.db, s.rp)])
-    k.wait_task(s.task_id, lambda t: bool(t["executing"]))
-    # One window [0 s, 10 s) of 3 points per host, emitted by the point at 10 s.
-    k.write(s.db, s.rp, [
-        f"cpu,host=a usage_user=50 {T0}",
-        f"cpu,host=a usage_user=95 {T0 + 3}",
-        f"cpu,host=a usage_user=96 {T0 + 6}",
-        f"cpu,host=a usage_user=10 {T0 + 10}",
-    ])
-    body = k.wait_http_out(s.task_id, "annotated", lambda b: bool(b.get("series")))
-    (series,) = body["series"]
-    assert series["name"] == "cpu" and series["tags"] == {"host": "a"}
-    rows = [dict(zip(series["columns"], v)) for v in series["values"]]
-    assert [(r["time"], r["usage_user"], r["alert_level"], r["alert_changed"], r["alert_count"]) for r in rows] == [
-        (_iso(0), 50, "OK", False, 1),
-        (_iso(3), 95, "CRITICAL", True, 1),
-        (_iso(6), 96, "CRITICAL", False, 2),
-    ]
-    assert all(set(ALERT_FIELDS) <= set(r) for r in rows)
-    stats = node_stats(k.task(s.task_id))
-    udf_node = next(n for n in stats if n.startswith("alertStateBatch"))
-    # One batch in, one batch out: begin/end framing passed through intact.
-    assert (stats[udf_node]["collected"], stats[udf_node]["emitted"]) == (1, 1)

@@ -14,13 +14,14 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
 import pytest
 
 from tests.e2e.kapacitord import EXAMPLE_CONFIG, REPO_ROOT, Kapacitord, KapacitordError, Json
+from udf.state import SNAPSHOT_MAGIC, SnapshotError, decode_snapshot
 
 if TYPE_CHECKING:
     from tests.e2e.conftest import StartKapacitord
@@ -205,8 +206,9 @@ class TestWrongOptions:
         assert re.fullmatch(
             rf"alertState\d+: failed to initialize processes @alertState\(\): {option}: .+", task["error"]
         ), task["error"]
-        # Recovery: fix the script, then disable + enable. kapacitord 1.5.9 neither restarts an
-        # enabled task on a script update nor acts on enabling an "enabled" (failed) task.
+        # Recovery: fix the script, then disable + enable. kapacitord (1.5.9 and 1.8.6) neither
+        # restarts an enabled task on a script update nor acts on enabling an "enabled" (failed)
+        # task.
         kapacitord.update_task(TASK, script=tick_text())
         assert kapacitord.task(TASK)["executing"] is False
         kapacitord.disable(TASK)
@@ -239,7 +241,7 @@ def udf_children(parent: int) -> list[int]:
 
 
 def is_dead(pid: int) -> bool:
-    """Gone, or a zombie: kapacitord 1.5.9 reaps a dead UDF only when the task stops."""
+    """Gone, or a zombie: kapacitord (1.5.9 and 1.8.6) reaps a dead UDF only when the task stops."""
     try:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
     except FileNotFoundError:
@@ -272,9 +274,9 @@ class TestKilledUdf:
         while not is_dead(pid):
             assert time.monotonic() < deadline, "SIGKILLed UDF still running"
             time.sleep(0.01)
-        # kapacitord 1.5.9 notices a dead stdio UDF only when it next writes to it (a point or
-        # a snapshot request fails with EPIPE) and the node's input loop then receives one more
-        # point. Until then the task reads executing=true, error="" - even after the keepalive
+        # kapacitord (1.5.9 and 1.8.6) notices a dead stdio UDF only when it next writes to it (a
+        # point or a snapshot request fails with EPIPE) and the node's input loop then receives
+        # one more point. Until then the task reads executing=true, error="" - even after the keepalive
         # watchdog logged "keepalive timedout" and "killing process". So keep data flowing.
         # (The task leaves the executing set a moment before its error is recorded: wait for both.)
         stopped: Any = lambda t: not t["executing"] and bool(t["error"])
@@ -317,6 +319,48 @@ class TestKilledUdf:
 # --------------------------------------------------------------------------------------------
 
 
+def boltdb_path(k: Kapacitord) -> Path:
+    """The ``[storage] boltdb`` file of this kapacitord (rendered into its workdir)."""
+    text = k.config.read_text(encoding="utf-8")
+    m = re.search(r'^\[storage\]\s*\n(?:\s*#.*\n)*\s*boltdb\s*=\s*"([^"]+)"', text, re.M)
+    assert m, f"no [storage] boltdb in {k.config}"
+    return Path(m.group(1))
+
+
+def stored_snapshots(db: Path) -> list[dict[str, int]]:
+    """Every alert-state snapshot found in kapacitord's BoltDB file: group -> last point time (ns).
+
+    Kapacitor stores a task's snapshot as a gob-encoded ``map[string][]byte``; gob writes a
+    byte slice as its length (one byte when < 128) followed by the bytes verbatim, so the UDF's
+    snapshot (magic ``KOAS``) can be cut out of the file and decoded by the UDF's own codec.
+    Bolt may keep superseded copies in free pages: callers look for the state they expect.
+    """
+    data = db.read_bytes()
+    found: list[dict[str, int]] = []
+    pos = data.find(SNAPSHOT_MAGIC, 1)
+    while pos > 0:
+        size = data[pos - 1]
+        if size < 0x80:
+            try:
+                snap = decode_snapshot(data[pos : pos + size])
+            except SnapshotError:
+                pass
+            else:
+                found.append({group: st.last_ns for group, st in snap.states.items()})
+        pos = data.find(SNAPSHOT_MAGIC, pos + 1)
+    return found
+
+
+def wait_for_snapshot(k: Kapacitord, predicate: Callable[[dict[str, int]], bool], timeout: float = 15.0) -> None:
+    """Poll the BoltDB file until a stored alert-state snapshot satisfies ``predicate``."""
+    db = boltdb_path(k)
+    deadline = time.monotonic() + timeout
+    while not any(predicate(s) for s in stored_snapshots(db)):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no matching snapshot in {db} after {timeout}s: {stored_snapshots(db)}")
+        time.sleep(0.1)
+
+
 class TestSnapshotRestore:
     def test_restart_continues_duration_and_count(self, kapacitord: Kapacitord) -> None:
         """After a restart the restored state keeps counting: same level, duration, count + 1."""
@@ -327,9 +371,9 @@ class TestSnapshotRestore:
         assert state(write_and_read(k, 60, 97.0))[:5] == ("CRITICAL", 3, "OK", True, 1)
         before = write_and_read(k, 90, 98.0)
         assert state(before) == ("CRITICAL", 3, "OK", False, 2, 30, "", False)
-        # snapshot-interval is 1s here (first one after a random delay below 1s); Kapacitor takes
-        # no snapshot at shutdown, so wait for two intervals to have passed.
-        time.sleep(2.5)
+        # Kapacitor takes no snapshot at shutdown: wait until one that saw the last point is in
+        # BoltDB (snapshot-interval is 1s here).
+        wait_for_snapshot(k, lambda st: (T0_MS + 90_000) * 1_000_000 in st.values())
 
         k.restart()
         k.wait_task(TASK, lambda t: bool(t["executing"]))

@@ -47,6 +47,8 @@ class ReplicaStorm:
     lease: str = "2s"
     #: Aggregate rate limit of the target, ``count/period`` (checked at the receiver).
     rate_limit: Tuple[int, float] = (400, 1.0)
+    #: ``[delivery] coalesce``: with ``"off"`` every accepted event must arrive.
+    coalesce: str = "worst-then-latest"
 
 
 def config_text(url: str, cfg: StormConfig, rs: ReplicaStorm) -> str:
@@ -65,6 +67,7 @@ backoff_max = "{cfg.backoff_max}"
 max_age = "{cfg.max_age}"
 repeat_interval = "{cfg.repeat_interval}"
 workers = {cfg.workers}
+coalesce = "{rs.coalesce}"
 
 [[target]]
 name = "hook"

@@ -90,6 +90,8 @@ class Ledger:
     delivered: int = 0
     dead_lettered: int = 0
     suppressed: int = 0
+    #: Events outage coalescing replaced by a newer one of their id (never the id's last).
+    superseded: int = 0
     lost: int = 0
     duplicates: int = 0
     duplicate_fraction: float = 0.0
@@ -128,7 +130,8 @@ class Ledger:
             ("delivered (≥ 1 × 2xx at the receiver)", self.delivered),
             ("dead-lettered", self.dead_lettered),
             ("suppressed (repeat_interval)", self.suppressed),
-            ("**lost** (accepted − delivered − dead − suppressed)", self.lost),
+            ("superseded (coalesced)", self.superseded),
+            ("**lost** (accepted − delivered − dead − suppressed − superseded)", self.lost),
             ("duplicates (extra 2xx deliveries)", f"{self.duplicates} ({self.duplicate_fraction:.2%})"),
             ("… of which: event stored twice (202 lost, re-posted)", self.duplicates_from_reposts),
             ("… of which: row re-sent after a crash (sent, not yet marked)", self.duplicates_from_redelivery),
@@ -520,8 +523,10 @@ def _balance(
     suppressed = {n for n, s in state_of.items() if s == "suppressed"} - delivered
     ledger.dead_lettered = len(dead & accepted)
     ledger.suppressed = len(suppressed & accepted)
+    superseded = {n for n, s in state_of.items() if s == "superseded"} - delivered
+    ledger.superseded = len(superseded & accepted)
     missing_rows = accepted - set(state_of)
-    lost = accepted - delivered - dead - suppressed
+    lost = accepted - delivered - dead - suppressed - superseded
     ledger.lost = len(lost)
     if missing_rows:
         problems.append(f"{len(missing_rows)} accepted events have no outbox row, e.g. {sorted(missing_rows)[:10]}")
@@ -543,7 +548,7 @@ def _balance(
     # level change (worst: a recovery) would leave an incident open.
     forwarded: Dict[str, str] = {}
     for p in plan:
-        if p.n not in accepted:
+        if p.n not in accepted or p.n in superseded:
             continue
         if p.n in suppressed:
             if forwarded.get(p.id) != p.level:
@@ -582,7 +587,7 @@ def _balance(
         problems.append("nothing was accepted")
     ledger.balanced = (
         not problems
-        and ledger.accepted == ledger.delivered + ledger.dead_lettered + ledger.suppressed
+        and ledger.accepted == ledger.delivered + ledger.dead_lettered + ledger.suppressed + ledger.superseded
         and ledger.order_violations == 0
         and ledger.wrong_suppressions == 0
         and ledger.final_state_mismatches == 0
