@@ -450,18 +450,18 @@ class PgOutbox:
                done: Optional[Done] = None) -> None:
         """Record a claimed row's outcome; a row whose lease another replica took is left alone.
         ``done`` (see :meth:`bridge.backend.Store.finish`) is called here, after the commit."""
-        if done is not None:
-            try:
-                self.finish(head, state, attempts=attempts, next_at=next_at, error=error, status=status)
-            except Exception as exc:  # noqa: BLE001 - the caller's callback decides what to do
-                done(None, exc)
-            else:
-                done(None, None)
-            return
         if state not in ("delivered", "dead", "suppressed", "pending"):
             raise ValueError(f"bad final state {state!r}")
         if state == "pending" and next_at is None:
             raise ValueError("a retry needs next_at")
+        if done is not None:
+            try:
+                self.finish(head, state, attempts=attempts, next_at=next_at, error=error, status=status)
+            except (StoreError, TimeoutError) as exc:
+                done(None, exc)
+            else:
+                done(None, None)
+            return
         now = self._clock()
         retried = False
         with self._tx() as cur:
