@@ -343,6 +343,8 @@ def write_markdown(data: Dict[str, Any], path: Path, png_name: str = "results.pn
                 ("max ms", "max_ms", "{:.1f}"),
             ],
         )
+        if br.get("before"):
+            L += ["", f"**Drain before the delivery-engine change (issue 15.3), for comparison.** {br['before']}."]
         for f in by_prefix["bridge"]:
             if f.notes and f.key.startswith("bridge.drain.ids1") and f.key.endswith("ids1"):
                 L += ["", f"*1 id:* {f.notes}."]

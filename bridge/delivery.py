@@ -34,6 +34,7 @@ import tenacity
 
 from . import supervise
 from .config import Config, DeliveryConfig, TargetConfig
+from .coalesce import BACKLOG_AGE
 from .errors import DeliveryError, PermanentError, RetryableError, StoreError
 from .event import AlertEvent, EventError, format_time, parse, parse_time
 from .log import get_logger
@@ -61,6 +62,9 @@ TICK_SECONDS = 0.5
 PRUNE_EVERY = 10.0
 #: Crashes of the dispatch loop in quick succession after which the process exits (bridge.supervise).
 DISPATCHER_CRASHES = 5
+#: Seconds between full scans for coalescible keys of a target (and at least 20× a scan's own
+#: cost): a ready head that itself shows a backlog triggers a scan at once (see ``_fill``).
+COALESCE_SCAN_EVERY = 0.25
 #: The id ``send-test`` uses, so the test incident is easy to find and close.
 SEND_TEST_ID = "kapacitor-oncall-bridge:send-test"
 
@@ -197,6 +201,16 @@ class _Job:
     head: Head
 
 
+@dataclass
+class _Outcome:
+    """An outcome handed to the store and not yet durable; retried while the store fails."""
+
+    head: Head
+    state: str
+    fields: Dict[str, Any]
+    delay: float = 0.2
+
+
 class Delivery:
     """The dispatcher thread, the worker pool and the housekeeping tick."""
 
@@ -236,6 +250,12 @@ class Delivery:
         self._rotation = 0
         self._next_prune = 0.0
         self.coalesce_mode = config.delivery.coalesce
+        self._coalesce_next: Dict[str, float] = {}
+        #: Outcomes handed to the store whose commit has not been confirmed yet, and the
+        #: failed ones waiting to be handed again (due monotonic time, outcome).
+        self._outstanding = 0
+        self._settled = threading.Condition(self._lock)
+        self._unrecorded: List[Tuple[float, _Outcome]] = []
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -259,8 +279,20 @@ class Delivery:
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))
             clean = clean and not thread.is_alive()
+        self._settle(deadline)
         self.sender.close()
         return clean
+
+    def _settle(self, deadline: float) -> None:
+        """Wait until every outcome handed to the store is durable (or given up while stopping)."""
+        self._resubmit(stopping=True)
+        with self._settled:
+            while self._outstanding > 0:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    log.error("delivery.unsettled", outcomes=self._outstanding)
+                    return
+                self._settled.wait(min(left, 0.5))
 
     def wake(self) -> None:
         """Something changed in the outbox: re-evaluate now."""
@@ -300,6 +332,10 @@ class Delivery:
                 self._housekeeping(now)
                 next_tick = now + TICK_SECONDS
             wake_at = next_tick
+            if self._unrecorded:
+                retry_at = self._resubmit()
+                if retry_at is not None:
+                    wake_at = min(wake_at, now + max(0.0, retry_at - time.monotonic()))
             self._rotation = (self._rotation + 1) % max(1, len(names))
             for name in names[self._rotation :] + names[: self._rotation]:
                 try:
@@ -322,6 +358,12 @@ class Delivery:
             head, due = self.outbox.peek(target, now, resolves_first=limited)
             if head is None:
                 return due
+            if self._backlogged(head, now):
+                # This head may have history to coalesce: scan now, before it is claimed.
+                self._coalesce(target, force=True)
+                head, due = self.outbox.peek(target, now, resolves_first=limited)
+                if head is None:
+                    return due
             kind = "suppress" if self._suppressed(head) else "send"
             if kind == "send":
                 wait = self.limiters.wait_time(target)
@@ -337,10 +379,33 @@ class Delivery:
             self._jobs.put(_Job(kind, head))
         return None
 
-    def _coalesce(self, target: str) -> None:
-        """Turn a backlog of history into state before claiming (see :mod:`bridge.coalesce`)."""
+    def _backlogged(self, head: Head, now: float) -> bool:
+        """Whether ``head`` shows a backlog the way :meth:`Store.coalescible` judges one
+        (failed before, old, or its target held back by the rate limiter)."""
+        if self.coalesce_mode == "off":
+            return False
+        if head.due > head.received_at or now - head.received_at >= BACKLOG_AGE:
+            return True
+        return self.targets[head.target].rate_limit is not None and self.limiters.wait_time(head.target) > 0
+
+    def _coalesce(self, target: str, force: bool = False) -> None:
+        """Turn a backlog of history into state before claiming (see :mod:`bridge.coalesce`).
+
+        The scan walks every key of the target with several pending rows, so unless a
+        head asks for it (``force``) it runs at most every :data:`COALESCE_SCAN_EVERY`
+        seconds and never takes more than ~5 % of the dispatcher's time."""
         if self.coalesce_mode == "off":
             return
+        started = time.monotonic()
+        if not force and started < self._coalesce_next.get(target, 0.0):
+            return
+        try:
+            self._coalesce_scan(target)
+        finally:
+            spent = time.monotonic() - started
+            self._coalesce_next[target] = time.monotonic() + max(COALESCE_SCAN_EVERY, 20 * spent)
+
+    def _coalesce_scan(self, target: str) -> None:
         limited = self.targets[target].rate_limit is not None and self.limiters.wait_time(target) > 0
         if not self.outbox.coalescible(target, limited=limited):
             return
@@ -414,20 +479,66 @@ class Delivery:
             self.metrics.deliveries.labels(target, outcome).inc()
 
     def _record(self, head: Head, state: str, **fields: Any) -> None:
-        """Commit an outcome, retrying while the store is failing (the key stays busy meanwhile)."""
-        delay = 0.2
-        while True:
-            try:
-                self.outbox.finish(head, state, **fields)
+        """Hand an outcome to the store without waiting for its commit.
+
+        The store keeps the key busy until the outcome is durable, so nothing of the
+        id can go out before it; the worker is free for the next delivery meanwhile
+        (commits are grouped by the store). A failed commit is handed again by the
+        dispatcher with backoff, the key still busy; :meth:`stop` waits for them all."""
+        with self._lock:
+            self._outstanding += 1
+        self._hand(_Outcome(head, state, fields))
+
+    def _hand(self, outcome: _Outcome) -> None:
+        def done(_result: Any, error: Optional[BaseException]) -> None:
+            if error is not None:
+                self._unsettled(outcome, error)
                 return
-            except (StoreError, TimeoutError) as exc:
-                if self._stopping.is_set():
-                    # Left inflight: the next start puts it back to pending (at-least-once).
-                    log.error("delivery.unrecorded", target=head.target, id=head.key, state=state, error=str(exc))
-                    return
-                log.error("store.error", target=head.target, id=head.key, error=str(exc))
-                time.sleep(delay)
-                delay = min(delay * 2, 5.0)
+            with self._settled:
+                self._outstanding -= 1
+                self._settled.notify_all()
+
+        try:
+            self.outbox.finish(outcome.head, outcome.state, done=done, **outcome.fields)
+        except (StoreError, TimeoutError) as exc:
+            self._unsettled(outcome, exc)
+        except BaseException:
+            # Refused outright (a bug, not the store failing): the caller handles it as before.
+            with self._settled:
+                self._outstanding -= 1
+                self._settled.notify_all()
+            raise
+
+    def _unsettled(self, outcome: _Outcome, error: BaseException) -> None:
+        head = outcome.head
+        if self._stopping.is_set():
+            # Left inflight: the next start puts it back to pending (at-least-once).
+            log.error("delivery.unrecorded", target=head.target, id=head.key, state=outcome.state, error=str(error))
+            with self._settled:
+                self._outstanding -= 1
+                self._settled.notify_all()
+            return
+        log.error("store.error", target=head.target, id=head.key, error=str(error))
+        with self._lock:
+            self._unrecorded.append((time.monotonic() + outcome.delay, outcome))
+        outcome.delay = min(outcome.delay * 2, 5.0)
+        self._kick.set()
+
+    def _resubmit(self, stopping: bool = False) -> Optional[float]:
+        """Hand again the failed outcomes that are due (all of them when stopping); returns
+        when the next one is due (monotonic), or None."""
+        now = time.monotonic()
+        with self._lock:
+            due = [o for at, o in self._unrecorded if stopping or at <= now]
+            self._unrecorded = [(at, o) for at, o in self._unrecorded if not (stopping or at <= now)]
+            nxt = min((at for at, _o in self._unrecorded), default=None)
+        for outcome in due:
+            try:
+                self._hand(outcome)
+            except Exception:  # noqa: BLE001 - the dispatcher must outlive it; the key stays busy
+                log.error("delivery.unrecorded", target=outcome.head.target, id=outcome.head.key,
+                          state=outcome.state, exc_info=True)
+        return nxt
 
     def _attempt(self, head: Head) -> None:
         target = self.targets[head.target]

@@ -397,16 +397,24 @@ class Outbox(HeadIndex):
         error: Optional[str] = None,
         status: Optional[int] = None,
         wait: bool = True,
+        done: Optional[Done] = None,
     ) -> None:
         """Record the outcome of a claimed row: delivered, dead, suppressed, silenced (held by
         a silence, see :mod:`bridge.silences`), or pending again (with ``attempts`` and
-        ``next_at`` so a restart resumes the schedule)."""
+        ``next_at`` so a restart resumes the schedule).
+
+        With ``done`` the call returns at once and ``done(None, None)`` runs (in the writer
+        thread) once the outcome is durable, ``done(None, error)`` if it was not committed:
+        the key stays busy either way until an outcome commits."""
         if state not in ("delivered", "dead", "suppressed", "silenced", "pending"):
             raise ValueError(f"bad final state {state!r}")
         if state == "pending" and next_at is None:
             raise ValueError("a retry needs next_at")
         op = _Finish(head, state, attempts, next_at, error, status, None)
-        if wait:
+        if done is not None:
+            op.done = done
+            self._submit(op)
+        elif wait:
             self._run_sync(op)
         else:
             self._submit(op)

@@ -446,12 +446,22 @@ class PgOutbox:
         return None if found is None or found[0] is None else Forwarded(found[0], float(found[1]))
 
     def finish(self, head: Head, state: str, *, attempts: Optional[int] = None, next_at: Optional[float] = None,
-               error: Optional[str] = None, status: Optional[int] = None, wait: bool = True) -> None:
-        """Record a claimed row's outcome; a row whose lease another replica took is left alone."""
+               error: Optional[str] = None, status: Optional[int] = None, wait: bool = True,
+               done: Optional[Done] = None) -> None:
+        """Record a claimed row's outcome; a row whose lease another replica took is left alone.
+        ``done`` (see :meth:`bridge.backend.Store.finish`) is called here, after the commit."""
         if state not in ("delivered", "dead", "suppressed", "pending"):
             raise ValueError(f"bad final state {state!r}")
         if state == "pending" and next_at is None:
             raise ValueError("a retry needs next_at")
+        if done is not None:
+            try:
+                self.finish(head, state, attempts=attempts, next_at=next_at, error=error, status=status)
+            except (StoreError, TimeoutError) as exc:
+                done(None, exc)
+            else:
+                done(None, None)
+            return
         now = self._clock()
         retried = False
         with self._tx() as cur:
