@@ -255,7 +255,8 @@ def _check_config(args: argparse.Namespace, config: Config, out: _Out, err: _Out
 
 
 def _send_test(args: argparse.Namespace, config: Config, out: _Out, err: _Out) -> int:
-    from .delivery import Sender, send_once, synthetic_event
+    from .sender import Sender, send_once
+    from .synthetic import synthetic_event
 
     config = bind_bridge_url(config)
     target = config.targets.get(args.target)

@@ -22,28 +22,27 @@ dead-letter it at once with the platform's status and body.
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from queue import SimpleQueue
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
-import tenacity
-
 from . import supervise
-from .config import Config, DeliveryConfig, TargetConfig
+from .config import Config, TargetConfig
 from .coalesce import BACKLOG_AGE
 from .errors import DeliveryError, PermanentError, RetryableError, StoreError
-from .event import AlertEvent, EventError, format_time, parse, parse_time
+from .event import AlertEvent, EventError, parse
 from .log import get_logger
 from .metrics import Metrics
 from .backend import Limiters, Store
 from .store import Head
 from .ratelimit import RateLimiters
-from .targets.base import EmailMessage, HttpRequest, Request
-from .transport import MAX_BODY_CHARS, Response, Transport
+from .targets.base import Request
+from .transport import MAX_BODY_CHARS
+from .retry import RetryPolicy
+from .sender import Sender, send_once
+from .synthetic import SEND_TEST_ID, synthetic_event, synthetic_resolve
 
 __all__ = [
     "Delivery",
@@ -65,134 +64,6 @@ DISPATCHER_CRASHES = 5
 #: Seconds between full scans for coalescible keys of a target (and at least 20× a scan's own
 #: cost): a ready head that itself shows a backlog triggers a scan at once (see ``_fill``).
 COALESCE_SCAN_EVERY = 0.25
-#: The id ``send-test`` uses, so the test incident is easy to find and close.
-SEND_TEST_ID = "kapacitor-oncall-bridge:send-test"
-
-
-class RetryPolicy:
-    """Exponential backoff with jitter, computed by tenacity's wait strategy.
-
-    The schedule lives in the outbox row (``attempts``), not in a sleeping
-    thread, so we call the strategy with a bare ``RetryCallState`` holding the
-    attempt number instead of running ``Retrying`` around a blocking call.
-    """
-
-    def __init__(self, initial: float, maximum: float) -> None:
-        self.initial = initial
-        self.maximum = maximum
-        self._wait = _exponential_jitter(initial, maximum)
-        self._retrying = tenacity.Retrying(wait=self._wait)
-
-    def delay(self, attempts: int, retry_after: Optional[float] = None) -> float:
-        """Seconds before the next attempt after ``attempts`` failed ones."""
-        if retry_after is not None:
-            return retry_after
-        state = tenacity.RetryCallState(self._retrying, None, (), {})
-        state.attempt_number = max(1, attempts)
-        return float(self._wait(state))
-
-
-def _exponential_jitter(initial: float, maximum: float) -> Any:
-    """``wait_exponential_jitter`` across tenacity versions (``initial`` became ``multiplier``)."""
-    try:
-        return tenacity.wait_exponential_jitter(multiplier=initial, max=maximum, jitter=initial)
-    except TypeError:  # tenacity < 9.1 has no ``multiplier``
-        return tenacity.wait_exponential_jitter(initial=initial, max=maximum, jitter=initial)
-
-
-def synthetic_event(level: str = "CRITICAL", now: Optional[float] = None) -> AlertEvent:
-    """The event ``send-test`` sends: clearly labelled, with a fixed id."""
-    when = datetime.fromtimestamp(time.time() if now is None else now, tz=timezone.utc)
-    body = {
-        "id": SEND_TEST_ID,
-        "message": f"{SEND_TEST_ID} is {level} (send-test from kapacitor-oncall-bridge)",
-        "details": "A test event sent by `kapacitor-oncall-bridge send-test`; resolve it with --level OK.",
-        "time": format_time(when),
-        "duration": 0,
-        "level": level,
-        "data": {"series": [{"name": "kapacitor-oncall-bridge", "tags": {"test": "true"},
-                             "columns": ["time", "value"], "values": [[format_time(when), 1]]}]},
-        "previousLevel": "OK" if level != "OK" else "CRITICAL",
-        "recoverable": True,
-    }
-    return parse(json.dumps(body).encode())
-
-
-def synthetic_resolve(target: str, key: str, body: bytes, now: float) -> Optional[bytes]:
-    """The OK event the bridge sends itself when an id went quiet (resolve_after).
-
-    It repeats the last event's ``id`` and ``data`` (series name and tags), because
-    platforms correlate on those (Alertmanager labels, OnCall grouping) and
-    resolves should carry the title of what they resolve.
-    """
-    try:
-        obj = json.loads(body)
-    except ValueError:
-        obj = None
-    if not isinstance(obj, dict):
-        obj = {}
-    previous = obj.get("level") if obj.get("level") in ("INFO", "WARNING", "CRITICAL") else "CRITICAL"
-    when = datetime.fromtimestamp(now, tz=timezone.utc)
-    duration = 0
-    try:
-        duration = max(0, int((now - parse_time(obj.get("time", "")).timestamp()) * 1e9))
-    except (ValueError, TypeError):
-        pass
-    obj.update(
-        id=key,
-        level="OK",
-        previousLevel=previous,
-        time=format_time(when),
-        duration=duration,
-        message=f"{key} is OK (auto-resolved by kapacitor-oncall-bridge: no new event)",
-        details="",
-    )
-    obj.setdefault("data", {})
-    obj.setdefault("recoverable", True)
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
-
-
-class Sender:
-    """Sends rendered requests for configured targets: HTTP via a pooled :class:`Transport`
-    per target, e-mail via :func:`bridge.smtp.send_email` (imported when first needed)."""
-
-    def __init__(self, delivery: DeliveryConfig) -> None:
-        self._delivery = delivery
-        self._transports: Dict[str, Transport] = {}
-        self._lock = threading.Lock()
-
-    def _transport(self, target: TargetConfig) -> Transport:
-        with self._lock:
-            transport = self._transports.get(target.name)
-            if transport is None:
-                transport = Transport(
-                    timeout=target.timeout or self._delivery.timeout,
-                    ca_file=target.ca_file,
-                    pool_size=self._delivery.workers,
-                )
-                self._transports[target.name] = transport
-            return transport
-
-    def send(self, target: TargetConfig, request: Request) -> Response:
-        """One attempt; raises RetryableError / PermanentError like the transport."""
-        timeout = target.timeout or self._delivery.timeout
-        if isinstance(request, HttpRequest):
-            return self._transport(target).send(request, timeout)
-        if isinstance(request, EmailMessage):
-            try:
-                from .smtp import send_email
-            except ImportError as exc:
-                raise PermanentError(f"e-mail delivery unavailable: {exc}") from None
-            started = time.monotonic()
-            send_email(request, target.target, timeout, ca_file=target.ca_file)
-            return Response(status=250, body="accepted by SMTP server", elapsed=time.monotonic() - started)
-        raise PermanentError(f"target rendered an unsupported request type {type(request).__name__}")
-
-    def close(self) -> None:
-        with self._lock:
-            transports, self._transports = list(self._transports.values()), {}
-        for transport in transports:
-            transport.close()
 
 
 @dataclass(frozen=True)
@@ -655,8 +526,3 @@ class Delivery:
             # A lost resolve is the orphaned-incident case: make it impossible to miss.
             resolve=head.level == "OK",
         )
-
-
-def send_once(sender: Sender, target: TargetConfig, event: AlertEvent) -> Response:
-    """Render and send one event outside the outbox (``send-test``)."""
-    return sender.send(target, target.target.render(event))

@@ -27,7 +27,8 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, generate_latest
 
 from .config import Config, bind_bridge_url, listen_error
-from .delivery import Delivery, Sender
+from .delivery import Delivery
+from .sender import Sender
 from .errors import ConfigError, StoreError
 from .event import EventError, parse
 from .heartbeat import Heartbeat
