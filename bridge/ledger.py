@@ -19,7 +19,18 @@ import sqlite3
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-__all__ = ["Incident", "LastTold", "last_told", "open_counts", "open_incidents", "record_delivery", "told"]
+__all__ = [
+    "COLUMNS",
+    "Incident",
+    "LastTold",
+    "extend",
+    "incident_of",
+    "last_told",
+    "open_counts",
+    "open_incidents",
+    "record_delivery",
+    "told",
+]
 
 
 @dataclass(frozen=True)
@@ -45,14 +56,27 @@ class LastTold:
     told_at: float
 
 
-_COLUMNS = "target, key, level, fired_levels, body, opened_at, told_at, seq"
+#: The ledger's columns in :func:`incident_of` order (the same in both backends' tables).
+COLUMNS = "target, key, level, fired_levels, body, opened_at, told_at, seq"
 
 
 def _levels(text: str) -> Tuple[str, ...]:
     return tuple(part for part in text.split(",") if part)
 
 
-def _incident(t: Sequence[Any]) -> Incident:
+def extend(found: Optional[Sequence[Any]], level: str, now: float) -> Tuple[str, float]:
+    """``(fired_levels, opened_at)`` after a non-OK delivery, from the row's ``(open,
+    fired_levels, opened_at)`` (``None`` when the id was never told): a closed or new
+    incident opens now with this level; an open one gains the level if new. Shared by
+    both backends so their ledgers cannot drift apart."""
+    if found is None or not found[0]:
+        return level, now
+    levels = _levels(found[1])
+    return ",".join(levels if level in levels else levels + (level,)), float(found[2])
+
+
+def incident_of(t: Sequence[Any]) -> Incident:
+    """An :class:`Incident` from a row of :data:`COLUMNS`."""
     return Incident(
         target=t[0],
         key=t[1],
@@ -89,12 +113,7 @@ def record_delivery(cur: sqlite3.Cursor, target: str, key: str, level: str, body
                 (body, now, seq, target, key),
             )
         return
-    if found is None or not found[0]:
-        fired, opened_at = level, now
-    else:
-        levels = _levels(found[1])
-        fired = ",".join(levels if level in levels else levels + (level,))
-        opened_at = found[2]
+    fired, opened_at = extend(found, level, now)
     cur.execute(
         "INSERT INTO ledger (target, key, open, level, fired_levels, body, opened_at, told_at, seq)"
         " VALUES (?, ?, 1, ?, ?, ?, ?, ?, ?)"
@@ -107,21 +126,21 @@ def record_delivery(cur: sqlite3.Cursor, target: str, key: str, level: str, body
 
 def open_incidents(conn: sqlite3.Connection, target: Optional[str] = None) -> List[Incident]:
     """Open incidents, oldest first."""
-    sql = f"SELECT {_COLUMNS} FROM ledger WHERE open = 1"
+    sql = f"SELECT {COLUMNS} FROM ledger WHERE open = 1"
     args: List[Any] = []
     if target is not None:
         sql += " AND target = ?"
         args.append(target)
     sql += " ORDER BY opened_at, target, key"
-    return [_incident(r) for r in conn.execute(sql, args)]
+    return [incident_of(r) for r in conn.execute(sql, args)]
 
 
 def told(conn: sqlite3.Connection, target: str, key: str) -> Optional[Incident]:
     """The open incident of one id, if the platform believes it is firing."""
     found = conn.execute(
-        f"SELECT {_COLUMNS} FROM ledger WHERE open = 1 AND target = ? AND key = ?", (target, key)
+        f"SELECT {COLUMNS} FROM ledger WHERE open = 1 AND target = ? AND key = ?", (target, key)
     ).fetchone()
-    return None if found is None else _incident(found)
+    return None if found is None else incident_of(found)
 
 
 def last_told(conn: sqlite3.Connection, target: str, key: str) -> Optional[LastTold]:

@@ -73,6 +73,7 @@ from .outbox_ops import (
     _Replay,
     _SetInflight,
     Ticket,
+    resolver,
 )
 from .store_ops import Replayed, serving_lock
 from .store import _ROW_COLUMNS, Head, Row, Stats, _row, _store_error, open_store
@@ -309,7 +310,7 @@ class Outbox(HeadIndex):
 
     def _run_sync(self, op: _Op, timeout: Optional[float] = None) -> Any:
         future: "Future[Any]" = Future()
-        op.done = _resolver(future)
+        op.done = resolver(future)
         self._submit(op)
         return future.result(timeout if timeout is not None else self.commit_timeout)
 
@@ -351,7 +352,7 @@ class Outbox(HeadIndex):
         """Like :meth:`enqueue_with`, returning a future of the row's ``seq``."""
         future: "Future[int]" = Future()
         self.enqueue_with(
-            _resolver(future),
+            resolver(future),
             target,
             key,
             level,
@@ -556,13 +557,3 @@ class Outbox(HeadIndex):
             with self._lock:
                 self._readers.append(conn)
         return conn
-
-
-def _resolver(future: "Future[Any]") -> Done:
-    def done(result: Any, error: Optional[BaseException]) -> None:
-        if error is not None:
-            future.set_exception(error)
-        else:
-            future.set_result(result)
-
-    return done

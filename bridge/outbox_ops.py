@@ -9,6 +9,7 @@ with the file. Nothing here touches the index before the change is durable.
 from __future__ import annotations
 
 import functools
+from concurrent.futures import Future
 import heapq
 import sqlite3
 import threading
@@ -32,6 +33,18 @@ _PRUNE_CHUNK = 5000
 #: What a finish of a row that is no longer claimed returns: nothing was changed.
 _STALE = object()
 Done = Callable[[Any, Optional[BaseException]], None]
+
+
+def resolver(future: "Future[Any]") -> Done:
+    """A :data:`Done` callback that settles ``future`` (both stores' ``enqueue``)."""
+
+    def done(result: Any, error: Optional[BaseException]) -> None:
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
+
+    return done
 MakeResolve = Callable[[str, str, bytes, float], Optional[bytes]]
 
 # -- operations run by the writer thread ------------------------------------------

@@ -37,7 +37,7 @@ from ..ledger import Incident, LastTold
 from ..log import get_logger
 from ..store import Forwarded, Head, Row, Stats
 from . import sql
-from ..outbox_ops import Ticket
+from ..outbox_ops import Ticket, resolver
 from ..store_ops import Replayed
 from .coalesce import coalesce_keys, coalescible_keys
 from .rows import _bookkeeping_commits, _Claimed, _Insert, _store_error, replay_rows
@@ -244,14 +244,7 @@ class PgOutbox:
     def enqueue(self, target: str, key: str, level: str, body: bytes, *, expire_after: Optional[float] = None,
                 received_at: Optional[float] = None, synthetic: bool = False) -> "Future[int]":
         future: "Future[int]" = Future()
-
-        def done(result: Any, error: Optional[BaseException]) -> None:
-            if error is not None:
-                future.set_exception(error)
-            else:
-                future.set_result(result)
-
-        self.enqueue_with(done, target, key, level, body, expire_after=expire_after, received_at=received_at,
+        self.enqueue_with(resolver(future), target, key, level, body, expire_after=expire_after, received_at=received_at,
                           synthetic=synthetic)
         return future
 

@@ -11,7 +11,8 @@ from typing import Any, List, Optional, Sequence
 
 import psycopg
 
-from ..ledger import Incident, LastTold
+from ..ledger import COLUMNS as INCIDENT_COLUMNS
+from ..ledger import Incident, LastTold, extend, incident_of
 from ..store import Row
 
 ROW_COLUMNS = (
@@ -135,8 +136,6 @@ IDLE = (
     " FROM oncall_queue WHERE target = %s AND key = %s"
 )
 
-_INCIDENT_COLUMNS = "target, key, level, fired_levels, body, opened_at, told_at, seq"
-
 
 def to_row(t: Sequence[Any]) -> Row:
     return Row(
@@ -151,15 +150,6 @@ def load_row(conn: "psycopg.Connection[Any]", seq: int) -> Optional[Row]:
 
 
 # -- the incident ledger: the same rules as bridge.ledger, in PostgreSQL -------------------
-
-
-def _levels(text: str) -> tuple[str, ...]:
-    return tuple(part for part in text.split(",") if part)
-
-
-def _incident(t: Sequence[Any]) -> Incident:
-    return Incident(target=t[0], key=t[1], level=t[2], fired_levels=_levels(t[3]), body=bytes(t[4]),
-                    opened_at=t[5], told_at=t[6], seq=t[7])
 
 
 def record_delivery(cur: "psycopg.Cursor[Any]", target: str, key: str, level: str, body: bytes, seq: int,
@@ -177,12 +167,7 @@ def record_delivery(cur: "psycopg.Cursor[Any]", target: str, key: str, level: st
             (target, key, body, now, now, seq),
         )
         return
-    if found is None or not found[0]:
-        fired, opened_at = level, now
-    else:
-        levels = _levels(found[1])
-        fired = ",".join(levels if level in levels else levels + (level,))
-        opened_at = found[2]
+    fired, opened_at = extend(found, level, now)
     cur.execute(
         "INSERT INTO oncall_ledger (target, key, open, level, fired_levels, body, opened_at, told_at, seq)"
         " VALUES (%s, %s, true, %s, %s, %s, %s, %s, %s)"
@@ -194,20 +179,20 @@ def record_delivery(cur: "psycopg.Cursor[Any]", target: str, key: str, level: st
 
 
 def open_incidents(conn: "psycopg.Connection[Any]", target: Optional[str] = None) -> List[Incident]:
-    sql = f"SELECT {_INCIDENT_COLUMNS} FROM oncall_ledger WHERE open"
+    sql = f"SELECT {INCIDENT_COLUMNS} FROM oncall_ledger WHERE open"
     args: List[Any] = []
     if target is not None:
         sql += " AND target = %s"
         args.append(target)
     sql += " ORDER BY opened_at, target, key"
-    return [_incident(r) for r in conn.execute(sql, args)]
+    return [incident_of(r) for r in conn.execute(sql, args)]
 
 
 def told(conn: "psycopg.Connection[Any]", target: str, key: str) -> Optional[Incident]:
     found = conn.execute(
-        f"SELECT {_INCIDENT_COLUMNS} FROM oncall_ledger WHERE open AND target = %s AND key = %s", (target, key)
+        f"SELECT {INCIDENT_COLUMNS} FROM oncall_ledger WHERE open AND target = %s AND key = %s", (target, key)
     ).fetchone()
-    return None if found is None else _incident(found)
+    return None if found is None else incident_of(found)
 
 
 def last_told(conn: "psycopg.Connection[Any]", target: str, key: str) -> Optional[LastTold]:

@@ -18,7 +18,7 @@ from typing import IO, Any, Optional, Union
 
 import requests
 
-from tests.e2e.kapacitord import REPO_ROOT, KapacitordError, _tail, free_port, run_build_script
+from tests.e2e.kapacitord import REPO_ROOT, KapacitordError, _tail, free_port, run_build_script, terminate
 
 BUILD_SCRIPT = REPO_ROOT / "scripts" / "influxdb-build"
 DEFAULT_VERSION = "1.11.8"
@@ -138,16 +138,7 @@ class Influxd:
     def stop(self, timeout: float = 15.0) -> Optional[int]:
         """SIGTERM, SIGKILL after ``timeout``; returns the exit code. Safe to call twice."""
         proc, self._proc = self._proc, None
-        code: Optional[int] = None
-        if proc is not None:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(timeout)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
-            code = proc.returncode
+        code = terminate(proc, timeout)
         if self._log_file is not None:
             self._log_file.close()
             self._log_file = None

@@ -21,7 +21,7 @@ import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import IO, Any, Callable, Optional, Union
+from typing import IO, Any, Callable, Optional, TypeVar, Union
 
 import requests
 
@@ -49,6 +49,23 @@ _HTTP_TIMEOUT = 10.0
 
 Json = dict[str, Any]
 DbRp = tuple[str, str]
+
+
+T = TypeVar("T")
+
+
+def terminate(proc: "Optional[subprocess.Popen[bytes]]", timeout: float) -> Optional[int]:
+    """SIGTERM, SIGKILL after ``timeout``; the exit code, or None when there was no process."""
+    if proc is None:
+        return None
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode
 
 
 class KapacitordError(RuntimeError):
@@ -386,16 +403,7 @@ class Kapacitord:
         Returns the exit code (None if it was not running). Safe to call twice.
         """
         proc, self._proc = self._proc, None
-        code: Optional[int] = None
-        if proc is not None:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(timeout)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
-            code = proc.returncode
+        code = terminate(proc, timeout)
         if self._log_file is not None:
             self._log_file.close()
             self._log_file = None
@@ -545,22 +553,22 @@ class Kapacitord:
 
     def wait_for(
         self,
-        fetch: Callable[[], Json],
-        predicate: Callable[[Json], bool],
+        fetch: Callable[[], T],
+        predicate: Callable[[T], bool],
         timeout: float = 10.0,
         *,
         what: str = "condition",
         interval: float = 0.05,
-    ) -> Json:
+    ) -> T:
         """Generic poll loop; on timeout the error shows the last value seen and the log tail."""
         deadline = time.monotonic() + timeout
         last: Any = None
         while True:
             try:
-                last = fetch()
-                if predicate(last):
-                    result: Json = last
-                    return result
+                value = fetch()
+                if predicate(value):
+                    return value
+                last = value
             except KapacitordError as exc:
                 last = str(exc)
             if time.monotonic() >= deadline:

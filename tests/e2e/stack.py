@@ -19,17 +19,20 @@ TOKEN = "e2e-bridge-token-5f2c"
 TARGET = "oncall"  # the example config posts to /alerts/oncall
 
 
-def bridge_config(receiver: Receiver) -> str:
+def bridge_config(receiver: Receiver, *sections: str, token: str = TOKEN) -> str:
+    """A bridge config with one target, ``TARGET``, posting to ``receiver``; ``sections``
+    are extra TOML tables (e.g. ``[kapacitor]``) placed before the target."""
     table = receiver.target_table()
     lines = [f'{key} = "{value}"' for key, value in table.items()]
     return "\n".join([
         "[server]",
-        f'token = "{TOKEN}"',
+        f'token = "{token}"',
         "",
         "[delivery]",
         'backoff_initial = "100ms"',
         'backoff_max = "1s"',
         "",
+        *(f"{section}\n" for section in sections),
         "[[target]]",
         f'name = "{TARGET}"',
         *lines,

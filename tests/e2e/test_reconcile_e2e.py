@@ -8,6 +8,7 @@ gets the missing trigger or resolve.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,7 @@ import pytest
 
 from tests.bridge.harness import BridgeProcess, free_port, wait_until
 from tests.e2e.kapacitord import REPO_ROOT, Kapacitord
+from tests.e2e.stack import TARGET, bridge_config
 from tests.receivers import RECEIVERS, Receiver
 
 if TYPE_CHECKING:
@@ -26,7 +28,6 @@ pytestmark = pytest.mark.e2e
 
 DBRP = ("telegraf", "autogen")
 TOKEN = "e2e-reconcile-token-81d3"
-TARGET = "oncall"
 T0 = 1714564800
 ALERT_ID = "cpu:host=web-1"
 TOPIC = "main:cpu_alert:alert2"
@@ -39,27 +40,13 @@ def line(offset: int, value: float) -> str:
     return f"cpu,host=web-1,cpu=cpu-total usage_user={value} {T0 + offset}"
 
 
-def bridge_config(receiver: Receiver, kapacitor_url: str, routes: str = "") -> str:
-    table = receiver.target_table()
-    lines = [f'{key} = "{value}"' for key, value in table.items()]
+def kapacitor_section(kapacitor_url: str, routes: str = "") -> str:
     return "\n".join([
-        "[server]",
-        f'token = "{TOKEN}"',
-        "",
-        "[delivery]",
-        'backoff_initial = "100ms"',
-        'backoff_max = "1s"',
-        "",
         "[kapacitor]",
         f'url = "{kapacitor_url}"',
         'reconcile_interval = "1h"',
         f'default_target = "{TARGET}"',
         routes,
-        "",
-        "[[target]]",
-        f'name = "{TARGET}"',
-        *lines,
-        "",
     ])
 
 
@@ -86,7 +73,8 @@ def stack(start_kapacitord: "StartKapacitord", tmp_path: Path) -> Iterator[Calla
         receiver = RECEIVERS["webhook"]().start()
         port = free_port()
         k = start_kapacitord(udf_prog=None, bridge_url=f"http://127.0.0.1:{port}/alerts/{TARGET}", bridge_token=TOKEN)
-        bridge = BridgeProcess(bridge_config(receiver, k.base_url, routes), tmp_path / f"bridge-{len(made)}", port=port)
+        config = bridge_config(receiver, kapacitor_section(k.base_url, routes), token=TOKEN)
+        bridge = BridgeProcess(config, tmp_path / f"bridge-{len(made)}", port=port)
         bridge.token = TOKEN
         k.define_task("cpu_alert", (REPO_ROOT / "tick" / "cpu_alert.tick").read_text(encoding="utf-8"), dbrps=[DBRP])
         k.wait_task("cpu_alert", lambda t: bool(t["executing"]))
@@ -178,8 +166,8 @@ def test_id_in_two_topics_is_one_trigger(stack: Callable[..., Stack]) -> None:
     k.wait_task("cpu_topic", lambda t: bool(t["executing"]))
     s.write(BASELINE + SPIKE)
     for topic in ("cpu", "main:cpu_topic:alert2"):
-        k.wait_for(lambda topic=topic: k.topic_events(topic), lambda ev: bool(ev) and ev[0]["state"]["level"] == "CRITICAL",
-                   15, what=f"topic {topic}")
+        k.wait_for(functools.partial(k.topic_events, topic),
+                   lambda ev: bool(ev) and ev[0]["state"]["level"] == "CRITICAL", 15, what=f"topic {topic}")
     dry = s.bridge.cli("reconcile", "--dry-run")
     assert (dry.returncode, dry.stdout.strip()) == (0, f"trigger {TARGET} {ALERT_ID} CRITICAL"), dry.stdout + dry.stderr
     s.bridge.start()
