@@ -81,20 +81,12 @@ class _Writer(_PgBase):
         batch = [op for op in batch if op.seal()]
         if not batch:
             return
-        # Sorted by key (stable: a key's events keep their order) so batches of two replicas
-        # lock queue rows in the same order and cannot deadlock.
-        ordered = sorted(batch, key=lambda op: (op.target, op.key))
         try:
-            results: List[Tuple[int, bool]] = []
-            with self._tx(durable=True) as cur:
-                cur.executemany(sql.ENQUEUE, [op.params() for op in ordered], returning=True)
-                while True:
-                    found = cur.fetchone()
-                    assert found is not None
-                    results.append((int(found[0]), bool(found[1])))
-                    if not cur.nextset():
-                        break
-                cur.execute("NOTIFY oncall_enqueue")
+            with self._tx() as cur:
+                # One statement for the whole batch (see oncall_enqueue_many: it locks the keys'
+                # queue rows in key order, makes the commit durable and NOTIFYs the others).
+                cols = [list(col) for col in zip(*(op.params() for op in batch))]
+                results = [(int(seq), bool(dup)) for _ord, seq, dup in cur.execute(sql.ENQUEUE_MANY, cols)]
         except StoreError as exc:
             if retries and ("deadlock" in str(exc) or "could not serialize" in str(exc)):
                 self._commit(batch, retries - 1)
@@ -113,7 +105,7 @@ class _Writer(_PgBase):
         if dups:
             with self._lock:
                 self.duplicates += dups
-        for op, (seq, _dup) in zip(ordered, results):
+        for op, (seq, _dup) in zip(batch, results):
             try:
                 op.done(seq, None)
             except Exception:  # noqa: BLE001 - the writer thread must outlive a bad callback
