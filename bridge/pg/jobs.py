@@ -16,6 +16,10 @@ from .base import SINGLETON_JOBS, MakeResolve, _PgBase, log
 from .rows import replay_rows
 
 
+#: Least seconds between two dispatcher wakes for other replicas' commits.
+WAKE_GAP = 0.05
+
+
 class _Jobs(_PgBase):
     # -- housekeeping -------------------------------------------------------------------
 
@@ -109,13 +113,23 @@ class _Jobs(_PgBase):
             self._on_change()
 
     def _run_listener(self) -> None:
-        """Wake the dispatcher when another replica accepts alerts (LISTEN/NOTIFY)."""
+        """Wake the dispatcher when another replica accepts alerts (LISTEN/NOTIFY).
+
+        Our own commits are skipped (the writer woke the dispatcher already), and wakes are at
+        least :data:`WAKE_GAP` apart: under a storm every replica commits a hundred times a
+        second, and a dispatcher round per commit of every other replica is a claim query each.
+        """
         while not self._stop.is_set():
             try:
                 with psycopg.connect(self._dsn, autocommit=True, connect_timeout=5) as conn:
                     conn.execute("LISTEN oncall_enqueue")
+                    me = self.replica_id
                     while not self._stop.is_set():
-                        if any(True for _ in conn.notifies(timeout=0.5, stop_after=1)):
+                        if not [n for n in conn.notifies(timeout=0.5, stop_after=1) if n.payload != me]:
+                            continue
+                        self._on_change()
+                        # Whatever arrives in the next WAKE_GAP seconds is one more wake at its end.
+                        if [n for n in conn.notifies(timeout=WAKE_GAP) if n.payload != me]:
                             self._on_change()
             except psycopg.Error:
                 self._stop.wait(1.0)

@@ -204,14 +204,19 @@ ALTER TABLE oncall_queue ADD COLUMN coalesced_upto bigint;
 # 2. (a new statement, so a fresh snapshot: a row another replica committed while we waited for
 #    its lock is seen) an event whose dedup key is stored, or appears earlier in the batch, is a
 #    duplicate: counted, answered with the stored seq; the others are inserted with seqs drawn in
-#    batch order, a key with nothing waiting or in flight gets its first new row as head, and the
+#    batch order, a key with nothing waiting or in flight gets its first new row as head (said in
+#    o_head: a new head that is a resolve matters to a rate-limited dispatcher), and the
 #    key's last new row sets or clears its auto-resolve timer. The commit is durable whatever the
 #    session says (synchronous_commit on for this transaction) and wakes the other replicas.
 _V4 = """
 CREATE FUNCTION oncall_enqueue_many(p_target text[], p_key text[], p_level text[], p_body bytea[],
-        p_now float8[], p_expire_at float8[], p_synthetic boolean[], p_dedup bytea[])
-    RETURNS TABLE (o_ord integer, o_seq bigint, o_dup boolean)
-    LANGUAGE plpgsql AS $$
+        p_now float8[], p_expire_at float8[], p_synthetic boolean[], p_dedup bytea[], p_from text)
+    RETURNS TABLE (o_ord integer, o_seq bigint, o_dup boolean, o_head boolean)
+    LANGUAGE plpgsql
+    -- Every table access here is by key (a batch is at most 1,000 rows): a plan cached while the
+    -- tables were small must not turn into a scan of the whole outbox per batch once they are large.
+    SET enable_seqscan = off SET enable_hashjoin = off SET enable_mergejoin = off
+    AS $$
 BEGIN
     PERFORM set_config('synchronous_commit', 'on', true);
     INSERT INTO oncall_queue AS x (target, key)
@@ -223,7 +228,7 @@ BEGIN
         FROM unnest(p_target, p_key, p_level, p_body, p_now, p_expire_at, p_synthetic, p_dedup)
             WITH ORDINALITY AS u(t, k, l, b, n, e, s, d, ord)
     ), old AS (
-        SELECT i.ord, o.seq FROM inp i JOIN oncall_outbox o ON o.dedup = i.d WHERE i.d IS NOT NULL
+        SELECT i.ord, o.seq, i.d FROM inp i JOIN oncall_outbox o ON o.dedup = i.d WHERE i.d IS NOT NULL
     ), fresh AS (
         SELECT DISTINCT ON (COALESCE(i.d, int4send(i.ord))) i.*,
             count(*) OVER (PARTITION BY i.d) - 1 AS again
@@ -231,11 +236,11 @@ BEGIN
         ORDER BY COALESCE(i.d, int4send(i.ord)), i.ord
     ), numbered AS (
         SELECT f.*, row_number() OVER (ORDER BY f.ord) AS rn FROM fresh f
-    ), seqs AS (
-        SELECT s.v, row_number() OVER (ORDER BY s.v) AS rn
+    ), drawn AS (
+        SELECT array_agg(s.v ORDER BY s.v) AS seqs
         FROM (SELECT nextval(pg_get_serial_sequence('oncall_outbox', 'seq')) AS v FROM numbered) s
     ), m AS (
-        SELECT n.*, s.v AS seq FROM numbered n JOIN seqs s USING (rn)
+        SELECT n.*, (SELECT seqs FROM drawn)[n.rn] AS seq FROM numbered n
     ), ins AS (
         INSERT INTO oncall_outbox (seq, target, key, level, body, received_at, queued_at, state,
                 next_attempt_at, synthetic, dedup, duplicates)
@@ -246,6 +251,7 @@ BEGIN
         UPDATE oncall_queue q SET head_seq = h.seq, due = h.n
         FROM (SELECT DISTINCT ON (m.t, m.k) m.t, m.k, m.seq, m.n FROM m ORDER BY m.t, m.k, m.seq) h
         WHERE q.target = h.t AND q.key = h.k AND q.head_seq IS NULL AND q.inflight_seq IS NULL
+        RETURNING q.head_seq
     ), last AS (
         SELECT DISTINCT ON (m.t, m.k) m.t, m.k, m.e, m.b FROM m ORDER BY m.t, m.k, m.seq DESC
     ), timers AS (
@@ -254,17 +260,17 @@ BEGIN
             ON CONFLICT (target, key) DO UPDATE SET due_at = excluded.due_at, body = excluded.body
     ), untimed AS (
         DELETE FROM oncall_expiry x USING last l WHERE x.target = l.t AND x.key = l.k AND l.e IS NULL
+    ), again AS MATERIALIZED (  -- first copies of events that appear more than once in the batch
+        SELECT m.ord, m.d, m.seq FROM m WHERE m.d IS NOT NULL AND m.again > 0
     ), bump AS (
         UPDATE oncall_outbox o SET duplicates = o.duplicates + c.n
         FROM (SELECT old.seq, count(*) AS n FROM old GROUP BY old.seq) c WHERE o.seq = c.seq
     )
-    SELECT i.ord, COALESCE(old.seq, m.seq, firsts.seq), m.seq IS NULL
-    FROM inp i
-    LEFT JOIN old ON old.ord = i.ord
-    LEFT JOIN m ON m.ord = i.ord
-    LEFT JOIN m AS firsts ON firsts.d = i.d AND old.seq IS NULL AND m.seq IS NULL
-    ORDER BY i.ord;
-    PERFORM pg_notify('oncall_enqueue', '');
+    SELECT old.ord, old.seq, true, false FROM old
+    UNION ALL SELECT m.ord, m.seq, false, m.seq = ANY(ARRAY(SELECT head_seq FROM heads)) FROM m
+    UNION ALL SELECT i.ord, a.seq, true, false FROM again a JOIN inp i ON i.d = a.d AND i.ord > a.ord
+    ORDER BY 1;
+    PERFORM pg_notify('oncall_enqueue', p_from);
 END $$;
 """
 

@@ -4,15 +4,18 @@ commit; the same event posted to two replicas is stored once."""
 
 from __future__ import annotations
 
+import contextlib
 import queue
 from concurrent.futures import Future
-from typing import List, Optional, Tuple
+from typing import Any, List, Optional, Tuple
+
+import psycopg
 
 from ..errors import StoreError
 from ..outbox_ops import Ticket, resolver
 from . import sql
 from .base import Done, _PgBase, log
-from .rows import _Insert
+from .rows import _Insert, _store_error
 
 MAX_BATCH = 1000
 _STOP = object()
@@ -76,17 +79,39 @@ class _Writer(_PgBase):
                 break
             if op is not _STOP:
                 op.done(None, StoreError("store postgres: closed"))
+        self._close_writer_conn()
+
+    def _enqueue_many(self, batch: List[_Insert]) -> List[Any]:
+        """The batch in one statement, its own transaction, on the writer's own connection: one
+        round trip (see oncall_enqueue_many: it locks the keys' queue rows in key order, makes the
+        commit durable and NOTIFYs the others); a pooled transaction took four."""
+        cols = [list(col) for col in zip(*(op.params() for op in batch))]
+        try:
+            if self._writer_conn is None or self._writer_conn.closed:
+                self._writer_conn = psycopg.connect(self._dsn, autocommit=True, connect_timeout=5)
+            found = self._writer_conn.execute(sql.ENQUEUE_MANY, [*cols, self.replica_id]).fetchall()
+        except psycopg.OperationalError as exc:
+            self._reachable = False
+            self._close_writer_conn()
+            raise _store_error(exc, "query") from None
+        except psycopg.Error as exc:
+            raise _store_error(exc, "query") from None
+        self._reachable = True
+        return found
+
+    def _close_writer_conn(self) -> None:
+        conn, self._writer_conn = self._writer_conn, None
+        if conn is not None:
+            with contextlib.suppress(psycopg.Error):
+                conn.close()
 
     def _commit(self, batch: List[_Insert], retries: int = 2) -> None:
         batch = [op for op in batch if op.seal()]
         if not batch:
             return
         try:
-            with self._tx() as cur:
-                # One statement for the whole batch (see oncall_enqueue_many: it locks the keys'
-                # queue rows in key order, makes the commit durable and NOTIFYs the others).
-                cols = [list(col) for col in zip(*(op.params() for op in batch))]
-                results = [(int(seq), bool(dup)) for _ord, seq, dup in cur.execute(sql.ENQUEUE_MANY, cols)]
+            found = self._enqueue_many(batch)
+            results = [(int(r[1]), bool(r[2])) for r in found]
         except StoreError as exc:
             if retries and ("deadlock" in str(exc) or "could not serialize" in str(exc)):
                 self._commit(batch, retries - 1)
@@ -102,9 +127,12 @@ class _Writer(_PgBase):
             return
         self._writable, self._last_error = True, None
         dups = sum(1 for _seq, dup in results if dup)
-        if dups:
+        resolves = {op.target for op, r in zip(batch, found) if r[3] and op.level == "OK"}
+        if dups or resolves:
             with self._lock:
                 self.duplicates += dups
+                for target in resolves:  # a resolve became a head: peek asks the database again
+                    self._no_resolves_until.pop(target, None)
         for op, (seq, _dup) in zip(batch, results):
             try:
                 op.done(seq, None)

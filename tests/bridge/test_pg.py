@@ -236,6 +236,74 @@ class TestReplicas:
             assert sum(1 for x in taken[i:] if x - at < window - 0.05) <= 5
 
 
+class TestBatchedAccept:
+    """``oncall_enqueue_many``: a writer's whole batch in one statement, same rules as one by one."""
+
+    @staticmethod
+    def _batch(conn: "psycopg.Connection[Any]", rows: List[Any]) -> List[Any]:
+        from bridge.pg import sql
+        from bridge.pg.rows import dedup_key
+
+        params = [(t, k, lvl, body, now, exp, False, dedup_key(t, k, lvl, body)) for t, k, lvl, body, now, exp in rows]
+        cols = [list(col) for col in zip(*params)]
+        return conn.execute(sql.ENQUEUE_MANY, [*cols, "test"]).fetchall()
+
+    def test_batch_dedups_orders_heads_and_timers(self, dsn: str) -> None:
+        """In-batch and stored duplicates get the stored seq; new rows are numbered in batch
+        order; only an idle key gets a head; a key's last new row decides its timer."""
+        PgOutbox(dsn, replica_id="m").open().close()  # migrate
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            (stored,) = self._batch(conn, [("t", "old", "CRITICAL", b"o", 1.0, None)])
+            assert stored[2:] == (False, True)
+            got = self._batch(conn, [
+                ("t", "k", "CRITICAL", b"a", 2.0, 100.0),
+                ("t", "old", "CRITICAL", b"o", 2.0, None),   # stored before
+                ("t", "k", "CRITICAL", b"a", 2.0, 100.0),    # again in this batch
+                ("t", "j", "WARNING", b"j", 2.0, 50.0),
+                ("t", "k", "OK", b"b", 3.0, None),
+                ("t", "old", "OK", b"p", 3.0, None),
+            ])
+            assert [r[0] for r in got] == [1, 2, 3, 4, 5, 6]
+            seq = {r[0]: r[1] for r in got}
+            assert [r[2] for r in got] == [False, True, True, False, False, False]
+            assert seq[2] == stored[1] and seq[3] == seq[1]
+            assert seq[1] < seq[4] < seq[5] < seq[6]
+            assert [r[3] for r in got] == [True, False, False, True, False, False], "old already has a head"
+            assert conn.execute("SELECT duplicates FROM oncall_outbox WHERE seq = %s", (stored[1],)).fetchone() == (1,)
+            assert conn.execute("SELECT duplicates FROM oncall_outbox WHERE seq = %s", (seq[1],)).fetchone() == (1,)
+            heads = dict(conn.execute("SELECT key, head_seq FROM oncall_queue WHERE target = 't'").fetchall())
+            assert heads == {"old": stored[1], "k": seq[1], "j": seq[4]}
+            timers = conn.execute("SELECT key, due_at FROM oncall_expiry ORDER BY key").fetchall()
+            assert timers == [("j", 50.0)], "k's last event (an OK) cleared the timer its first one set"
+            assert conn.execute("SELECT count(*) FROM oncall_outbox").fetchone() == (5,)
+
+    def test_resolve_from_another_replica_goes_first_within_recheck(self, replicas: List[PgOutbox]) -> None:
+        """A rate-limited dispatcher reuses "no resolve ready" for RESOLVES_RECHECK; a resolve
+        another replica commits meanwhile goes first after at most that long."""
+        from bridge.pg.claims import RESOLVES_RECHECK
+
+        a, b = replicas
+        put(a, "x")
+        first, _ = a.peek("t", time.time(), resolves_first=True)
+        assert first is not None and first.key == "x"
+        put(b, "y", "OK")
+        deadline = time.monotonic() + RESOLVES_RECHECK + 0.5
+        while True:
+            head, _ = a.peek("t", time.time(), resolves_first=True)
+            assert head is not None
+            if head.key == "y":
+                break
+            assert time.monotonic() < deadline, "the resolve was not preferred within the recheck"
+            time.sleep(0.02)
+        assert a.claim(head)
+        a.finish(head, "delivered", attempts=1)
+        again, _ = a.peek("t", time.time(), resolves_first=True)
+        assert again is not None and again.key == "x", "no resolve ready (and that answer reused)"
+        put(a, "z", "OK")  # our own resolve becoming a head is seen at once
+        nxt, _ = a.peek("t", time.time(), resolves_first=True)
+        assert nxt is not None and nxt.key == "z"
+
+
 class TestDatabaseDown:
     def test_outage_fails_accepts_and_resumes(self) -> None:
         """PostgreSQL down: enqueue fails (StoreError) and reachability drops; back up: all works again."""
