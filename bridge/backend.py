@@ -24,6 +24,7 @@ from typing import (
     List,
     Optional,
     Protocol,
+    Sequence,
     Set,
     Tuple,
     runtime_checkable,
@@ -67,6 +68,7 @@ class Store(Protocol):
         expire_after: Optional[float] = None,
         received_at: Optional[float] = None,
         synthetic: bool = False,
+        also: Sequence[str] = (),
     ) -> Ticket: ...
     def enqueue(
         self,

@@ -7,7 +7,7 @@ from __future__ import annotations
 import contextlib
 import queue
 from concurrent.futures import Future
-from typing import Any, List, Optional, Tuple
+from typing import Any, List, Optional, Sequence, Tuple
 
 import psycopg
 
@@ -35,12 +35,15 @@ class _Writer(_PgBase):
         expire_after: Optional[float] = None,
         received_at: Optional[float] = None,
         synthetic: bool = False,
+        also: Sequence[str] = (),
     ) -> Ticket:
         """Queue an insert; ``done(seq, None)`` once committed, ``done(None, StoreError)`` if not.
-        The ticket's ``withdraw()`` returning True guarantees the row is never committed."""
+        ``also``: more targets getting the same event in the same statement (all or none;
+        ``seq`` is the first target's). The ticket's ``withdraw()`` returning True guarantees
+        no row is ever committed."""
         now = self._clock() if received_at is None else received_at
         expire_at = None if expire_after is None else now + expire_after
-        op = _Insert(target, key, level, body, now, expire_at, synthetic, done)
+        op = _Insert(target, key, level, body, now, expire_at, synthetic, done, also)
         if self._closed:
             op.withdraw()
             done(None, StoreError("store postgres: closed"))
@@ -81,11 +84,11 @@ class _Writer(_PgBase):
                 op.done(None, StoreError("store postgres: closed"))
         self._close_writer_conn()
 
-    def _enqueue_many(self, batch: List[_Insert]) -> List[Any]:
+    def _enqueue_many(self, params: List[Tuple[Any, ...]]) -> List[Any]:
         """The batch in one statement, its own transaction, on the writer's own connection: one
         round trip (see oncall_enqueue_many: it locks the keys' queue rows in key order, makes the
         commit durable and NOTIFYs the others); a pooled transaction took four."""
-        cols = [list(col) for col in zip(*(op.params() for op in batch))]
+        cols = [list(col) for col in zip(*params)]
         try:
             if self._writer_conn is None or self._writer_conn.closed:
                 self._writer_conn = psycopg.connect(self._dsn, autocommit=True, connect_timeout=5)
@@ -109,25 +112,21 @@ class _Writer(_PgBase):
         batch = [op for op in batch if op.seal()]
         if not batch:
             return
+        params = [row for op in batch for row in op.params()]
         try:
-            found = self._enqueue_many(batch)
-            results = [(int(r[1]), bool(r[2])) for r in found]
+            rows = self._enqueue_many(params)
         except StoreError as exc:
-            if retries and ("deadlock" in str(exc) or "could not serialize" in str(exc)):
-                self._commit(batch, retries - 1)
-                return
-            if len(batch) > 1 and self._reachable:
-                for op in batch:  # one bad row must not fail its neighbours
-                    self._commit([op], 0)
-                return
-            self._writable = False
-            self._last_error = str(exc)
-            for op in batch:
-                op.done(None, exc)
+            self._failed(batch, exc, retries)
             return
+        # Each op's first row answers for it (its ``also`` rows follow it, in the same commit).
+        results: List[Tuple[int, bool]] = []
+        at = 0
+        for op in batch:
+            results.append((int(rows[at][1]), bool(rows[at][2])))
+            at += 1 + len(op.also)
         self._writable, self._last_error = True, None
         dups = sum(1 for _seq, dup in results if dup)
-        resolves = {op.target for op, r in zip(batch, found) if r[3] and op.level == "OK"}
+        resolves = {p[0] for p, r in zip(params, rows) if r[3] and p[2] == "OK"}
         if dups or resolves:
             with self._lock:
                 self.duplicates += dups
@@ -139,3 +138,17 @@ class _Writer(_PgBase):
             except Exception:  # noqa: BLE001 - the writer thread must outlive a bad callback
                 log.error("pg.callback_error", exc_info=True)
         self._on_change()
+
+    def _failed(self, batch: List[_Insert], exc: StoreError, retries: int) -> None:
+        """A batch that did not commit: retried after a deadlock, one by one if several, else refused."""
+        if retries and ("deadlock" in str(exc) or "could not serialize" in str(exc)):
+            self._commit(batch, retries - 1)
+            return
+        if len(batch) > 1 and self._reachable:
+            for op in batch:  # one bad row must not fail its neighbours
+                self._commit([op], 0)
+            return
+        self._writable = False
+        self._last_error = str(exc)
+        for op in batch:
+            op.done(None, exc)

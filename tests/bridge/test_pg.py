@@ -277,6 +277,35 @@ class TestBatchedAccept:
             assert timers == [("j", 50.0)], "k's last event (an OK) cleared the timer its first one set"
             assert conn.execute("SELECT count(*) FROM oncall_outbox").fetchone() == (5,)
 
+    def test_fan_out_member_refused_stores_no_row(self, dsn: str) -> None:
+        """An HA target's rows are one statement: a member's row the database refuses (a trigger
+        here) fails the whole post, primary included; nothing is stored, nothing half-done."""
+        from concurrent.futures import Future
+
+        from bridge.outbox_ops import resolver
+
+        box = PgOutbox(dsn, replica_id="r1").open()
+        try:
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                conn.execute("CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS"
+                             " $$ BEGIN RAISE EXCEPTION 'member row refused by the test'; END $$")
+                conn.execute("CREATE TRIGGER refuse_member BEFORE INSERT ON oncall_outbox FOR EACH ROW"
+                             " WHEN (NEW.target = 'am@2') EXECUTE FUNCTION refuse()")
+                future: "Future[int]" = Future()
+                box.enqueue_with(resolver(future), "am", "k", "CRITICAL", b"{}", also=["am@2"])
+                with pytest.raises(StoreError, match="refused by the test"):
+                    future.result(10)
+                assert conn.execute("SELECT count(*) FROM oncall_outbox").fetchone() == (0,)
+                assert conn.execute("SELECT count(*) FROM oncall_queue WHERE head_seq IS NOT NULL").fetchone() == (0,)
+                conn.execute("DROP TRIGGER refuse_member ON oncall_outbox")
+                again: "Future[int]" = Future()
+                box.enqueue_with(resolver(again), "am", "k", "CRITICAL", b"{}", also=["am@2"])
+                seq = again.result(10)
+                rows = conn.execute("SELECT target, seq FROM oncall_outbox ORDER BY target").fetchall()
+                assert rows == [("am", seq), ("am@2", seq + 1)]
+        finally:
+            box.close()
+
     def test_resolve_from_another_replica_goes_first_within_recheck(self, replicas: List[PgOutbox]) -> None:
         """A rate-limited dispatcher reuses "no resolve ready" for RESOLVES_RECHECK; a resolve
         another replica commits meanwhile goes first after at most that long."""
