@@ -207,7 +207,10 @@ ALTER TABLE oncall_queue ADD COLUMN coalesced_upto bigint;
 #    batch order, a key with nothing waiting or in flight gets its first new row as head (said in
 #    o_head: a new head that is a resolve matters to a rate-limited dispatcher), and the
 #    key's last new row sets or clears its auto-resolve timer. The commit is durable whatever the
-#    session says (synchronous_commit on for this transaction) and wakes the other replicas.
+#    session says (synchronous_commit on for this transaction). A batch that made a new head
+#    (claimable work) wakes the other replicas: one NOTIFY per commit (PostgreSQL folds equal
+#    ones) naming the writer, whose own dispatcher is woken without it. A row queued behind a
+#    head needs no wake: it becomes claimable when that head finishes, on the replica finishing it.
 _V4 = """
 CREATE FUNCTION oncall_enqueue_many(p_target text[], p_key text[], p_level text[], p_body bytea[],
         p_now float8[], p_expire_at float8[], p_synthetic boolean[], p_dedup bytea[], p_from text)
@@ -251,7 +254,7 @@ BEGIN
         UPDATE oncall_queue q SET head_seq = h.seq, due = h.n
         FROM (SELECT DISTINCT ON (m.t, m.k) m.t, m.k, m.seq, m.n FROM m ORDER BY m.t, m.k, m.seq) h
         WHERE q.target = h.t AND q.key = h.k AND q.head_seq IS NULL AND q.inflight_seq IS NULL
-        RETURNING q.head_seq
+        RETURNING q.head_seq, pg_notify('oncall_enqueue', p_from)::text AS woke
     ), last AS (
         SELECT DISTINCT ON (m.t, m.k) m.t, m.k, m.e, m.b FROM m ORDER BY m.t, m.k, m.seq DESC
     ), timers AS (
@@ -270,7 +273,6 @@ BEGIN
     UNION ALL SELECT m.ord, m.seq, false, m.seq = ANY(ARRAY(SELECT head_seq FROM heads)) FROM m
     UNION ALL SELECT i.ord, a.seq, true, false FROM again a JOIN inp i ON i.d = a.d AND i.ord > a.ord
     ORDER BY 1;
-    PERFORM pg_notify('oncall_enqueue', p_from);
 END $$;
 """
 

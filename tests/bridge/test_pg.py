@@ -277,6 +277,18 @@ class TestBatchedAccept:
             assert timers == [("j", 50.0)], "k's last event (an OK) cleared the timer its first one set"
             assert conn.execute("SELECT count(*) FROM oncall_outbox").fetchone() == (5,)
 
+    def test_other_replicas_woken_only_for_new_heads(self, dsn: str) -> None:
+        """A batch that makes a head NOTIFYs once, naming the writer; a row queued behind a head
+        (claimable only after that head finishes) wakes nobody."""
+        PgOutbox(dsn, replica_id="m").open().close()  # migrate
+        with psycopg.connect(dsn, autocommit=True) as listener, psycopg.connect(dsn, autocommit=True) as conn:
+            listener.execute("LISTEN oncall_enqueue")
+            self._batch(conn, [("t", "k", "CRITICAL", b"1", 1.0, None), ("t", "j", "CRITICAL", b"2", 1.0, None)])
+            woke = [n.payload for n in listener.notifies(timeout=2.0)]
+            assert woke == ["test"]
+            self._batch(conn, [("t", "k", "OK", b"3", 2.0, None)])
+            assert [n.payload for n in listener.notifies(timeout=1.0)] == []
+
     def test_fan_out_member_refused_stores_no_row(self, dsn: str) -> None:
         """An HA target's rows are one statement: a member's row the database refuses (a trigger
         here) fails the whole post, primary included; nothing is stored, nothing half-done."""
