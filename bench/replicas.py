@@ -226,6 +226,7 @@ def measure(runs: int = 3, alerts: int = 5_000, log: Log = print) -> Section:
             figs[key] = Figure(key=f"{SECTION}.{key}", section=SECTION, label=label, unit=unit, command=cmd, **kw)
         return figs[key]
 
+    loads: List[float] = []
     pg = PgServer().start()
     receiver = FastReceiver()
     try:
@@ -246,6 +247,13 @@ def measure(runs: int = 3, alerts: int = 5_000, log: Log = print) -> Section:
                     ).values.append(round(got["p99"], 2))
                 fig(f"drain.{backend}{n}", f"drain to fast receiver, {name}", "deliveries/s").values.append(
                     round(got["drain"], 1))
+                for part, who in (("bridges", "bridge processes"), ("pg", "postgres (all its processes)"),
+                                  ("gen", "load generator")):
+                    if part == "pg" and backend != "postgres":
+                        continue
+                    fig(f"cpu_{part}.{backend}{n}", f"accept CPU per alert, {who}, {name}", "µs").values.append(
+                        round(got[f"cpu_{part}"], 1))
+                loads.append(os.getloadavg()[0])
             with tempfile.TemporaryDirectory(prefix="bench-failover-") as tmp:
                 gap = _failover_gap(pg, Path(tmp))
             log(f"  failover gap {gap:.2f}s (lease {LEASE}s)")
@@ -254,7 +262,8 @@ def measure(runs: int = 3, alerts: int = 5_000, log: Log = print) -> Section:
     finally:
         receiver.close()
         pg.close()
-    notes = {"clients": CLIENTS, "alerts_per_run": alerts, "lease": LEASE, "setups": [list(s) for s in SETUPS]}
+    notes = {"clients": CLIENTS, "alerts_per_run": alerts, "lease": LEASE, "setups": [list(s) for s in SETUPS],
+             "load": [round(x, 2) for x in loads]}
     return Section(list(figs.values()), notes)
 
 

@@ -56,7 +56,8 @@ class Store(Protocol):
     @property
     def writer_alive(self) -> bool: ...
 
-    # accepting: ``done(seq, None)`` only once the row is durable
+    # accepting: ``done(seq, None)`` only once the row is durable; ``also`` targets (an HA
+    # fan-out's members) get the same event in the same commit, all rows or none
     def enqueue_with(
         self,
         done: Done,
