@@ -277,6 +277,21 @@ class TestBatchedAccept:
             assert timers == [("j", 50.0)], "k's last event (an OK) cleared the timer its first one set"
             assert conn.execute("SELECT count(*) FROM oncall_outbox").fetchone() == (5,)
 
+    def test_any_key_and_body_round_trip(self, dsn: str) -> None:
+        """The writer passes its batch as array literals it builds itself: ids with quotes,
+        backslashes, commas, braces, spaces, non-ASCII or the word NULL, and any body bytes,
+        come back exactly as posted."""
+        keys = ['a "b" \\c,{d} e', "NULL", "", "é✓ \t", "x\\"]
+        box = PgOutbox(dsn, replica_id="r1").open()
+        try:
+            futures = [box.enqueue("t", k, "CRITICAL", bytes(range(256)) + k.encode(), expire_after=1.5 if i % 2 else None)
+                       for i, k in enumerate(keys)]
+            for k, f in zip(keys, futures):
+                row = box.load(f.result(10))
+                assert row is not None and (row.key, row.body) == (k, bytes(range(256)) + k.encode())
+        finally:
+            box.close()
+
     def test_other_replicas_woken_only_for_new_heads(self, dsn: str) -> None:
         """A batch that makes a head NOTIFYs once, naming the writer; a row queued behind a head
         (claimable only after that head finishes) wakes nobody."""
