@@ -253,6 +253,11 @@ def measure(runs: int = 3, alerts: int = 5_000, log: Log = print) -> Section:
                         continue
                     fig(f"cpu_{part}.{backend}{n}", f"accept CPU per alert, {who}, {name}", "µs").values.append(
                         round(got[f"cpu_{part}"], 1))
+                cores = os.cpu_count() or 1
+                per_alert = got["cpu_bridges"] + got["cpu_pg"] + got["cpu_gen"]
+                fig(f"ceiling.{backend}{n}",
+                    f"accept ceiling if bridges, postgres and generator had all {cores} cores (CPU per alert), {name}",
+                    "alerts/s").values.append(round(cores * 1e6 / per_alert, 1))
                 loads.append(os.getloadavg()[0])
             with tempfile.TemporaryDirectory(prefix="bench-failover-") as tmp:
                 gap = _failover_gap(pg, Path(tmp))

@@ -368,7 +368,9 @@ def write_markdown(data: Dict[str, Any], path: Path, png_name: str = "results.pn
             "until the other replica's delivery arrives. CPU per alert: process CPU time (user + system, "
             "from /proc) of the bridges, of postgres with all its backends, and of the load generator "
             "during the accept phase, divided by the alerts accepted: steadier than rates on a shared "
-            f"machine (1-minute load after each setup: {rp.get('load', [])}).",
+            f"machine (1-minute load after each setup: {rp.get('load', [])}). The ceiling is the number of "
+            "cores divided by the sum of those three: what the same work would reach with the machine to "
+            "itself, an upper bound (no scheduling or lock waits).",
             "",
         ]
         L += _section_table(by_prefix["replicas"], [])
