@@ -6,18 +6,18 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
 import pytest
 import requests
 
 from bridge import silences
+from bridge.backend import Store
 from bridge.silences import Matcher, SilenceError, parse_duration, parse_matcher
-from bridge.store import open_store
 
 from .conftest import webhook_config
 from .harness import BridgeProcess, Receiver, kapacitor_event
+from .test_store_contract import Clock, Factory, box, clock, deliver, make_store, put, take  # noqa: F401 - fixtures
 
 #: Loopback only: never through a proxy from the environment.
 HTTP = requests.Session()
@@ -73,87 +73,129 @@ class TestDurations:
         with pytest.raises(SilenceError, match="duration"):
             parse_duration(text)
 
-    def test_a_silence_needs_matchers_and_a_comment(self, tmp_path: Path) -> None:
-        conn = open_store(str(tmp_path / "s.db"))
+    def test_a_silence_needs_matchers_and_a_comment(self) -> None:
+        """Refused before anything is stored, naming what is missing."""
         with pytest.raises(SilenceError, match="at least one matcher"):
-            silences.add(conn, [], 60, "why", "me")
+            silences.new_silence([], 60, "why", "me")
         with pytest.raises(SilenceError, match="comment"):
-            silences.add(conn, [parse_matcher("id=x")], 60, "  ", "me")
+            silences.new_silence([parse_matcher("id=x")], 60, "  ", "me")
 
 
-# -- release rules on a real store file ----------------------------------------------
+class TestReleaseRules:
+    def test_should_send(self) -> None:
+        """A newer queued event wins; a resolve goes out only for an incident the platform believes open."""
+        assert silences.should_send("CRITICAL", newer_queued=False, told_open=False)
+        assert not silences.should_send("CRITICAL", newer_queued=True, told_open=True)
+        assert silences.should_send("OK", newer_queued=False, told_open=True)
+        assert not silences.should_send("OK", newer_queued=False, told_open=False)
+
+    def test_newest_per_id_and_releasable(self) -> None:
+        """Only each id's newest held row counts, and only if no active silence matches it."""
+        rows = [silences.Held(seq, "t", key, "CRITICAL", b"{}") for seq, key in [(3, "a"), (1, "a"), (2, "b")]]
+        newest = silences.newest_per_id(rows)
+        assert [(h.key, h.seq) for h in newest] == [("a", 3), ("b", 2)]
+        web = silences.new_silence([parse_matcher("id=b")], 60, "why", "me", now=100.0)
+        assert [h.key for h in silences.releasable(newest, [web])] == ["a"]
 
 
-def _row(conn: sqlite3.Connection, key: str, level: str, state: str, target: str = "pager") -> int:
-    body = json.dumps(kapacitor_event(key, level)).encode()
-    cur = conn.execute(
-        "INSERT INTO outbox (target, key, level, body, received_at, queued_at, state, next_attempt_at, done_at)"
-        " VALUES (?, ?, ?, ?, 1, 1, ?, 1, ?)",
-        (target, key, level, body, state, 2.0 if state not in ("pending", "inflight") else None),
-    )
-    return int(cur.lastrowid or 0)
+# -- the store contract: the same silences and release on SQLite and PostgreSQL --------------
 
 
-def _told(conn: sqlite3.Connection, key: str, level: str, target: str = "pager") -> None:
-    conn.execute(
-        "INSERT INTO ledger (target, key, open, level, fired_levels, body, opened_at, told_at, seq)"
-        " VALUES (?, ?, ?, ?, ?, x'7b7d', 1, 1, 0)",
-        (target, key, int(level != "OK"), level, "" if level == "OK" else level),
-    )
+def _held(box: Store, clock: Clock, key: str, level: str, n: int = 0) -> int:
+    """Accept an event, claim it and finish it ``silenced`` (what delivery does when a silence holds it)."""
+    seq = put(box, key, level, n=n)
+    head = take(box, clock)
+    assert head is not None and head.seq == seq
+    box.finish(head, "silenced")
+    return seq
 
 
-def _states(conn: sqlite3.Connection) -> Dict[int, str]:
-    return {seq: state for seq, state in conn.execute("SELECT seq, state FROM outbox")}
+def _state(box: Store, seq: int) -> str:
+    row = box.load(seq)
+    assert row is not None
+    return row.state
 
 
-class TestRelease:
-    @pytest.fixture
-    def conn(self, tmp_path: Path) -> sqlite3.Connection:
-        return open_store(str(tmp_path / "release.db"))
+def _silence(box: Store, clock: Clock, *matchers: str, seconds: float = 3600) -> silences.Silence:
+    made = silences.new_silence([parse_matcher(m) for m in matchers], seconds, "maintenance", "me", now=clock())
+    return box.add_silence(made)
 
-    def test_resolve_of_a_told_trigger_is_sent(self, conn: sqlite3.Connection) -> None:
-        """Trigger delivered before the silence, resolve during it: the resolve goes out."""
-        _told(conn, "a", "CRITICAL")
-        warn = _row(conn, "a", "WARNING", "silenced")
-        ok = _row(conn, "a", "OK", "silenced")
-        assert silences.release(conn.cursor()) == [("pager", "a", "sent")]
-        assert _states(conn) == {warn: "superseded", ok: "pending"}
 
-    def test_resolve_of_an_untold_trigger_is_not_sent(self, conn: sqlite3.Connection) -> None:
+class TestStoreSilences:
+    def test_resolve_of_a_told_trigger_is_sent(self, box: Store, clock: Clock) -> None:
+        """Trigger delivered before the silence, resolve during it: the resolve goes out, next in line."""
+        deliver(box, clock, "a", "CRITICAL")
+        warn = _held(box, clock, "a", "WARNING", 1)
+        ok = _held(box, clock, "a", "OK", 2)
+        assert box.release_silences(clock()) == [("t", "a", "sent")]
+        assert (_state(box, warn), _state(box, ok)) == ("superseded", "pending")
+        head = take(box, clock)
+        assert head is not None and head.seq == ok
+        assert take(box, clock) is None
+
+    def test_resolve_of_an_untold_trigger_is_not_sent(self, box: Store, clock: Clock) -> None:
         """Trigger and resolve both during the silence: the platform hears nothing."""
-        crit = _row(conn, "b", "CRITICAL", "silenced")
-        ok = _row(conn, "b", "OK", "silenced")
-        assert silences.release(conn.cursor()) == [("pager", "b", "dropped")]
-        assert _states(conn) == {crit: "superseded", ok: "superseded"}
+        crit = _held(box, clock, "b", "CRITICAL")
+        ok = _held(box, clock, "b", "OK", 1)
+        assert box.release_silences(clock()) == [("t", "b", "dropped")]
+        assert (_state(box, crit), _state(box, ok)) == ("superseded", "superseded")
+        assert take(box, clock) is None
 
-    def test_only_the_latest_trigger_goes_out(self, conn: sqlite3.Connection) -> None:
-        rows = [_row(conn, "c", level, "silenced") for level in ("WARNING", "CRITICAL", "WARNING")]
-        silences.release(conn.cursor())
-        assert [_states(conn)[r] for r in rows] == ["superseded", "superseded", "pending"]
+    def test_only_the_latest_trigger_goes_out(self, box: Store, clock: Clock) -> None:
+        rows = [_held(box, clock, "c", level, n) for n, level in enumerate(("WARNING", "CRITICAL", "WARNING"))]
+        assert box.release_silences(clock()) == [("t", "c", "sent")]
+        assert [_state(box, r) for r in rows] == ["superseded", "superseded", "pending"]
+        assert box.release_silences(clock()) == []
 
-    def test_a_newer_pending_row_wins(self, conn: sqlite3.Connection) -> None:
-        """Rows that arrived after the silence ended are already queued: no resend of old state."""
-        held = _row(conn, "d", "CRITICAL", "silenced")
-        newer = _row(conn, "d", "OK", "pending")
-        silences.release(conn.cursor())
-        assert _states(conn) == {held: "superseded", newer: "pending"}
+    def test_a_newer_pending_row_wins(self, box: Store, clock: Clock) -> None:
+        """A row that arrived after the silence ended is already queued: no resend of the old state."""
+        held = _held(box, clock, "d", "CRITICAL")
+        newer = put(box, "d", "OK", n=1)
+        assert box.release_silences(clock()) == [("t", "d", "dropped")]
+        assert (_state(box, held), _state(box, newer)) == ("superseded", "pending")
+        head = take(box, clock)
+        assert head is not None and head.seq == newer
 
-    def test_ids_still_matched_stay_held(self, conn: sqlite3.Connection) -> None:
-        silences.add(conn, [parse_matcher("id=~web-.*")], 3600, "maintenance", "me")
-        kept = _row(conn, "web-1", "CRITICAL", "silenced")
-        freed = _row(conn, "db-1", "CRITICAL", "silenced")
-        assert silences.release(conn.cursor()) == [("pager", "db-1", "sent")]
-        assert _states(conn) == {kept: "silenced", freed: "pending"}
+    def test_ids_still_matched_stay_held(self, box: Store, clock: Clock) -> None:
+        made = _silence(box, clock, "id=~web-.*")
+        assert [s.id for s in box.list_silences()] == [made.id]
+        kept = _held(box, clock, "web-1", "CRITICAL")
+        freed = _held(box, clock, "db-1", "CRITICAL")
+        assert box.release_silences(clock()) == [("t", "db-1", "sent")]
+        assert (_state(box, kept), _state(box, freed)) == ("silenced", "pending")
+        box.expire_silence(made.id)
+        assert box.release_silences(clock()) == [("t", "web-1", "sent")]
 
-    def test_expire_ends_a_silence_once(self, conn: sqlite3.Connection) -> None:
-        made = silences.add(conn, [parse_matcher("id=x")], 3600, "maintenance", "me")
-        assert silences.expire(conn, made.id).expired_at is not None
-        assert silences.list_silences(conn) == []
-        assert len(silences.list_silences(conn, include_ended=True)) == 1
+    def test_a_silence_ends_by_time(self, box: Store, clock: Clock) -> None:
+        """No expire needed: past its end the silence is inactive and its ids are released."""
+        _silence(box, clock, "id=e", seconds=60)
+        held = _held(box, clock, "e", "CRITICAL")
+        assert box.release_silences(clock()) == []
+        clock.now += 61
+        assert box.list_silences() == [] and len(box.list_silences(include_ended=True)) == 1
+        assert box.release_silences(clock()) == [("t", "e", "sent")]
+        assert _state(box, held) == "pending"
+
+    def test_expire_ends_a_silence_once(self, box: Store, clock: Clock) -> None:
+        made = _silence(box, clock, "id=x")
+        ended = box.expire_silence(made.id)
+        assert ended.expired_at == clock() and not ended.active(clock())
+        assert box.list_silences() == []
+        assert [s.id for s in box.list_silences(include_ended=True)] == [made.id]
         with pytest.raises(SilenceError, match="already ended"):
-            silences.expire(conn, made.id)
+            box.expire_silence(made.id)
         with pytest.raises(SilenceError, match="no silence with id"):
-            silences.expire(conn, "nope")
+            box.expire_silence("nope")
+
+    def test_silences_and_held_rows_survive_a_restart(self, make_store: Factory, clock: Clock) -> None:
+        first = make_store()
+        made = _silence(first, clock, "id=f", "level!=INFO")
+        held = _held(first, clock, "f", "CRITICAL")
+        first.close()
+        again = make_store()
+        assert [(s.id, s.text) for s in again.list_silences()] == [(made.id, "id=f, level!=INFO")]
+        assert _state(again, held) == "silenced" and again.release_silences(clock()) == []
+        assert take(again, clock) is None
 
 
 # -- through a running bridge ----------------------------------------------------------
