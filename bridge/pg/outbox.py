@@ -40,7 +40,9 @@ from . import sql
 from ..outbox_ops import Ticket, resolver
 from ..store_ops import Replayed
 from .coalesce import coalesce_keys, coalescible_keys
+from .operator import RELEASE_JOB, PgOperator
 from .rows import _bookkeeping_commits, _Claimed, _Insert, _store_error, replay_rows
+from .silences import FINISH_SILENCED
 from .schema import migrate
 
 __all__ = ["PgOutbox", "SINGLETON_JOBS"]
@@ -50,7 +52,7 @@ log = get_logger("bridge.pg")
 Done = Callable[[Any, Optional[BaseException]], None]
 MakeResolve = Callable[[str, str, bytes, float], Optional[bytes]]
 #: Work that must happen on one replica at a time.
-SINGLETON_JOBS = ("expiry", "prune", "heartbeat", "keepalive", "reconcile")
+SINGLETON_JOBS = ("expiry", "prune", "heartbeat", "keepalive", "reconcile", RELEASE_JOB)
 MAX_BATCH = 1000
 #: Seconds the dispatcher's "which keys are coalescible" answer is reused (one query per round
 #: and target would cost more than the coalescing saves).
@@ -58,7 +60,7 @@ COALESCE_RECHECK = 1.0
 _STOP = object()
 
 
-class PgOutbox:
+class PgOutbox(PgOperator):
     """A replica's handle on the shared outbox (satisfies :class:`bridge.backend.Store`)."""
 
     def __init__(
@@ -443,7 +445,7 @@ class PgOutbox:
                done: Optional[Done] = None) -> None:
         """Record a claimed row's outcome; a row whose lease another replica took is left alone.
         ``done`` (see :meth:`bridge.backend.Store.finish`) is called here, after the commit."""
-        if state not in ("delivered", "dead", "suppressed", "pending"):
+        if state not in ("delivered", "dead", "suppressed", "silenced", "pending"):
             raise ValueError(f"bad final state {state!r}")
         if state == "pending" and next_at is None:
             raise ValueError("a retry needs next_at")
@@ -468,6 +470,8 @@ class PgOutbox:
                     retried = True
                 elif state == "suppressed":
                     cur.execute(sql.FINISH_SUPPRESSED, (now, head.seq))
+                elif state == "silenced":  # held by a silence; the release job tells the latest state
+                    cur.execute(FINISH_SILENCED, (now, head.seq))
                 else:
                     body = cur.execute(sql.FINISH_FINAL, (state, attempts, error, status, now, self.replica_id,
                                                           head.seq)).fetchone()

@@ -32,10 +32,12 @@ from ..silences import (
 from . import sql
 from .rows import _store_error
 
-__all__ = ["CHANNEL", "expire", "held_rows", "insert", "list_silences", "release", "silence_store"]
+__all__ = ["CHANNEL", "FINISH_SILENCED", "expire", "held_rows", "insert", "list_silences", "release", "silence_store"]
 
 #: NOTIFY channel: silences changed (replicas re-read them at once instead of within a second).
 CHANNEL = "oncall_silences"
+#: A claimed row a silence holds: kept on file, the key freed for its next row (as on SQLite).
+FINISH_SILENCED = "UPDATE oncall_outbox SET state = 'silenced', done_at = %s WHERE seq = %s AND state = 'inflight'"
 #: Ids released per pass (one transaction); the rest go on the next pass a second later.
 MAX_RELEASE = 500
 

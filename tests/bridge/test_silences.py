@@ -329,3 +329,85 @@ class TestBridge:
         assert made.returncode == 0, made.stderr
         listed = json.loads(bridge.cli("silence", "list", "--json").stdout)
         assert listed[0]["matchers"] == ["id=x", "host!=db-1"] and listed[0]["created_by"] == "alice"
+
+
+# -- replicas on PostgreSQL: one set of silences, one release ----------------------------------
+
+
+def _pg_states(dsn: str) -> List[tuple[str, str, str]]:
+    import psycopg
+
+    with psycopg.connect(dsn) as conn:
+        return [tuple(r) for r in conn.execute("SELECT key, level, state FROM oncall_outbox ORDER BY seq")]
+
+
+class TestReplicas:
+    def test_a_silence_added_on_one_replica_holds_on_the_other(
+        self, make_bridge: Callable[..., BridgeProcess], receiver: Receiver, pg_server: Any
+    ) -> None:
+        """Silence added through replica A; with A stopped, replica B holds the matching alerts; A back,
+        the silence expired through A: each id's latest state reaches the platform exactly once."""
+        from .test_pg import pg_config
+
+        dsn = pg_server.create_database("silence")
+        env = {"BRIDGE_PG_DSN": dsn}
+        config = f'[server]\ntoken = "{TOKEN}"\n' + pg_config(receiver.url + "/hook")
+        a = make_bridge(config, env=env)
+        b = make_bridge(config, env=env)
+        for bridge in (a, b):
+            bridge.token = TOKEN
+        assert a.post_alert("hook", kapacitor_event("cpu:host=web-01", "CRITICAL"))[0] == 202
+        receiver.wait_for(1)
+        made = _api(a, "/api/silences", {"matchers": ["id=~cpu:host=web-.*"], "for": "1h", "comment": "patching"})
+        assert made.status_code == 201, made.text
+        silence_id = made.json()["silence"]["id"]
+        _active(b, 1)
+        assert [s["id"] for s in HTTP.get(b.url + "/api/silences", timeout=10).json()] == [silence_id]
+        a.stop()
+        events = [("cpu:host=web-01", "WARNING"), ("cpu:host=web-01", "OK"), ("cpu:host=web-02", "CRITICAL"),
+                  ("cpu:host=web-02", "OK"), ("cpu:host=web-03", "WARNING"), ("cpu:host=web-03", "CRITICAL")]
+        for key, level in events:
+            assert b.post_alert("hook", kapacitor_event(key, level))[0] == 202
+        b.wait_until(lambda: [s for _k, _l, s in _pg_states(dsn)] == ["delivered"] + ["silenced"] * 6,
+                     timeout=15, message="six rows held by replica b")
+        assert len(receiver.requests) == 1
+        assert b.metric("oncall_deliveries_total", {"target": "hook", "outcome": "silenced"}) == 6
+
+        a.start()
+        _active(a, 1)
+        listed = a.cli("silence", "list", env=env)
+        assert listed.returncode == 0 and silence_id in listed.stdout and "patching" in listed.stdout
+        assert _api(a, f"/api/silences/{silence_id}/expire").status_code == 200
+        receiver.wait_for(3, timeout=20)
+        b.wait_until(lambda: ("cpu:host=web-03", "CRITICAL", "delivered") in _pg_states(dsn), timeout=15,
+                     message="released row delivered")
+        time.sleep(2.5)  # more release passes on both replicas: nothing else may go out
+        assert sorted(_sent(receiver)[1:]) == [("cpu:host=web-01", "OK"), ("cpu:host=web-03", "CRITICAL")]
+        assert ("cpu:host=web-02", "OK", "superseded") in _pg_states(dsn)
+        assert "silenced" not in {s for _k, _l, s in _pg_states(dsn)}
+        for bridge in (a, b):
+            _active(bridge, 0)
+
+    def test_cli_on_postgres(self, make_bridge: Callable[..., BridgeProcess], receiver: Receiver,
+                             pg_server: Any) -> None:
+        """`silence add|list|expire` against the shared database while a replica serves; it honours them."""
+        from .test_pg import pg_config
+
+        dsn = pg_server.create_database("silence_cli")
+        env = {"BRIDGE_PG_DSN": dsn}
+        bridge = make_bridge(pg_config(receiver.url + "/hook"), env=env)
+        added = bridge.cli("silence", "add", "-m", "host=db-1", "--for", "30m", "--comment", "disk swap", "--by",
+                           "alice", env=env)
+        assert added.returncode == 0, added.stderr
+        silence_id = added.stdout.split()[0]
+        _active(bridge, 1)
+        assert bridge.post_alert("hook", kapacitor_event("disk:host=db-1", "CRITICAL", tags={"host": "db-1"}))[0] == 202
+        bridge.wait_until(lambda: ("disk:host=db-1", "CRITICAL", "silenced") in _pg_states(dsn), timeout=15,
+                          message="held")
+        listed = json.loads(bridge.cli("silence", "list", "--json", env=env).stdout)
+        assert [(s["id"], s["created_by"]) for s in listed] == [(silence_id, "alice")]
+        missing = bridge.cli("silence", "expire", "feedbeef", env=env)
+        assert missing.returncode == 2 and "no silence with id" in missing.stderr
+        assert bridge.cli("silence", "expire", silence_id, env=env).returncode == 0
+        receiver.wait_for(1, timeout=15)
+        assert _sent(receiver) == [("disk:host=db-1", "CRITICAL")]
