@@ -17,7 +17,7 @@ from bridge.silences import Matcher, SilenceError, parse_duration, parse_matcher
 
 from .conftest import webhook_config
 from .harness import BridgeProcess, Receiver, kapacitor_event
-from .test_store_contract import Clock, Factory, box, clock, deliver, make_store, put, take  # noqa: F401 - fixtures
+from .test_store_contract import Clock, Factory, box, clock, deliver, drain, make_store, put, take  # noqa: F401 - fixtures
 
 #: Loopback only: never through a proxy from the environment.
 HTTP = requests.Session()
@@ -411,3 +411,40 @@ class TestReplicas:
         assert bridge.cli("silence", "expire", silence_id, env=env).returncode == 0
         receiver.wait_for(1, timeout=15)
         assert _sent(receiver) == [("disk:host=db-1", "CRITICAL")]
+
+
+class TestReleaseJob:
+    def test_only_the_holder_of_the_job_releases(self, pg_server: Any) -> None:
+        """Two replicas' release passes: one holds the ``silences`` job and releases, the other does
+        nothing; when the holder closes, the job (and the release) moves to the other."""
+        from bridge.pg import PgOutbox
+
+        dsn = pg_server.create_database("release_job")
+        a = PgOutbox(dsn, replica_id="a", lease=10.0).open()
+        b = PgOutbox(dsn, replica_id="b", lease=10.0).open()
+        try:
+            holder, other = (a, b) if a.holds("silences") else (b, a)
+            assert holder.holds("silences") and not other.holds("silences")
+            clock = Clock()
+            clock.now = time.time() + 3600  # everything enqueued is due
+            for key in ("x", "y"):
+                seq = put(other, key, "CRITICAL")
+                head = take(other, clock)
+                assert head is not None and head.seq == seq
+                other.finish(head, "silenced")
+            assert other.release_silences() == []
+            assert holder.release_silences() == [("t", "x", "sent"), ("t", "y", "sent")]
+            assert holder.release_silences() == [] and other.release_silences() == []
+            for head in drain(holder, clock):
+                holder.finish(head, "delivered", attempts=1)
+            holder.close()
+            other.keep()
+            assert other.holds("silences")
+            put(other, "z", "WARNING")
+            head = take(other, clock)
+            assert head is not None and head.key == "z"
+            other.finish(head, "silenced")
+            assert other.release_silences() == [("t", "z", "sent")]
+        finally:
+            for box in (a, b):
+                box.close()
