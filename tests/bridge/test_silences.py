@@ -412,6 +412,12 @@ class TestReplicas:
         receiver.wait_for(1, timeout=15)
         assert _sent(receiver) == [("disk:host=db-1", "CRITICAL")]
 
+        def told() -> bool:
+            found = bridge.cli("incidents", "--json", env=env)
+            return found.returncode == 0 and [i["id"] for i in json.loads(found.stdout)] == ["disk:host=db-1"]
+
+        bridge.wait_until(told, message="`incidents` reads the database's ledger")
+
 
 class TestReleaseJob:
     def test_only_the_holder_of_the_job_releases(self, pg_server: Any) -> None:
