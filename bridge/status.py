@@ -36,6 +36,7 @@ __all__ = [
     "TargetStatus",
     "connect",
     "held_counts",
+    "open_per_target",
     "snapshot",
     "summarise",
     "target_statuses",
@@ -282,13 +283,17 @@ def held_counts(silences: Sequence[StoredSilence], held: Sequence[Held], now: fl
     ]
 
 
-def target_statuses(
-    targets: Mapping[str, str], per: Mapping[str, Mapping[str, Any]], incidents: Sequence[Incident]
-) -> List[TargetStatus]:
-    """One row per configured target and per target that still has rows (sorted by name)."""
+def open_per_target(incidents: Sequence[Incident]) -> Dict[str, int]:
     open_per: Dict[str, int] = {}
     for incident in incidents:
         open_per[incident.target] = open_per.get(incident.target, 0) + 1
+    return open_per
+
+
+def target_statuses(
+    targets: Mapping[str, str], per: Mapping[str, Mapping[str, Any]], open_per: Mapping[str, int]
+) -> List[TargetStatus]:
+    """One row per configured target and per target that still has rows (sorted by name)."""
     statuses = []
     for name in sorted(set(targets) | set(per)):
         info = per.get(name, {})
@@ -335,7 +340,7 @@ def snapshot(
 def _read(conn: sqlite3.Connection, targets: Mapping[str, str], *, path: str, listen: str, now: float) -> Snapshot:
     tables = _tables(conn)
     incidents = _incidents(conn, tables)
-    statuses = target_statuses(targets, _per_target(conn), incidents)
+    statuses = target_statuses(targets, _per_target(conn), open_per_target(incidents))
     queued = [
         Queued(*r)
         for r in conn.execute(

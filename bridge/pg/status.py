@@ -52,6 +52,7 @@ _LAST_ERROR = (
     "SELECT DISTINCT ON (target) target, key, last_error FROM oncall_outbox"
     " WHERE state IN ('pending', 'inflight', 'dead') AND last_error IS NOT NULL ORDER BY target, seq DESC"
 )
+_OPEN_COUNTS = "SELECT target, count(*) FROM oncall_ledger WHERE open GROUP BY target"
 _INCIDENTS = "SELECT target, key, level, opened_at FROM oncall_ledger WHERE open ORDER BY opened_at LIMIT %s"
 _QUEUED = (
     "SELECT seq, target, key, level, state, attempts, queued_at, next_attempt_at, last_error FROM oncall_outbox"
@@ -73,7 +74,7 @@ SELECT r.id, r.started_at, r.seen_at,
     (SELECT count(*) FROM oncall_queue q WHERE q.owner = r.id AND q.inflight_seq IS NOT NULL)
 FROM oncall_replica r ORDER BY r.seen_at DESC, r.id LIMIT %s
 """
-#: Incidents listed on the page (the ledger may hold many more; the totals count them all).
+#: Incidents listed on the page (the ledger may hold more; the per-target counts are exact).
 MAX_INCIDENTS = 1000
 
 
@@ -120,7 +121,8 @@ def snapshot(
     per = _per_target(cur)
     incidents = [Incident(t, k, level, float(since)) for t, k, level, since in
                  cur.execute(_INCIDENTS, (MAX_INCIDENTS,)).fetchall()]
-    statuses = target_statuses(targets, per, incidents)
+    open_per = {str(t): int(n) for t, n in cur.execute(_OPEN_COUNTS).fetchall()}
+    statuses = target_statuses(targets, per, open_per)
     queued = [Queued(*r) for r in cur.execute(_QUEUED, (MAX_QUEUED,)).fetchall()]
     dead = [DeadLetter(*r) for r in cur.execute(_DEAD, (MAX_DEAD,)).fetchall()]
     deliveries = [
