@@ -31,6 +31,9 @@ class SqliteOperator:
 
     # -- silences ------------------------------------------------------------------
 
+    def watch_silences(self, changed: Callable[[], None]) -> None:
+        """Changes come through this process (``refresh``) or the CLI (read within a second)."""
+
     def list_silences(self, *, include_ended: bool = False, now: Optional[float] = None) -> List[Silence]:
         try:
             return silences_sqlite.list_silences(self._reader(), include_ended=include_ended,

@@ -76,6 +76,7 @@ class Service:
         silenced = Gauge("oncall_silences_active", "Silences in force (read from the store).",
                          registry=self.registry)
         self.silencer = Silencer(self.outbox, on_read=silenced.set)
+        self.outbox.watch_silences(self.silencer.poke)
         self.delivery.hold = self.silencer.holds
         self.heartbeats = [Heartbeat(h, self._beat_allowed, metrics=self.metrics) for h in config.heartbeats]
         self.keepalive = KeepAlive(config.targets, self.outbox, Sender(config.delivery), metrics=self.metrics,

@@ -330,6 +330,10 @@ class Silencer:
         self._active = self._read()
         self._wake.set()
 
+    def poke(self) -> None:
+        """Silences changed elsewhere: re-read them (and release) now, in the silencer's thread."""
+        self._wake.set()
+
     def holds(self, target: str, key: str, level: str, body: bytes) -> Optional[str]:
         """The id of an active silence matching this row, or None (the delivery hook)."""
         now = self._clock()

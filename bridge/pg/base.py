@@ -54,6 +54,8 @@ class _PgBase:
         self.duplicates = 0
         self._clock = clock
         self._on_change = on_change
+        #: Called by the listener when silences changed anywhere (see PgOperator.watch_silences).
+        self._silences_changed: Callable[[], None] = lambda: None
         self._pool_size = pool_size
         self._pool: Optional["psycopg_pool.ConnectionPool[Any]"] = None
         self._queue: "queue.SimpleQueue[Any]" = queue.SimpleQueue()

@@ -32,6 +32,7 @@ class PgOperator:
         replica_id: str
         _clock: Callable[[], float]
         _on_change: Callable[[], None]
+        _silences_changed: Callable[[], None]
 
         def _tx(self, timeout: Optional[float] = None,
                 durable: bool = False) -> ContextManager["psycopg.Cursor[Any]"]: ...
@@ -39,6 +40,11 @@ class PgOperator:
         def singletons(self) -> Dict[str, bool]: ...
 
     # -- silences ------------------------------------------------------------------
+
+    def watch_silences(self, changed: Callable[[], None]) -> None:
+        """``changed()`` runs (in the listener thread; it must not block) whenever any replica or
+        the CLI adds or expires a silence, so this replica holds by it at once."""
+        self._silences_changed = changed
 
     def list_silences(self, *, include_ended: bool = False, now: Optional[float] = None) -> List[Silence]:
         with self._tx() as cur:

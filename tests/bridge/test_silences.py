@@ -16,7 +16,7 @@ from bridge.backend import Store
 from bridge.silences import Matcher, SilenceError, parse_duration, parse_matcher
 
 from .conftest import webhook_config
-from .harness import BridgeProcess, Receiver, kapacitor_event
+from .harness import BridgeProcess, Receiver, kapacitor_event, wait_until
 from .test_store_contract import Clock, Factory, box, clock, deliver, drain, make_store, put, take  # noqa: F401 - fixtures
 
 #: Loopback only: never through a proxy from the environment.
@@ -451,6 +451,37 @@ class TestReleaseJob:
             assert head is not None and head.key == "z"
             other.finish(head, "silenced")
             assert other.release_silences() == [("t", "z", "sent")]
+        finally:
+            for box in (a, b):
+                box.close()
+
+    def test_every_replica_hears_of_a_change_at_once(self, pg_server: Any) -> None:
+        """An add or expire through one replica (or the CLI) notifies every replica's silencer."""
+        import threading
+
+        import psycopg
+
+        from bridge.pg import PgOutbox
+
+        dsn = pg_server.create_database("silence_notify")
+        a = PgOutbox(dsn, replica_id="a", lease=10.0).open()
+        b = PgOutbox(dsn, replica_id="b", lease=10.0).open()
+        heard = threading.Event()
+        b.watch_silences(heard.set)
+        try:
+            def listening() -> bool:
+                with psycopg.connect(dsn) as conn:
+                    found = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                                         " AND query = 'LISTEN oncall_silences'").fetchone()
+                return found is not None and found[0] == 2
+
+            wait_until(listening, message="both replicas' listeners connected")
+            made = a.add_silence(silences.new_silence([parse_matcher("id=x")], 60, "why", "me"))
+            assert heard.wait(5), "b was not told of the new silence"
+            heard.clear()
+            a.expire_silence(made.id)
+            assert heard.wait(5), "b was not told of the expiry"
+            assert b.list_silences() == []
         finally:
             for box in (a, b):
                 box.close()
