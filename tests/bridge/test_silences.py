@@ -345,8 +345,9 @@ class TestReplicas:
     def test_a_silence_added_on_one_replica_holds_on_the_other(
         self, make_bridge: Callable[..., BridgeProcess], receiver: Receiver, pg_server: Any
     ) -> None:
-        """Silence added through replica A; with A stopped, replica B holds the matching alerts; A back,
-        the silence expired through A: each id's latest state reaches the platform exactly once."""
+        """Silence added through replica A; with A stopped, replica B holds the matching alerts. A back,
+        B (holding the ``silences`` job) killed, the silence expired through A: A takes the job over
+        after B's lease and each id's latest state reaches the platform exactly once."""
         from .test_pg import pg_config
 
         dsn = pg_server.create_database("silence")
@@ -377,10 +378,14 @@ class TestReplicas:
         _active(a, 1)
         listed = a.cli("silence", "list", env=env)
         assert listed.returncode == 0 and silence_id in listed.stdout and "patching" in listed.stdout
+        assert b.healthz()[1]["store"]["singletons"]["silences"] is True
+        b.kill9()
         assert _api(a, f"/api/silences/{silence_id}/expire").status_code == 200
         receiver.wait_for(3, timeout=20)
-        b.wait_until(lambda: ("cpu:host=web-03", "CRITICAL", "delivered") in _pg_states(dsn), timeout=15,
+        a.wait_until(lambda: ("cpu:host=web-03", "CRITICAL", "delivered") in _pg_states(dsn), timeout=15,
                      message="released row delivered")
+        assert a.healthz()[1]["store"]["singletons"]["silences"] is True
+        b.start()
         time.sleep(2.5)  # more release passes on both replicas: nothing else may go out
         assert sorted(_sent(receiver)[1:]) == [("cpu:host=web-01", "OK"), ("cpu:host=web-03", "CRITICAL")]
         assert ("cpu:host=web-02", "OK", "superseded") in _pg_states(dsn)
