@@ -36,7 +36,7 @@ from .keepalive import KeepAlive
 from .log import get_logger
 from .metrics import Metrics
 from .backend import open_backend
-from .outbox import Outbox, Ticket
+from .outbox import Ticket
 from .reconcile import Reconciler, routes_of
 from .rejections import RejectionLog, json_error, json_errors
 from .silences import Silencer

@@ -23,6 +23,8 @@ __all__ = ["PgOperator", "RELEASE_JOB"]
 
 #: The singleton job that releases silenced rows.
 RELEASE_JOB = "silences"
+#: Seconds a read for the page, the API or the silencer waits for a pooled connection.
+READ_TIMEOUT = 5.0
 
 
 class PgOperator:
@@ -47,7 +49,7 @@ class PgOperator:
         self._silences_changed = changed
 
     def list_silences(self, *, include_ended: bool = False, now: Optional[float] = None) -> List[Silence]:
-        with self._tx() as cur:
+        with self._tx(READ_TIMEOUT) as cur:
             return pg_silences.list_silences(cur, include_ended=include_ended,
                                              now=self._clock() if now is None else now)
 
@@ -78,7 +80,7 @@ class PgOperator:
         """The whole cluster's page, in one read-only transaction on a pooled connection."""
         now = self._clock() if now is None else now
         jobs = [name for name, held in self.singletons().items() if held]
-        with self._tx(5.0) as cur:
+        with self._tx(READ_TIMEOUT) as cur:
             begin_read(cur)
             return snapshot(cur, targets, listen=listen, replica_id=self.replica_id, jobs=jobs, now=now)
 

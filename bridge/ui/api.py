@@ -13,12 +13,13 @@ import asyncio
 import hmac
 import json
 import time
-from typing import TYPE_CHECKING, Any, Callable, Optional, TypeVar
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Optional, TypeVar
 
 from aiohttp import web
 
 from .. import silences
 from ..backend import Store
+from ..errors import StoreError
 from ..log import get_logger
 
 if TYPE_CHECKING:
@@ -35,8 +36,9 @@ def _error(status: int, message: str, **extra: Any) -> web.Response:
 
 
 async def write_silence(service: "Service", change: Callable[[Store], T]) -> T:
-    """Run a silences change on the store (off the event loop), then make it effective here
-    at once (other replicas and processes pick it up within a second)."""
+    """Run a silences change on the store (off the event loop), then make it effective here at
+    once (other PostgreSQL replicas are told by NOTIFY; another process on SQLite reads it
+    within a second)."""
     loop = asyncio.get_running_loop()
     result: T = await loop.run_in_executor(None, change, service.outbox)
     await loop.run_in_executor(None, service.silencer.refresh)
@@ -119,6 +121,22 @@ class SilenceAPI:
         return web.json_response({"status": "ok", "silence": ended.as_json(time.time())})
 
     def register(self, app: web.Application) -> None:
-        app.router.add_get("/api/silences", self.list)
-        app.router.add_post("/api/silences", self.add)
-        app.router.add_post("/api/silences/{id}/expire", self.expire)
+        app.router.add_get("/api/silences", _unavailable(self.list))
+        app.router.add_post("/api/silences", _unavailable(self.add))
+        app.router.add_post("/api/silences/{id}/expire", _unavailable(self.expire))
+
+
+Handler = Callable[[web.Request], Awaitable[web.Response]]
+
+
+def _unavailable(handler: Handler) -> Handler:
+    """The store being unreachable (a database down) is a 503 that says so, not a 500."""
+
+    async def guarded(request: web.Request) -> web.Response:
+        try:
+            return await handler(request)
+        except StoreError as exc:
+            log.error("api.store_error", path=request.path, error=str(exc))
+            return _error(503, f"store unavailable: {exc}")
+
+    return guarded

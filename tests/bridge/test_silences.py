@@ -490,3 +490,36 @@ class TestReleaseJob:
         finally:
             for box in (a, b):
                 box.close()
+
+
+class TestDatabaseDown:
+    def test_api_and_page_answer_503_then_recover(self, make_bridge: Callable[..., BridgeProcess],
+                                                  receiver: Receiver) -> None:
+        """PostgreSQL down: the silences API and the page say the store is unavailable (503, nothing
+        claimed done); back up, a silence added then holds as before."""
+        from tests.pgserver import PgServer
+
+        from .test_pg import pg_config
+
+        with PgServer() as server:
+            env = {"BRIDGE_PG_DSN": server.create_database("down")}
+            bridge = make_bridge(f'[server]\ntoken = "{TOKEN}"\n' + pg_config(receiver.url + "/hook"), env=env)
+            bridge.token = TOKEN
+            server.stop("immediate")
+            doc = {"matchers": ["id=x"], "for": "1h", "comment": "during the outage"}
+            added = _api(bridge, "/api/silences", doc)
+            assert added.status_code == 503 and "store unavailable" in added.json()["error"], added.text
+            assert HTTP.get(bridge.url + "/api/silences", timeout=30).status_code == 503
+            page = HTTP.get(bridge.url + "/", timeout=30)
+            assert page.status_code == 503 and "store unreadable" in page.json()["error"]
+            server.start()
+            bridge.wait_until(lambda: HTTP.get(bridge.url + "/", timeout=30).status_code == 200, timeout=30,
+                              message="page back")
+            assert HTTP.get(bridge.url + "/api/silences", timeout=10).json() == []
+            assert _api(bridge, "/api/silences", doc).status_code == 201
+            assert bridge.post_alert("hook", kapacitor_event("x", "CRITICAL"))[0] == 202
+            bridge.wait_until(lambda: bridge.metric("oncall_deliveries_total", {"target": "hook",
+                                                                                "outcome": "silenced"}) == 1,
+                              timeout=15, message="held after the outage")
+            assert receiver.requests == []
+            bridge.close()
