@@ -1,5 +1,8 @@
-"""Silences: matchers and durations, the hold/release rules on a real store, and the whole
-path through a running bridge (CLI, API, restart, expiry by time) against a receiver."""
+"""Silences: matchers and durations (pure); the hold/release contract through the Store
+protocol on both backends (SQLite and a real PostgreSQL, one parametrised suite, as in
+test_store_contract.py); the whole path through a running bridge (CLI, API, restart, expiry
+by time) against a receiver; and on PostgreSQL, replicas sharing one set of silences, the
+release job on one replica at a time, and the database going away."""
 
 from __future__ import annotations
 
