@@ -30,6 +30,9 @@ READ_TIMEOUT = 5.0
 class PgOperator:
     """Mixed into :class:`bridge.pg.PgOutbox`."""
 
+    #: The release pass's fingerprint after it last found nothing to release (see held_mark).
+    _release_idle: Optional[pg_silences.Mark] = None
+
     if TYPE_CHECKING:
         replica_id: str
         _clock: Callable[[], float]
@@ -68,8 +71,13 @@ class PgOperator:
         now = self._clock() if now is None else now
         with self._tx() as cur:
             if not self._singleton(RELEASE_JOB, cur):
+                self._release_idle = None  # another replica releases meanwhile: look afresh when back
                 return []
+            mark = pg_silences.held_mark(cur, now)
+            if mark == self._release_idle:
+                return []  # nothing changed since a pass that found nothing: skip reading every body
             released = pg_silences.release(cur, now)
+        self._release_idle = None if released else mark
         if any(outcome == "sent" for _t, _k, outcome in released):
             self._on_change()
         return released

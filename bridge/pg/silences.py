@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from typing import Any, Iterator, List, Optional
+from typing import Any, FrozenSet, Iterator, List, Optional, Tuple
 
 import psycopg
 
@@ -32,7 +32,7 @@ from ..silences import (
 from . import sql
 from .rows import _store_error
 
-__all__ = ["CHANNEL", "FINISH_SILENCED", "expire", "held_rows", "insert", "list_silences", "release", "silence_store"]
+__all__ = ["CHANNEL", "FINISH_SILENCED", "Mark", "expire", "held_mark", "held_rows", "insert", "list_silences", "release", "silence_store"]
 
 #: NOTIFY channel: silences changed (replicas re-read them at once instead of within a second).
 CHANNEL = "oncall_silences"
@@ -105,6 +105,21 @@ _TO_PENDING = (
     " done_at = NULL, last_error = NULL, last_status = NULL WHERE seq = %s AND state = 'silenced'"
 )
 _INFLIGHT = "SELECT inflight_seq FROM oncall_queue WHERE target = %s AND key = %s"
+
+
+#: What a release pass depends on: the silenced rows (count, sum of seqs) and the active silences.
+Mark = Tuple[int, int, FrozenSet[str]]
+
+
+def held_mark(cur: "psycopg.Cursor[Any]", now: float) -> Mark:
+    """A cheap fingerprint of what a release would look at (no bodies read): while it stays the
+    same after a pass that released nothing, the next pass would release nothing either."""
+    found = cur.execute(
+        "SELECT count(*), COALESCE(sum(seq), 0) FROM oncall_outbox WHERE state = 'silenced'"
+    ).fetchone()
+    assert found is not None
+    active = frozenset(s.id for s in list_silences(cur, now=now) if s.active(now))
+    return int(found[0]), int(found[1]), active
 
 
 def release(cur: "psycopg.Cursor[Any]", now: Optional[float] = None) -> List[Released]:
