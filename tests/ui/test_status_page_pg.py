@@ -133,6 +133,22 @@ class TestClusterPage:
         assert browser.execute_script("return window.__same_page;") == "yes"
 
 
+class TestClusterLooks:
+    def test_replicas_fit_a_phone(self, browser: webdriver.Chrome, replicas: Pair) -> None:
+        """The extra Replicas card does not make the page wider than a phone screen."""
+        _a, b, _dsn = replicas
+        browser.delete_all_cookies()
+        browser.set_window_size(412, 915)
+        try:
+            browser.get(b.url + "/")
+            assert browser.find_element(By.ID, "replicas").is_displayed()
+            width = browser.execute_script("return document.documentElement.scrollWidth;")
+            inner = browser.execute_script("return window.innerWidth;")
+            assert width <= inner + 1, f"page is {width}px wide on a {inner}px phone screen"
+        finally:
+            browser.set_window_size(1200, 1700)
+
+
 class TestClusterActions:
     def test_silence_form_holds_on_the_other_replica(self, browser: webdriver.Chrome, replicas: Pair,
                                                      platform: Platform) -> None:
