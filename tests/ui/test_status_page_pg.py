@@ -8,6 +8,9 @@ the forms and the in-place refresh are exercised exactly as on the SQLite page."
 
 from __future__ import annotations
 
+import os
+import shutil
+from pathlib import Path
 from typing import Any, Dict, Iterator, Tuple
 
 import psycopg
@@ -19,6 +22,7 @@ from selenium.webdriver.common.by import By
 from tests.bridge.harness import BridgeProcess, Receiver, kapacitor_event, wait_until
 from tests.ui.test_status_page import TOKEN, Platform, _flash, _sign_in, _text
 
+REPO = Path(__file__).resolve().parents[2]
 #: Loopback only: never through a proxy from the environment.
 HTTP = requests.Session()
 HTTP.trust_env = False
@@ -134,10 +138,15 @@ class TestClusterPage:
 
 
 class TestClusterLooks:
-    def test_replicas_fit_a_phone(self, browser: webdriver.Chrome, replicas: Pair) -> None:
-        """The extra Replicas card does not make the page wider than a phone screen."""
+    def test_replicas_fit_a_phone(self, browser: webdriver.Chrome, replicas: Pair, tmp_path: Path) -> None:
+        """The extra Replicas card does not make the page wider than a phone screen.
+
+        ``UPDATE_DOCS_SCREENSHOT=1`` copies a desktop screenshot to docs/status-page-replicas.png."""
         _a, b, _dsn = replicas
         browser.delete_all_cookies()
+        browser.get(b.url + "/")
+        desktop = tmp_path / "status-page-replicas.png"
+        assert browser.save_screenshot(str(desktop))
         browser.set_window_size(412, 915)
         try:
             browser.get(b.url + "/")
@@ -147,6 +156,8 @@ class TestClusterLooks:
             assert width <= inner + 1, f"page is {width}px wide on a {inner}px phone screen"
         finally:
             browser.set_window_size(1200, 1700)
+        if os.environ.get("UPDATE_DOCS_SCREENSHOT") == "1":
+            shutil.copyfile(desktop, REPO / "docs" / "status-page-replicas.png")
 
 
 class TestClusterActions:
