@@ -14,6 +14,7 @@ from ..store_ops import Replayed
 from . import sql
 from .base import SINGLETON_JOBS, MakeResolve, _PgBase, log
 from .rows import replay_rows
+from .silences import CHANNEL as SILENCES_CHANNEL
 
 
 class _Jobs(_PgBase):
@@ -109,14 +110,19 @@ class _Jobs(_PgBase):
             self._on_change()
 
     def _run_listener(self) -> None:
-        """Wake the dispatcher when another replica accepts alerts (LISTEN/NOTIFY)."""
+        """Wake the dispatcher when another replica accepts alerts, and the silencer when
+        silences change anywhere (LISTEN/NOTIFY)."""
         while not self._stop.is_set():
             try:
                 with psycopg.connect(self._dsn, autocommit=True, connect_timeout=5) as conn:
                     conn.execute("LISTEN oncall_enqueue")
+                    conn.execute(f"LISTEN {SILENCES_CHANNEL}")
                     while not self._stop.is_set():
-                        if any(True for _ in conn.notifies(timeout=0.5, stop_after=1)):
-                            self._on_change()
+                        for note in conn.notifies(timeout=0.5, stop_after=1):
+                            if note.channel == SILENCES_CHANNEL:
+                                self._silences_changed()
+                            else:
+                                self._on_change()
             except psycopg.Error:
                 self._stop.wait(1.0)
 
