@@ -16,6 +16,7 @@ from ..errors import StoreError
 from ..log import get_logger
 from ..store import Stats
 from . import sql
+from .operator import RELEASE_JOB
 from .rows import _Claimed, _store_error
 
 log = get_logger("bridge.pg")
@@ -23,7 +24,7 @@ log = get_logger("bridge.pg")
 Done = Callable[[Any, Optional[BaseException]], None]
 MakeResolve = Callable[[str, str, bytes, float], Optional[bytes]]
 #: Work that must happen on one replica at a time.
-SINGLETON_JOBS = ("expiry", "prune", "heartbeat", "keepalive", "reconcile")
+SINGLETON_JOBS = ("expiry", "prune", "heartbeat", "keepalive", "reconcile", RELEASE_JOB)
 
 
 class _PgBase:
@@ -53,6 +54,8 @@ class _PgBase:
         self.duplicates = 0
         self._clock = clock
         self._on_change = on_change
+        #: Called by the listener when silences changed anywhere (see PgOperator.watch_silences).
+        self._silences_changed: Callable[[], None] = lambda: None
         self._pool_size = pool_size
         self._pool: Optional["psycopg_pool.ConnectionPool[Any]"] = None
         #: The writer thread's own autocommit connection (opened on first use, again after a failure).

@@ -13,6 +13,7 @@ from ..store import Forwarded, Head, Row
 from . import sql
 from .base import Done, _PgBase, log
 from .coalesce import coalesce_keys, coalescible_keys
+from .silences import FINISH_SILENCED
 from .rows import _Claimed
 
 #: Seconds the dispatcher's "which keys are coalescible" answer is reused (one query per round
@@ -155,7 +156,7 @@ class _Claims(_PgBase):
                done: Optional[Done] = None) -> None:
         """Record a claimed row's outcome; a row whose lease another replica took is left alone.
         ``done`` (see :meth:`bridge.backend.Store.finish`) is called here, after the commit."""
-        if state not in ("delivered", "dead", "suppressed", "pending"):
+        if state not in ("delivered", "dead", "suppressed", "silenced", "pending"):
             raise ValueError(f"bad final state {state!r}")
         if state == "pending" and next_at is None:
             raise ValueError("a retry needs next_at")
@@ -180,6 +181,8 @@ class _Claims(_PgBase):
                     retried = True
                 elif state == "suppressed":
                     cur.execute(sql.FINISH_SUPPRESSED, (now, head.seq))
+                elif state == "silenced":  # held by a silence; the release job tells the latest state
+                    cur.execute(FINISH_SILENCED, (now, head.seq))
                 else:
                     body = cur.execute(sql.FINISH_FINAL, (state, attempts, error, status, now, self.replica_id,
                                                           head.seq)).fetchone()

@@ -30,6 +30,7 @@ from ..errors import StoreError
 from .base import SINGLETON_JOBS, _PgBase, log
 from .claims import _Claims
 from .jobs import _Jobs
+from .operator import PgOperator
 from .reads import _Reads
 from .rows import _bookkeeping_commits, _store_error
 from .schema import migrate
@@ -38,12 +39,13 @@ from .writer import _STOP, _Writer
 __all__ = ["PgOutbox", "SINGLETON_JOBS"]
 
 
-class PgOutbox(_Writer, _Claims, _Jobs, _Reads, _PgBase):
+class PgOutbox(_Writer, _Claims, _Jobs, _Reads, _PgBase, PgOperator):
     """A replica's handle on the shared outbox (satisfies :class:`bridge.backend.Store`).
 
     Its parts live in their own modules: :mod:`.writer` (accepting), :mod:`.claims` (claims,
     outcomes, coalescing), :mod:`.jobs` (singletons, keeper, listener, replay, probe) and
-    :mod:`.reads` (ledger, holds, stats), over the shared state in :mod:`.base`.
+    :mod:`.reads` (ledger, holds, stats), over the shared state in :mod:`.base`; :mod:`.operator`
+    adds what the operator's tools use (silences, the status page, dropping a dead letter).
     """
 
     # -- lifecycle -------------------------------------------------------------------
