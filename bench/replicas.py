@@ -238,7 +238,7 @@ def measure(runs: int = 3, alerts: int = 5_000, log: Log = print) -> Section:
                 log(f"  {name}: accept {got['accept']:.0f}/s p99 {got['p99']:.1f} ms, drain {got['drain']:.0f}/s;"
                     f" CPU µs/alert: bridges {got['cpu_bridges']:.0f}, postgres {got['cpu_pg']:.0f},"
                     f" generator {got['cpu_gen']:.0f}")
-                total = backend == "postgres" and n == 3
+                total = backend == "postgres"  # the goal holds for 1 and for 3 replicas
                 fig(f"accept.{backend}{n}", f"accepted alerts/s, {name}", "alerts/s",
                     **({"target": "≥ 5,000 /s", "compare": "ge", "threshold": 5000.0} if total else {})
                     ).values.append(round(got["accept"], 1))
