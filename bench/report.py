@@ -365,7 +365,12 @@ def write_markdown(data: Dict[str, Any], path: Path, png_name: str = "results.pn
             "stores restarted with `rate_limit = \"off\"`, deliveries/s to the fast receiver from the first "
             f"arrival to the last. Failover gap: two replicas, `lease = {rp.get('lease', 3)}s`; the receiver "
             "never answers the first request, the replica holding the key is `kill -9`'ed, and the gap runs "
-            "until the other replica's delivery arrives.",
+            "until the other replica's delivery arrives. CPU per alert: process CPU time (user + system, "
+            "from /proc) of the bridges, of postgres with all its backends, and of the load generator "
+            "during the accept phase, divided by the alerts accepted: steadier than rates on a shared "
+            f"machine (1-minute load after each setup: {rp.get('load', [])}). The ceiling is the number of "
+            "cores divided by the sum of those three: what the same work would reach with the machine to "
+            "itself, an upper bound (no scheduling or lock waits).",
             "",
         ]
         L += _section_table(by_prefix["replicas"], [])

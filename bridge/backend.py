@@ -25,6 +25,7 @@ from typing import (
     Mapping,
     Optional,
     Protocol,
+    Sequence,
     Set,
     Tuple,
     runtime_checkable,
@@ -58,7 +59,8 @@ class Store(Protocol):
     @property
     def writer_alive(self) -> bool: ...
 
-    # accepting: ``done(seq, None)`` only once the row is durable
+    # accepting: ``done(seq, None)`` only once the row is durable; ``also`` targets (an HA
+    # fan-out's members) get the same event in the same commit, all rows or none
     def enqueue_with(
         self,
         done: Done,
@@ -70,6 +72,7 @@ class Store(Protocol):
         expire_after: Optional[float] = None,
         received_at: Optional[float] = None,
         synthetic: bool = False,
+        also: Sequence[str] = (),
     ) -> Ticket: ...
     def enqueue(
         self,

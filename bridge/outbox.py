@@ -46,7 +46,7 @@ import sqlite3
 import threading
 import time
 from concurrent.futures import Future
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Set, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Set, Tuple
 
 from . import supervise
 from .errors import StoreError
@@ -328,14 +328,17 @@ class Outbox(HeadIndex, SqliteOperator):
         expire_after: Optional[float] = None,
         received_at: Optional[float] = None,
         synthetic: bool = False,
+        also: Sequence[str] = (),
     ) -> Ticket:
         """Queue an insert; ``done(seq, None)`` runs (in the writer thread) once it is durable,
         ``done(None, StoreError)`` if it could not be committed. ``synthetic`` marks events
-        the bridge made itself (auto-resolve, reconcile). The returned ticket's
-        ``withdraw()`` guarantees, when it returns True, that the row is never committed."""
+        the bridge made itself (auto-resolve, reconcile). ``also``: more targets that get the
+        same event in the same transaction (an HA fan-out's members), all rows or none;
+        ``done`` gets the first target's seq. The returned ticket's ``withdraw()`` guarantees,
+        when it returns True, that no row is ever committed."""
         now = self._clock() if received_at is None else received_at
         expire_at = None if expire_after is None else now + expire_after
-        op = _Insert(target, key, level, body, now, expire_at, done, synthetic=synthetic)
+        op = _Insert(target, key, level, body, now, expire_at, done, synthetic=synthetic, also=also)
         self._submit(op)
         return op
 

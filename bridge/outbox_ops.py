@@ -88,7 +88,8 @@ class _Insert(_Op):
     seals it, the accepting side may withdraw it: then it is never committed, so a
     "NOT stored" answer is the truth (issue 12 item 5)."""
 
-    __slots__ = ("target", "key", "level", "body", "received_at", "expire_at", "synthetic", "done", "phase")
+    __slots__ = ("target", "key", "level", "body", "received_at", "expire_at", "synthetic", "done", "phase",
+                 "also", "seqs")
 
     def __init__(
         self,
@@ -100,9 +101,14 @@ class _Insert(_Op):
         expire_at: Optional[float],
         done: Optional[Done],
         synthetic: bool = False,
+        also: Sequence[str] = (),
     ) -> None:
         self.target, self.key, self.level, self.body = target, key, level, body
         self.received_at, self.expire_at, self.done, self.synthetic = received_at, expire_at, done, synthetic
+        #: More targets that get the same event in the same transaction (an HA fan-out's members).
+        self.also = tuple(also)
+        #: The seq of each of ``(target, *also)``'s rows, set by the transaction that inserts them.
+        self.seqs: List[int] = []
         self.phase = _QUEUED
 
     def seal(self) -> bool:
@@ -128,11 +134,12 @@ class _Insert(_Op):
         return _insert_rows(box, cur, [self])[0]
 
     def after(self, box: "Outbox", seq: int) -> None:
-        box._bump(box._pending, self.target, 1)
-        k = (self.target, self.key)
-        if k in box._heads or k in box._parked:
-            box._coalescible.setdefault(self.target, set()).add(self.key)
-        box._offer(Head(self.target, self.key, seq, self.received_at, self.level, self.received_at))
+        for target, row_seq in zip((self.target, *self.also), self.seqs):
+            box._bump(box._pending, target, 1)
+            k = (target, self.key)
+            if k in box._heads or k in box._parked:
+                box._coalescible.setdefault(target, set()).add(self.key)
+            box._offer(Head(target, self.key, row_seq, self.received_at, self.level, self.received_at))
 
 
 _UPSERT_EXPIRY = (
@@ -170,29 +177,37 @@ def _chunks(count: int) -> List[int]:
 
 
 def _insert_rows(box: "Outbox", cur: sqlite3.Cursor, ops: Sequence["_Insert"]) -> List[int]:
-    """Insert a run of rows with one statement per chunk.
+    """Insert a run of rows with one statement per chunk; an op with ``also`` targets is one row
+    per target, all in this transaction. Returns each op's first seq (all of them in ``op.seqs``).
 
     Each ``execute`` releases and re-takes the GIL; one per row would make the
     writer queue behind the event loop thread for every row (the convoy effect).
     With the write lock held, AUTOINCREMENT hands out consecutive seqs, so the
     chunk's seqs end at ``lastrowid``.
     """
+    rows = [(target, op) for op in ops for target in (op.target, *op.also)]
     seqs: List[int] = []
     start = 0
-    for size in _chunks(len(ops)):
+    for size in _chunks(len(rows)):
         params: List[Any] = []
-        for op in ops[start : start + size]:
-            params += (op.target, op.key, op.level, op.body, op.received_at, op.received_at,
+        for target, op in rows[start : start + size]:
+            params += (target, op.key, op.level, op.body, op.received_at, op.received_at,
                        op.received_at, int(op.synthetic))
         cur.execute(_insert_sql(size), params)
         last = int(cur.lastrowid)  # type: ignore[arg-type]
         seqs.extend(range(last - size + 1, last + 1))
         start += size
+    firsts: List[int] = []
+    at = 0
+    for op in ops:
+        op.seqs = seqs[at : at + 1 + len(op.also)]
+        firsts.append(op.seqs[0])
+        at += len(op.seqs)
     # The last event of a key decides its auto-resolve timer.
     final: Dict[Key, "_Insert"] = {}
-    for op in ops:
-        final[(op.target, op.key)] = op
-    upserts = [(op.target, op.key, op.expire_at, op.body) for op in final.values() if op.expire_at is not None]
+    for target, op in rows:
+        final[(target, op.key)] = op
+    upserts = [(t, k, op.expire_at, op.body) for (t, k), op in final.items() if op.expire_at is not None]
     if upserts:
         cur.executemany(_UPSERT_EXPIRY, upserts)
     if box._has_expiries:
@@ -201,7 +216,7 @@ def _insert_rows(box: "Outbox", cur: sqlite3.Cursor, ops: Sequence["_Insert"]) -
             cur.executemany(_DELETE_EXPIRY, deletes)
     if upserts:
         box._has_expiries = True
-    return seqs
+    return firsts
 
 
 def _mark_inflight(cur: sqlite3.Cursor, ops: Sequence["_SetInflight"]) -> List[None]:

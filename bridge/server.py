@@ -1,44 +1,34 @@
 """The HTTP face of the bridge (aiohttp) and the service that wires the parts together.
 
-``POST /alerts/<target>`` answers 202 only after the outbox committed the event
-(fsync'd), so Kapacitor's one and only attempt is never acknowledged for an
-alert we could lose. The handler runs on the event loop; the commit happens in
-the outbox's writer thread, and completions come back to the loop in one batch
-per commit (one ``call_soon_threadsafe`` per group, not per request).
-
-Checks run in the order that leaks least: draining → token → target →
-size → body. An unauthenticated caller cannot probe which targets exist.
+``POST /alerts/<target>`` is :mod:`bridge.accept` (202 only after a durable commit);
+here are ``/healthz``, ``/metrics``, the status page's routes and the process's life.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
-import json
 import signal
 import threading
 import time
-from collections import deque
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Deque, Dict, List, Optional, Tuple
+from typing import Any, AsyncIterator, Dict, Optional
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, generate_latest
 
+from .accept import Accept
 from .config import Config, bind_bridge_url, listen_error
 from .delivery import Delivery
 from .sender import Sender
-from .errors import ConfigError, StoreError
-from .event import EventError, parse
+from .errors import ConfigError
 from .heartbeat import Heartbeat
 from .keepalive import KeepAlive
 from .log import get_logger
 from .metrics import Metrics
 from .backend import open_backend
-from .outbox import Ticket
 from .reconcile import Reconciler, routes_of
-from .rejections import RejectionLog, json_error, json_errors
+from .rejections import json_errors
 from .silences import Silencer
 from .store import Stats
 from .ui import setup_ui
@@ -201,253 +191,28 @@ class Service:
         }
 
 
-class _Completions:
-    """Hands commit results from the writer thread to the event loop, one wake per batch."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
-        self._lock = threading.Lock()
-        self._items: List[Tuple["asyncio.Future[int]", Any, Optional[BaseException]]] = []
-        self._scheduled = False
-
-    def resolver(self, future: "asyncio.Future[int]") -> Any:
-        def done(result: Any, error: Optional[BaseException]) -> None:
-            with self._lock:
-                self._items.append((future, result, error))
-                if self._scheduled:
-                    return
-                self._scheduled = True
-            try:
-                self._loop.call_soon_threadsafe(self._drain)
-            except RuntimeError:  # loop already closed at shutdown: nobody is waiting
-                pass
-
-        return done
-
-    def _drain(self) -> None:
-        with self._lock:
-            items, self._items = self._items, []
-            self._scheduled = False
-        for future, result, error in items:
-            if future.done():
-                continue
-            if error is not None:
-                future.set_exception(error)
-            else:
-                future.set_result(result)
-
-
 SERVICE = web.AppKey("service", Service)
-
-
-class _CommitUnknown(Exception):
-    """The insert was sealed into a transaction that did not finish within two commit timeouts."""
-
-
-def _error(status: int, message: str, **extra: Any) -> web.Response:
-    return json_error(status, message, **extra)
-
-
-class _Handlers:
-    def __init__(self, service: Service) -> None:
-        self.service = service
-        cfg = service.config
-        self.token = cfg.server.token.encode() if cfg.server.token else None
-        self.max_body = cfg.server.max_body_bytes
-        self.targets = cfg.targets
-        self.fanout = cfg.fanout
-        self.no_recovery = cfg.delivery.no_recovery_resolve_after
-        self.commit_timeout = service.outbox.commit_timeout
-        self.metrics = service.metrics
-        self.rejections = RejectionLog()
-        self._completions: Optional[_Completions] = None
-        self._counters: Dict[Tuple[str, str], Any] = {}
-        #: (deadline, future) in arrival order; swept by :meth:`sweep` (cheaper than a timer each).
-        self._waiting: Deque[Tuple[float, "asyncio.Future[int]", Optional[Ticket]]] = deque()
-
-    def _received(self, target: str, outcome: str) -> None:
-        counter = self._counters.get((target, outcome))
-        if counter is None:
-            counter = self._counters[(target, outcome)] = self.metrics.alerts_received.labels(target, outcome)
-        counter.inc()
-
-    async def sweep(self) -> None:
-        """Answer accepts whose commit takes longer than ``commit_timeout``.
-
-        A queued insert is withdrawn first, so "NOT stored" is the truth: it will never
-        be committed later (a client that retries creates no duplicate). If the writer
-        has already sealed it into a transaction, the answer waits one more
-        ``commit_timeout`` for the commit, and only then says the outcome is unknown.
-        """
-        while True:
-            await asyncio.sleep(0.25)
-            now = time.monotonic()
-            waiting = self._waiting
-            late: List[Tuple[float, "asyncio.Future[int]", Optional[Ticket]]] = []
-            while waiting and (waiting[0][1].done() or waiting[0][0] <= now):
-                _deadline, future, ticket = waiting.popleft()
-                if future.done():
-                    continue
-                if ticket is None:
-                    future.set_exception(_CommitUnknown())
-                elif ticket.withdraw():
-                    future.set_exception(StoreError("commit did not finish in time; the alert was withdrawn"))
-                else:
-                    late.append((now + self.commit_timeout, future, None))
-            waiting.extend(late)
-
-    async def post_alert(self, request: web.Request) -> web.Response:
-        started = time.perf_counter()
-        name = request.match_info["target"]
-        known = name in self.targets
-        label = name if known else ""
-        if self.service.draining:
-            self._received(label, "draining")
-            return _error(503, "bridge is shutting down; retry against the restarted bridge")
-        if self.token is not None:
-            given = request.headers.get("Authorization", "")
-            scheme, _, credential = given.partition(" ")
-            ok = hmac.compare_digest(credential.strip().encode(), self.token)
-            if not ok or scheme.lower() != "bearer":
-                self._received(label, "unauthorized")
-                # Which part was wrong helps after a token rotation; the credential itself never shows.
-                auth = "missing" if not given else "not a bearer token" if scheme.lower() != "bearer" else "wrong token"
-                self.rejections.record(request, 401, "missing or wrong bearer token", name, auth=auth)
-                return _error(
-                    401,
-                    "missing or wrong bearer token",
-                    headers={"WWW-Authenticate": 'Bearer realm="kapacitor-oncall-bridge"'},
-                )
-        target = self.targets.get(name)
-        if target is None:
-            self._received("", "unknown_target")
-            return self._reject(request, 404, f"unknown target {name[:64]!r}", name, known=sorted(self.targets))
-        too_large = f"body larger than max_body_bytes ({self.max_body})"
-        if request.content_length is not None and request.content_length > self.max_body:
-            self._received(name, "too_large")
-            return self._reject(request, 413, too_large, name)
-        try:
-            body = await request.read()
-        except web.HTTPRequestEntityTooLarge:
-            self._received(name, "too_large")
-            return self._reject(request, 413, too_large, name)
-        try:
-            event = parse(body)
-        except EventError as exc:
-            self._received(name, "invalid")
-            return self._reject(request, 400, str(exc), name, field=exc.field)
-        except Exception:  # noqa: BLE001 - whatever a client sends is a 4xx, never a 5xx
-            log.error("alert.parse_crashed", target=name, exc_info=True)
-            self._received(name, "invalid")
-            return self._reject(request, 400, "body: not a usable Kapacitor alert event", name, field="body")
-        expire = target.auto_resolve_after(event, self.no_recovery)
-        loop = asyncio.get_running_loop()
-        if self._completions is None:
-            self._completions = _Completions(loop)
-        future: "asyncio.Future[int]" = loop.create_future()
-        try:
-            ticket = self.service.outbox.enqueue_with(
-                self._completions.resolver(future), name, event.id, event.level, body, expire_after=expire
-            )
-            self._waiting.append((time.monotonic() + self.commit_timeout, future, ticket))
-            seq = await future
-            missing = await self._fan_out(name, event.id, event.level, body, expire)
-        except _CommitUnknown:
-            self._received(name, "store_unknown")
-            log.error("alert.store_unknown", target=name, id=event.id, waited=2 * self.commit_timeout)
-            return _error(
-                504,
-                "alert outcome UNKNOWN: the store was committing it when the deadline passed; it is "
-                "probably stored and will be delivered; a retry may deliver it twice",
-            )
-        except StoreError as exc:
-            self._received(name, "store_error")
-            log.error("alert.store_failed", target=name, id=event.id, error=str(exc))
-            return _error(503, "alert NOT stored: the store cannot commit (see bridge log); retry later")
-        except Exception:  # noqa: BLE001 - a bug, not the client's fault; still never a 202
-            self._received(name, "store_error")
-            log.error("alert.store_crashed", target=name, id=event.id, exc_info=True)
-            return _error(500, "alert NOT stored: internal error (see bridge log)")
-        if missing:
-            return self._partly_stored(name, event.id, seq, missing)
-        self._received(name, "accepted")
-        self.metrics.accept_seconds.observe(time.perf_counter() - started)
-        log.info("alert.accepted", target=name, id=event.id, alert_level=event.level, seq=seq)
-        payload = json.dumps({"status": "accepted", "target": name, "id": event.id, "seq": seq})
-        return web.Response(body=payload.encode(), status=202, content_type="application/json")
-
-    def _reject(self, request: web.Request, status: int, message: str, target: str, **extra: Any) -> web.Response:
-        """Answer a refusal in JSON and log it (rate-limited): Kapacitor's log rarely shows why."""
-        self.rejections.record(request, status, message, target)
-        return _error(status, message, **extra)
-
-    async def _fan_out(
-        self, name: str, key: str, level: str, body: bytes, expire: Optional[float]
-    ) -> Dict[str, BaseException]:
-        """The other members of an HA target (``<name>@2``…) get their own durable row each,
-        after the primary's row committed; returns the members whose row was not (or not
-        knowably) committed. Every member is waited for, so the answer covers all of them."""
-        members = self.fanout.get(name, ())[1:]
-        if not members or self._completions is None:
-            return {}
-        loop = asyncio.get_running_loop()
-        futures: List["asyncio.Future[int]"] = []
-        for member in members:
-            future: "asyncio.Future[int]" = loop.create_future()
-            try:
-                ticket = self.service.outbox.enqueue_with(
-                    self._completions.resolver(future), member, key, level, body, expire_after=expire
-                )
-            except Exception as exc:  # noqa: BLE001 - a closed store: this member is not stored
-                future.set_exception(exc)
-                ticket = None
-            if ticket is not None:
-                self._waiting.append((time.monotonic() + self.commit_timeout, future, ticket))
-            futures.append(future)
-        results = await asyncio.gather(*futures, return_exceptions=True)
-        return {m: r for m, r in zip(members, results) if isinstance(r, BaseException)}
-
-    def _partly_stored(self, name: str, key: str, seq: int, missing: Dict[str, BaseException]) -> web.Response:
-        """The primary's row is committed but some members' are not: never "NOT stored" (it is,
-        for the primary) and never 202 (it is not, for the others). 504 says a retry may
-        deliver it twice to the members that have it."""
-        unknown = sorted(m for m, e in missing.items() if isinstance(e, _CommitUnknown))
-        not_stored = sorted(m for m, e in missing.items() if not isinstance(e, _CommitUnknown))
-        self._received(name, "store_partial")
-        log.error("alert.store_partial", target=name, id=key, seq=seq, not_stored=not_stored, unknown=unknown,
-                  errors=sorted({str(e) or type(e).__name__ for e in missing.values()}))
-        stored = [name] + sorted(set(self.fanout.get(name, ())[1:]) - set(missing))
-        parts = [f"stored for {', '.join(stored)} (seq {seq}, will be delivered there)"]
-        if not_stored:
-            parts.append(f"NOT stored for {', '.join(not_stored)} (the store cannot commit; see bridge log)")
-        if unknown:
-            parts.append(f"outcome UNKNOWN for {', '.join(unknown)} (the commit did not finish in time)")
-        return _error(
-            504,
-            "alert PARTLY stored: " + "; ".join(parts) + ". A retry stores it for every member and may "
-            "deliver it twice to those that have it",
-            stored=stored, not_stored=not_stored, unknown=unknown, seq=seq,
-        )
-
-    async def healthz(self, request: web.Request) -> web.Response:
-        health = await asyncio.get_running_loop().run_in_executor(None, self.service.health)
-        return web.json_response(health.body, status=200 if health.ok else 503)
-
-    async def metrics_text(self, request: web.Request) -> web.Response:
-        payload = generate_latest(self.service.registry)
-        return web.Response(body=payload, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
 def make_app(service: Service) -> web.Application:
     """The aiohttp application; bodies above ``max_body_bytes`` are refused with 413."""
-    handlers = _Handlers(service)
+    handlers = Accept(service)
     app = web.Application(
         client_max_size=service.config.server.max_body_bytes, middlewares=[json_errors(handlers.rejections)]
     )
     app[SERVICE] = service
+
+    async def healthz(request: web.Request) -> web.Response:
+        health = await asyncio.get_running_loop().run_in_executor(None, service.health)
+        return web.json_response(health.body, status=200 if health.ok else 503)
+
+    async def metrics_text(request: web.Request) -> web.Response:
+        payload = generate_latest(service.registry)
+        return web.Response(body=payload, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
     app.router.add_post("/alerts/{target}", handlers.post_alert)
-    app.router.add_get("/healthz", handlers.healthz)
-    app.router.add_get("/metrics", handlers.metrics_text)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics_text)
     setup_ui(app, service)
 
     async def sweeper(app: web.Application) -> AsyncIterator[None]:

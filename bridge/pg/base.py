@@ -58,6 +58,8 @@ class _PgBase:
         self._silences_changed: Callable[[], None] = lambda: None
         self._pool_size = pool_size
         self._pool: Optional["psycopg_pool.ConnectionPool[Any]"] = None
+        #: The writer thread's own autocommit connection (opened on first use, again after a failure).
+        self._writer_conn: Optional["psycopg.Connection[Any]"] = None
         self._queue: "queue.SimpleQueue[Any]" = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._ready: Dict[str, Deque[_Claimed]] = {}
@@ -70,6 +72,8 @@ class _PgBase:
         self._reachable = True
         self._last_error: Optional[str] = None
         self._stats_cache: Optional[Tuple[float, Stats]] = None
+        #: target -> monotonic time until which peek(resolves_first) skips the resolves query.
+        self._no_resolves_until: Dict[str, float] = {}
         self._coalescible_cache: Dict[Tuple[str, bool], Tuple[float, List[str]]] = {}
 
     @contextlib.contextmanager

@@ -19,6 +19,10 @@ from .rows import _Claimed
 #: Seconds the dispatcher's "which keys are coalescible" answer is reused (one query per round
 #: and target would cost more than the coalescing saves).
 COALESCE_RECHECK = 1.0
+#: Seconds a "no resolve is ready" answer of a rate-limited target is reused (the dispatcher asks
+#: every round, and under a storm a round follows every commit). A resolve this replica commits,
+#: or a head it refreshes, asks again at once; one another replica commits waits at most this.
+RESOLVES_RECHECK = 0.25
 
 
 class _Claims(_PgBase):
@@ -40,10 +44,13 @@ class _Claims(_PgBase):
                         return item.head, None
             elif ready:
                 return ready[0].head, None
-        if resolves_first:
+        if resolves_first and time.monotonic() >= self._no_resolves_until.get(target, 0.0):
             rows, _due = self._claim(sql.CLAIM_RESOLVES, target, now, 1, due=False)
             if rows:
                 return self._keep_claimed(target, rows, front=True), None
+            with self._lock:
+                self._no_resolves_until[target] = time.monotonic() + RESOLVES_RECHECK
+        if resolves_first:
             with self._lock:
                 ready = self._ready.get(target)
                 if ready:
@@ -185,6 +192,7 @@ class _Claims(_PgBase):
                 cur.execute(sql.REFRESH, (head.target, head.key))
         with self._lock:
             self._busy.pop(head.seq, None)
+            self._no_resolves_until.pop(head.target, None)  # the key's next head may be a resolve
             if retried:  # a failed head makes its key's queue a backlog: look again next round
                 self._coalescible_cache.pop((head.target, False), None)
         if stale:

@@ -15,6 +15,7 @@ replica's next send) so no other replica can take it in between, and
 from __future__ import annotations
 
 import threading
+import time
 from typing import TYPE_CHECKING, Dict, Optional
 
 from ..errors import StoreError
@@ -45,6 +46,8 @@ class SharedRateLimiters:
         self._windows = {name: RateLimiter(lim).window for name, lim in limits.items() if lim is not None}
         self._counts = {name: lim.count for name, lim in limits.items() if lim is not None}
         self._reserved: Dict[str, int] = {}
+        #: target -> monotonic time before which no token can be free (see :meth:`wait_time`).
+        self._blocked_until: Dict[str, float] = {}
         self._lock = threading.Lock()
 
     def wait_time(self, target: str) -> float:
@@ -55,6 +58,12 @@ class SharedRateLimiters:
         with self._lock:
             if target in self._reserved:
                 return 0.0
+            # A full window frees its first token only when the oldest spent one leaves it: spent
+            # tokens are never given back, so until then asking the database again (a durable
+            # transaction on every dispatcher round, under a storm) can only say "wait".
+            blocked = self._blocked_until.get(target, 0.0) - time.monotonic()
+            if blocked > 0:
+                return blocked
         try:
             with self._box._tx(durable=True) as cur:
                 cur.execute("INSERT INTO oncall_rate (target) VALUES (%s) ON CONFLICT DO NOTHING", (target,))
@@ -69,7 +78,10 @@ class SharedRateLimiters:
             with self._lock:
                 self._reserved[target] = int(found[0])
             return 0.0
-        return max(0.05, float(found[1] or 0.05))
+        wait = max(0.05, float(found[1] or 0.05))
+        with self._lock:
+            self._blocked_until[target] = time.monotonic() + wait
+        return wait
 
     def try_acquire(self, target: str) -> bool:
         """Spend the reservation; its time becomes the send time (later, so only stricter)."""

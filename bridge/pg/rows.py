@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from typing import Any, Callable, List, Optional, Tuple
+from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 import psycopg
 
@@ -26,12 +26,14 @@ class _Insert:
     """An accepted alert on its way to the database; withdrawable until the writer seals it
     (as on SQLite: a "NOT stored" answer must stay true)."""
 
-    __slots__ = ("target", "key", "level", "body", "now", "expire_at", "synthetic", "done", "phase")
+    __slots__ = ("target", "key", "level", "body", "now", "expire_at", "synthetic", "done", "phase", "also")
 
     def __init__(self, target: str, key: str, level: str, body: bytes, now: float, expire_at: Optional[float],
-                 synthetic: bool, done: Done) -> None:
+                 synthetic: bool, done: Done, also: Sequence[str] = ()) -> None:
         self.target, self.key, self.level, self.body = target, key, level, body
         self.now, self.expire_at, self.synthetic, self.done = now, expire_at, synthetic, done
+        #: More targets that get the same event in the same statement (an HA fan-out's members).
+        self.also = tuple(also)
         self.phase = _QUEUED
 
     def withdraw(self) -> bool:
@@ -48,9 +50,11 @@ class _Insert:
                 self.phase = _SEALED
             return self.phase == _SEALED
 
-    def params(self) -> Tuple[Any, ...]:
-        return (self.target, self.key, self.level, self.body, self.now, self.expire_at, self.synthetic,
-                None if self.synthetic else dedup_key(self.target, self.key, self.level, self.body))
+    def params(self) -> List[Tuple[Any, ...]]:
+        """One row per target: ``oncall_enqueue_many``'s columns."""
+        return [(t, self.key, self.level, self.body, self.now, self.expire_at, self.synthetic,
+                 None if self.synthetic else dedup_key(t, self.key, self.level, self.body))
+                for t in (self.target, *self.also)]
 
 
 def dedup_key(target: str, key: str, level: str, body: bytes) -> bytes:

@@ -214,8 +214,88 @@ CREATE INDEX oncall_outbox_silenced ON oncall_outbox (target, key, seq) WHERE st
 CREATE INDEX oncall_outbox_done ON oncall_outbox (done_at) WHERE done_at IS NOT NULL;
 """
 
+# Set-based accept: a writer's whole batch in one statement per step instead of one plpgsql call
+# (five statements) per row. The rules are those of oncall_enqueue, applied to the batch in order:
+# 1. every key's queue row is locked first, in (target, key) order (every writer locks in that
+#    order, so two replicas' batches cannot deadlock), before any seq is drawn: a key's rows are
+#    numbered in commit order;
+# 2. (a new statement, so a fresh snapshot: a row another replica committed while we waited for
+#    its lock is seen) an event whose dedup key is stored, or appears earlier in the batch, is a
+#    duplicate: counted, answered with the stored seq; the others are inserted with seqs drawn in
+#    batch order, a key with nothing waiting or in flight gets its first new row as head (said in
+#    o_head: a new head that is a resolve matters to a rate-limited dispatcher), and the
+#    key's last new row sets or clears its auto-resolve timer. The commit is durable whatever the
+#    session says (synchronous_commit on for this transaction). A batch that made a new head
+#    (claimable work) wakes the other replicas: one NOTIFY per commit (PostgreSQL folds equal
+#    ones) naming the writer, whose own dispatcher is woken without it. A row queued behind a
+#    head needs no wake: it becomes claimable when that head finishes, on the replica finishing it.
+_V4 = """
+CREATE FUNCTION oncall_enqueue_many(p_target text[], p_key text[], p_level text[], p_body bytea[],
+        p_now float8[], p_expire_at float8[], p_synthetic boolean[], p_dedup bytea[], p_from text)
+    RETURNS TABLE (o_ord integer, o_seq bigint, o_dup boolean, o_head boolean)
+    LANGUAGE plpgsql
+    -- Every table access here is by key (a batch is at most 1,000 rows): a plan cached while the
+    -- tables were small must not turn into a scan of the whole outbox per batch once they are large.
+    SET enable_seqscan = off SET enable_hashjoin = off SET enable_mergejoin = off
+    AS $$
+BEGIN
+    PERFORM set_config('synchronous_commit', 'on', true);
+    INSERT INTO oncall_queue AS x (target, key)
+        SELECT DISTINCT u.t, u.k FROM unnest(p_target, p_key) AS u(t, k) ORDER BY u.t, u.k
+        ON CONFLICT (target, key) DO UPDATE SET target = x.target;
+    RETURN QUERY
+    WITH inp AS (
+        SELECT u.ord::integer AS ord, u.t, u.k, u.l, u.b, u.n, u.e, u.s, u.d
+        FROM unnest(p_target, p_key, p_level, p_body, p_now, p_expire_at, p_synthetic, p_dedup)
+            WITH ORDINALITY AS u(t, k, l, b, n, e, s, d, ord)
+    ), old AS (
+        SELECT i.ord, o.seq, i.d FROM inp i JOIN oncall_outbox o ON o.dedup = i.d WHERE i.d IS NOT NULL
+    ), fresh AS (
+        SELECT DISTINCT ON (COALESCE(i.d, int4send(i.ord))) i.*,
+            count(*) OVER (PARTITION BY i.d) - 1 AS again
+        FROM inp i WHERE NOT EXISTS (SELECT 1 FROM old WHERE old.ord = i.ord)
+        ORDER BY COALESCE(i.d, int4send(i.ord)), i.ord
+    ), numbered AS (
+        SELECT f.*, row_number() OVER (ORDER BY f.ord) AS rn FROM fresh f
+    ), drawn AS (
+        SELECT array_agg(s.v ORDER BY s.v) AS seqs
+        FROM (SELECT nextval(pg_get_serial_sequence('oncall_outbox', 'seq')) AS v FROM numbered) s
+    ), m AS (
+        SELECT n.*, (SELECT seqs FROM drawn)[n.rn] AS seq FROM numbered n
+    ), ins AS (
+        INSERT INTO oncall_outbox (seq, target, key, level, body, received_at, queued_at, state,
+                next_attempt_at, synthetic, dedup, duplicates)
+            SELECT m.seq, m.t, m.k, m.l, m.b, m.n, m.n, 'pending', m.n, m.s, m.d,
+                CASE WHEN m.d IS NULL THEN 0 ELSE m.again END
+            FROM m ORDER BY m.seq
+    ), heads AS (
+        UPDATE oncall_queue q SET head_seq = h.seq, due = h.n
+        FROM (SELECT DISTINCT ON (m.t, m.k) m.t, m.k, m.seq, m.n FROM m ORDER BY m.t, m.k, m.seq) h
+        WHERE q.target = h.t AND q.key = h.k AND q.head_seq IS NULL AND q.inflight_seq IS NULL
+        RETURNING q.head_seq, pg_notify('oncall_enqueue', p_from)::text AS woke
+    ), last AS (
+        SELECT DISTINCT ON (m.t, m.k) m.t, m.k, m.e, m.b FROM m ORDER BY m.t, m.k, m.seq DESC
+    ), timers AS (
+        INSERT INTO oncall_expiry (target, key, due_at, body) SELECT l.t, l.k, l.e, l.b FROM last l
+            WHERE l.e IS NOT NULL
+            ON CONFLICT (target, key) DO UPDATE SET due_at = excluded.due_at, body = excluded.body
+    ), untimed AS (
+        DELETE FROM oncall_expiry x USING last l WHERE x.target = l.t AND x.key = l.k AND l.e IS NULL
+    ), again AS MATERIALIZED (  -- first copies of events that appear more than once in the batch
+        SELECT m.ord, m.d, m.seq FROM m WHERE m.d IS NOT NULL AND m.again > 0
+    ), bump AS (
+        UPDATE oncall_outbox o SET duplicates = o.duplicates + c.n
+        FROM (SELECT old.seq, count(*) AS n FROM old GROUP BY old.seq) c WHERE o.seq = c.seq
+    )
+    SELECT old.ord, old.seq, true, false FROM old
+    UNION ALL SELECT m.ord, m.seq, false, m.seq = ANY(ARRAY(SELECT head_seq FROM heads)) FROM m
+    UNION ALL SELECT i.ord, a.seq, true, false FROM again a JOIN inp i ON i.d = a.d AND i.ord > a.ord
+    ORDER BY 1;
+END $$;
+"""
+
 #: Ordered migrations, version -> SQL; append only, never edit a released step.
-MIGRATIONS: List[Tuple[int, str]] = [(1, _V1), (2, _V2), (3, _V3)]
+MIGRATIONS: List[Tuple[int, str]] = [(1, _V1), (2, _V2), (3, _V3), (4, _V4)]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 

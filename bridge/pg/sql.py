@@ -21,6 +21,12 @@ ROW_COLUMNS = (
 )
 
 ENQUEUE = "SELECT seq, dup FROM oncall_enqueue(%s, %s, %s, %s, %s, %s, %s, %s)"
+#: A writer's batch as eight arrays (one element per event, in arrival order) and the replica id
+#: (the NOTIFY payload): (ord, seq, dup, became head) rows.
+ENQUEUE_MANY = (
+    "SELECT o_ord, o_seq, o_dup, o_head FROM oncall_enqueue_many(%s::text[], %s::text[], %s::text[], %s::bytea[],"
+    " %s::float8[], %s::float8[], %s::boolean[], %s::bytea[], %s)"
+)
 
 #: Claim up to ``n`` ready heads of a target: queue rows locked with SKIP LOCKED (a key being
 #: inserted or claimed by another replica is skipped, never waited for), marked in flight with

@@ -4,18 +4,48 @@ commit; the same event posted to two replicas is stored once."""
 
 from __future__ import annotations
 
+import contextlib
 import queue
 from concurrent.futures import Future
-from typing import List, Optional, Tuple
+from typing import Any, List, Optional, Sequence, Tuple
+
+import psycopg
 
 from ..errors import StoreError
 from ..outbox_ops import Ticket, resolver
 from . import sql
 from .base import Done, _PgBase, log
-from .rows import _Insert
+from .rows import _Insert, _store_error
 
 MAX_BATCH = 1000
 _STOP = object()
+
+
+# Array parameters as PostgreSQL array literals built here with str methods (C): psycopg's list
+# dumpers are Python code per element and cost ~200 us per batch, most of the writer's CPU under
+# small batches. Every element is quoted, so commas, braces and spaces need no more care.
+def _quoted(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _texts(values: List[Any]) -> str:
+    return "{" + ",".join("NULL" if v is None else _quoted(v) for v in values) + "}"
+
+
+def _byteas(values: List[Any]) -> str:
+    return "{" + ",".join("NULL" if v is None else '"\\\\x' + v.hex() + '"' for v in values) + "}"
+
+
+def _floats(values: List[Any]) -> str:
+    return "{" + ",".join("NULL" if v is None else repr(float(v)) for v in values) + "}"
+
+
+def _bools(values: List[Any]) -> str:
+    return "{" + ",".join("t" if v else "f" for v in values) + "}"
+
+
+#: One per column of :meth:`_Insert.params` (target, key, level, body, now, expire_at, synthetic, dedup).
+_COLUMN_DUMPERS = (_texts, _texts, _texts, _byteas, _floats, _floats, _bools, _byteas)
 
 
 class _Writer(_PgBase):
@@ -32,12 +62,15 @@ class _Writer(_PgBase):
         expire_after: Optional[float] = None,
         received_at: Optional[float] = None,
         synthetic: bool = False,
+        also: Sequence[str] = (),
     ) -> Ticket:
         """Queue an insert; ``done(seq, None)`` once committed, ``done(None, StoreError)`` if not.
-        The ticket's ``withdraw()`` returning True guarantees the row is never committed."""
+        ``also``: more targets getting the same event in the same statement (all or none;
+        ``seq`` is the first target's). The ticket's ``withdraw()`` returning True guarantees
+        no row is ever committed."""
         now = self._clock() if received_at is None else received_at
         expire_at = None if expire_after is None else now + expire_after
-        op = _Insert(target, key, level, body, now, expire_at, synthetic, done)
+        op = _Insert(target, key, level, body, now, expire_at, synthetic, done, also)
         if self._closed:
             op.withdraw()
             done(None, StoreError("store postgres: closed"))
@@ -76,46 +109,73 @@ class _Writer(_PgBase):
                 break
             if op is not _STOP:
                 op.done(None, StoreError("store postgres: closed"))
+        self._close_writer_conn()
+
+    def _enqueue_many(self, params: List[Tuple[Any, ...]]) -> List[Any]:
+        """The batch in one statement, its own transaction, on the writer's own connection: one
+        round trip (see oncall_enqueue_many: it locks the keys' queue rows in key order, makes the
+        commit durable and NOTIFYs the others); a pooled transaction took four."""
+        cols = [dump(list(col)) for dump, col in zip(_COLUMN_DUMPERS, zip(*params))]
+        try:
+            if self._writer_conn is None or self._writer_conn.closed:
+                self._writer_conn = psycopg.connect(self._dsn, autocommit=True, connect_timeout=5)
+            found = self._writer_conn.execute(sql.ENQUEUE_MANY, [*cols, self.replica_id]).fetchall()
+        except psycopg.OperationalError as exc:
+            self._reachable = False
+            self._close_writer_conn()
+            raise _store_error(exc, "query") from None
+        except psycopg.Error as exc:
+            raise _store_error(exc, "query") from None
+        self._reachable = True
+        return found
+
+    def _close_writer_conn(self) -> None:
+        conn, self._writer_conn = self._writer_conn, None
+        if conn is not None:
+            with contextlib.suppress(psycopg.Error):
+                conn.close()
 
     def _commit(self, batch: List[_Insert], retries: int = 2) -> None:
         batch = [op for op in batch if op.seal()]
         if not batch:
             return
-        # Sorted by key (stable: a key's events keep their order) so batches of two replicas
-        # lock queue rows in the same order and cannot deadlock.
-        ordered = sorted(batch, key=lambda op: (op.target, op.key))
+        params = [row for op in batch for row in op.params()]
         try:
-            results: List[Tuple[int, bool]] = []
-            with self._tx(durable=True) as cur:
-                cur.executemany(sql.ENQUEUE, [op.params() for op in ordered], returning=True)
-                while True:
-                    found = cur.fetchone()
-                    assert found is not None
-                    results.append((int(found[0]), bool(found[1])))
-                    if not cur.nextset():
-                        break
-                cur.execute("NOTIFY oncall_enqueue")
+            rows = self._enqueue_many(params)
         except StoreError as exc:
-            if retries and ("deadlock" in str(exc) or "could not serialize" in str(exc)):
-                self._commit(batch, retries - 1)
-                return
-            if len(batch) > 1 and self._reachable:
-                for op in batch:  # one bad row must not fail its neighbours
-                    self._commit([op], 0)
-                return
-            self._writable = False
-            self._last_error = str(exc)
-            for op in batch:
-                op.done(None, exc)
+            self._failed(batch, exc, retries)
             return
+        # Each op's first row answers for it (its ``also`` rows follow it, in the same commit).
+        results: List[Tuple[int, bool]] = []
+        at = 0
+        for op in batch:
+            results.append((int(rows[at][1]), bool(rows[at][2])))
+            at += 1 + len(op.also)
         self._writable, self._last_error = True, None
         dups = sum(1 for _seq, dup in results if dup)
-        if dups:
+        resolves = {p[0] for p, r in zip(params, rows) if r[3] and p[2] == "OK"}
+        if dups or resolves:
             with self._lock:
                 self.duplicates += dups
-        for op, (seq, _dup) in zip(ordered, results):
+                for target in resolves:  # a resolve became a head: peek asks the database again
+                    self._no_resolves_until.pop(target, None)
+        for op, (seq, _dup) in zip(batch, results):
             try:
                 op.done(seq, None)
             except Exception:  # noqa: BLE001 - the writer thread must outlive a bad callback
                 log.error("pg.callback_error", exc_info=True)
         self._on_change()
+
+    def _failed(self, batch: List[_Insert], exc: StoreError, retries: int) -> None:
+        """A batch that did not commit: retried after a deadlock, one by one if several, else refused."""
+        if retries and ("deadlock" in str(exc) or "could not serialize" in str(exc)):
+            self._commit(batch, retries - 1)
+            return
+        if len(batch) > 1 and self._reachable:
+            for op in batch:  # one bad row must not fail its neighbours
+                self._commit([op], 0)
+            return
+        self._writable = False
+        self._last_error = str(exc)
+        for op in batch:
+            op.done(None, exc)

@@ -300,13 +300,14 @@ def test_dispatcher_crash_loop_exits(tmp_path: Path, deaths: List[int], monkeypa
 
 
 class TestHaFanOutAnswer:
-    def test_member_row_failing_after_primary_is_not_called_not_stored(
+    def test_member_row_failing_stores_no_row_at_all(
         self, receiver: Receiver, make_bridge: Callable[..., BridgeProcess]
     ) -> None:
-        """An Alertmanager HA target (``urls``) stores one row per member. When the primary's row
-        committed and a member's insert fails (a real SQLite error: a trigger refusing that
-        member's rows), the answer is not 503 "NOT stored" (the primary is stored and is
-        delivered) but 504 naming what is stored and what is not; once the fault is gone, 202."""
+        """An Alertmanager HA target (``urls``) stores one row per member, all in one commit. When
+        a member's insert fails (a real SQLite error: a trigger refusing that member's rows), the
+        primary's row is not stored either: the answer is an honest 503 "NOT stored" for the whole
+        target, nothing is delivered, and once the fault is gone the retry gets 202 and one row
+        per member."""
         config = f"""
 [delivery]
 backoff_initial = "50ms"
@@ -326,17 +327,15 @@ urls = ["{receiver.url}/two"]
             " BEGIN SELECT RAISE(ABORT, 'member row refused by the test'); END"
         )
         status, answer = bridge.post_alert("am", kapacitor_event("web-1"), timeout=30)
-        assert status == 504, answer
-        assert "PARTLY stored" in answer["error"] and "NOT stored for am@2" in answer["error"], answer
-        assert answer["stored"] == ["am"] and answer["not_stored"] == ["am@2"] and answer["seq"] >= 1
-        rows = conn.execute("SELECT target, key FROM outbox ORDER BY seq").fetchall()
-        assert rows == [("am", "web-1")]
-        got = receiver.wait_for(1)
-        assert got[0].path.startswith("/one"), "the stored primary row is delivered"
-        assert bridge.metric("oncall_alerts_received_total", {"target": "am", "outcome": "store_partial"}) == 1
+        assert status == 503, answer
+        assert "NOT stored" in answer["error"], answer
+        assert conn.execute("SELECT count(*) FROM outbox").fetchone() == (0,), "no row of any member"
+        assert bridge.metric("oncall_alerts_received_total", {"target": "am", "outcome": "store_error"}) == 1
         conn.execute("DROP TRIGGER refuse_member")
-        status, answer = bridge.post_alert("am", kapacitor_event("web-2"), timeout=30)
+        status, answer = bridge.post_alert("am", kapacitor_event("web-1"), timeout=30)
         assert status == 202, answer
-        rows = conn.execute("SELECT target, key FROM outbox WHERE key = 'web-2' ORDER BY target").fetchall()
-        assert rows == [("am", "web-2"), ("am@2", "web-2")]
+        rows = conn.execute("SELECT target, key FROM outbox ORDER BY target").fetchall()
+        assert rows == [("am", "web-1"), ("am@2", "web-1")]
+        got = receiver.wait_for(2)
+        assert sorted(r.path.split("/")[1] for r in got) == ["one", "two"], "each member gets the event once"
         conn.close()

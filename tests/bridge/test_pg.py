@@ -68,7 +68,7 @@ class TestSchema:
             box.close()
         assert errors == [] and len(boxes) == 4
         with psycopg.connect(dsn) as conn:
-            assert conn.execute("SELECT count(*) FROM oncall_schema").fetchone() == (SCHEMA_VERSION,)
+            assert conn.execute("SELECT count(*) FROM oncall_schema").fetchone() == (len(MIGRATIONS),)
 
     def test_newer_schema_refused(self, dsn: str) -> None:
         """A database migrated by a newer bridge refuses to start, naming both versions."""
@@ -234,6 +234,130 @@ class TestReplicas:
         taken.sort()
         for i, at in enumerate(taken):
             assert sum(1 for x in taken[i:] if x - at < window - 0.05) <= 5
+
+
+class TestBatchedAccept:
+    """``oncall_enqueue_many``: a writer's whole batch in one statement, same rules as one by one."""
+
+    @staticmethod
+    def _batch(conn: "psycopg.Connection[Any]", rows: List[Any]) -> List[Any]:
+        from bridge.pg import sql
+        from bridge.pg.rows import dedup_key
+
+        params = [(t, k, lvl, body, now, exp, False, dedup_key(t, k, lvl, body)) for t, k, lvl, body, now, exp in rows]
+        cols = [list(col) for col in zip(*params)]
+        return conn.execute(sql.ENQUEUE_MANY, [*cols, "test"]).fetchall()
+
+    def test_batch_dedups_orders_heads_and_timers(self, dsn: str) -> None:
+        """In-batch and stored duplicates get the stored seq; new rows are numbered in batch
+        order; only an idle key gets a head; a key's last new row decides its timer."""
+        PgOutbox(dsn, replica_id="m").open().close()  # migrate
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            (stored,) = self._batch(conn, [("t", "old", "CRITICAL", b"o", 1.0, None)])
+            assert stored[2:] == (False, True)
+            got = self._batch(conn, [
+                ("t", "k", "CRITICAL", b"a", 2.0, 100.0),
+                ("t", "old", "CRITICAL", b"o", 2.0, None),   # stored before
+                ("t", "k", "CRITICAL", b"a", 2.0, 100.0),    # again in this batch
+                ("t", "j", "WARNING", b"j", 2.0, 50.0),
+                ("t", "k", "OK", b"b", 3.0, None),
+                ("t", "old", "OK", b"p", 3.0, None),
+            ])
+            assert [r[0] for r in got] == [1, 2, 3, 4, 5, 6]
+            seq = {r[0]: r[1] for r in got}
+            assert [r[2] for r in got] == [False, True, True, False, False, False]
+            assert seq[2] == stored[1] and seq[3] == seq[1]
+            assert seq[1] < seq[4] < seq[5] < seq[6]
+            assert [r[3] for r in got] == [True, False, False, True, False, False], "old already has a head"
+            assert conn.execute("SELECT duplicates FROM oncall_outbox WHERE seq = %s", (stored[1],)).fetchone() == (1,)
+            assert conn.execute("SELECT duplicates FROM oncall_outbox WHERE seq = %s", (seq[1],)).fetchone() == (1,)
+            heads = dict(conn.execute("SELECT key, head_seq FROM oncall_queue WHERE target = 't'").fetchall())
+            assert heads == {"old": stored[1], "k": seq[1], "j": seq[4]}
+            timers = conn.execute("SELECT key, due_at FROM oncall_expiry ORDER BY key").fetchall()
+            assert timers == [("j", 50.0)], "k's last event (an OK) cleared the timer its first one set"
+            assert conn.execute("SELECT count(*) FROM oncall_outbox").fetchone() == (5,)
+
+    def test_any_key_and_body_round_trip(self, dsn: str) -> None:
+        """The writer passes its batch as array literals it builds itself: ids with quotes,
+        backslashes, commas, braces, spaces, non-ASCII or the word NULL, and any body bytes,
+        come back exactly as posted."""
+        keys = ['a "b" \\c,{d} e', "NULL", "", "é✓ \t", "x\\"]
+        box = PgOutbox(dsn, replica_id="r1").open()
+        try:
+            futures = [box.enqueue("t", k, "CRITICAL", bytes(range(256)) + k.encode(), expire_after=1.5 if i % 2 else None)
+                       for i, k in enumerate(keys)]
+            for k, f in zip(keys, futures):
+                row = box.load(f.result(10))
+                assert row is not None and (row.key, row.body) == (k, bytes(range(256)) + k.encode())
+        finally:
+            box.close()
+
+    def test_other_replicas_woken_only_for_new_heads(self, dsn: str) -> None:
+        """A batch that makes a head NOTIFYs once, naming the writer; a row queued behind a head
+        (claimable only after that head finishes) wakes nobody."""
+        PgOutbox(dsn, replica_id="m").open().close()  # migrate
+        with psycopg.connect(dsn, autocommit=True) as listener, psycopg.connect(dsn, autocommit=True) as conn:
+            listener.execute("LISTEN oncall_enqueue")
+            self._batch(conn, [("t", "k", "CRITICAL", b"1", 1.0, None), ("t", "j", "CRITICAL", b"2", 1.0, None)])
+            woke = [n.payload for n in listener.notifies(timeout=2.0)]
+            assert woke == ["test"]
+            self._batch(conn, [("t", "k", "OK", b"3", 2.0, None)])
+            assert [n.payload for n in listener.notifies(timeout=1.0)] == []
+
+    def test_fan_out_member_refused_stores_no_row(self, dsn: str) -> None:
+        """An HA target's rows are one statement: a member's row the database refuses (a trigger
+        here) fails the whole post, primary included; nothing is stored, nothing half-done."""
+        from concurrent.futures import Future
+
+        from bridge.outbox_ops import resolver
+
+        box = PgOutbox(dsn, replica_id="r1").open()
+        try:
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                conn.execute("CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS"
+                             " $$ BEGIN RAISE EXCEPTION 'member row refused by the test'; END $$")
+                conn.execute("CREATE TRIGGER refuse_member BEFORE INSERT ON oncall_outbox FOR EACH ROW"
+                             " WHEN (NEW.target = 'am@2') EXECUTE FUNCTION refuse()")
+                future: "Future[int]" = Future()
+                box.enqueue_with(resolver(future), "am", "k", "CRITICAL", b"{}", also=["am@2"])
+                with pytest.raises(StoreError, match="refused by the test"):
+                    future.result(10)
+                assert conn.execute("SELECT count(*) FROM oncall_outbox").fetchone() == (0,)
+                assert conn.execute("SELECT count(*) FROM oncall_queue WHERE head_seq IS NOT NULL").fetchone() == (0,)
+                conn.execute("DROP TRIGGER refuse_member ON oncall_outbox")
+                again: "Future[int]" = Future()
+                box.enqueue_with(resolver(again), "am", "k", "CRITICAL", b"{}", also=["am@2"])
+                seq = again.result(10)
+                rows = conn.execute("SELECT target, seq FROM oncall_outbox ORDER BY target").fetchall()
+                assert rows == [("am", seq), ("am@2", seq + 1)]
+        finally:
+            box.close()
+
+    def test_resolve_from_another_replica_goes_first_within_recheck(self, replicas: List[PgOutbox]) -> None:
+        """A rate-limited dispatcher reuses "no resolve ready" for RESOLVES_RECHECK; a resolve
+        another replica commits meanwhile goes first after at most that long."""
+        from bridge.pg.claims import RESOLVES_RECHECK
+
+        a, b = replicas
+        put(a, "x")
+        first, _ = a.peek("t", time.time(), resolves_first=True)
+        assert first is not None and first.key == "x"
+        put(b, "y", "OK")
+        deadline = time.monotonic() + RESOLVES_RECHECK + 0.5
+        while True:
+            head, _ = a.peek("t", time.time(), resolves_first=True)
+            assert head is not None
+            if head.key == "y":
+                break
+            assert time.monotonic() < deadline, "the resolve was not preferred within the recheck"
+            time.sleep(0.02)
+        assert a.claim(head)
+        a.finish(head, "delivered", attempts=1)
+        again, _ = a.peek("t", time.time(), resolves_first=True)
+        assert again is not None and again.key == "x", "no resolve ready (and that answer reused)"
+        put(a, "z", "OK")  # our own resolve becoming a head is seen at once
+        nxt, _ = a.peek("t", time.time(), resolves_first=True)
+        assert nxt is not None and nxt.key == "z"
 
 
 class TestDatabaseDown:

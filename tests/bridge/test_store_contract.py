@@ -125,6 +125,26 @@ class TestAccept:
         row = box.load(seq)
         assert row is not None and row.synthetic and row.body == b"{}"
 
+    def test_fan_out_rows_commit_together(self, box: Store, clock: Clock) -> None:
+        """``also`` targets get the same event in the same commit: ``done`` has the first
+        target's seq once every row is durable, and each target has its own ready head and
+        auto-resolve timer."""
+        from concurrent.futures import Future
+
+        from bridge.outbox_ops import resolver
+
+        future: "Future[int]" = Future()
+        box.enqueue_with(resolver(future), "am", "k", "CRITICAL", body("k", "CRITICAL"), expire_after=60.0,
+                         also=["am@2", "am@3"])
+        seq = future.result(10)
+        heads = {t: drain(box, clock, t) for t in ("am", "am@2", "am@3")}
+        assert [h.seq for h in heads["am"]] == [seq]
+        assert all(len(hs) == 1 and hs[0].key == "k" for hs in heads.values())
+        assert len({hs[0].seq for hs in heads.values()}) == 3
+        clock.now += 61
+        fired = box.fire_expiries(lambda t, k, b, now: b'{"level":"OK"}', wait=True)
+        assert sorted(t for _seq, t, _k in fired) == ["am", "am@2", "am@3"]
+
     def test_closed_store_refuses(self, make_store: Factory) -> None:
         """After close an enqueue fails with StoreError: never a silent drop."""
         box = make_store()
