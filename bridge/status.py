@@ -162,7 +162,8 @@ class StoreInfo:
 
 @dataclass(frozen=True)
 class Replica:
-    """A replica on the shared database: when it started, last proved it can commit, and
+    """A replica on the shared database: when it started, last proved it can commit (lease
+    renewal or health probe), and
     which singleton jobs and in-flight rows it holds now."""
 
     id: str

@@ -96,10 +96,12 @@ class _Jobs(_PgBase):
                 log.error("pg.keeper_crashed", exc_info=True)
 
     def keep(self) -> None:
-        """One keeper round: renew our leases, resume expired ones, take or renew singletons."""
+        """One keeper round: renew our leases (and our ``seen_at``: the page shows a replica that
+        stopped renewing), resume expired ones, take or renew singletons."""
         started = time.monotonic()
         with self._tx() as cur:
             cur.execute(sql.RENEW, (self.lease, self.replica_id))
+            cur.execute("UPDATE oncall_replica SET seen_at = oncall_now() WHERE id = %s", (self.replica_id,))
             resumed = cur.execute(sql.RESUME_EXPIRED, (self._clock(),)).fetchone()
             held = {r[0] for name in SINGLETON_JOBS for r in cur.execute(
                 sql.TAKE_SINGLETON, {"me": self.replica_id, "lease": self.lease, "name": name}).fetchall()}

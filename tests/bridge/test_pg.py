@@ -492,3 +492,20 @@ class TestConfig:
         assert config.store.dsn == "host=db.internal dbname=oncall password=s3cret-pw-1"
         assert "s3cret-pw-1" in config.secrets and config.store.dsn in config.secrets
         assert "s3cret" not in repr(config.store)
+
+
+class TestReplicaSeen:
+    def test_keeper_rounds_refresh_seen_at(self, dsn: str) -> None:
+        """A live replica stays "seen" (the page's Replicas card) without anyone probing /healthz."""
+        box = PgOutbox(dsn, replica_id="r-seen", lease=1.0).open()
+        try:
+            def seen() -> float:
+                with psycopg.connect(dsn) as conn:
+                    row = conn.execute("SELECT seen_at FROM oncall_replica WHERE id = 'r-seen'").fetchone()
+                    assert row is not None
+                    return float(row[0])
+
+            first = seen()
+            wait_until(lambda: seen() > first + 0.2, timeout=10)
+        finally:
+            box.close()
