@@ -31,7 +31,7 @@ from typing import (
     runtime_checkable,
 )
 
-from .ledger import Incident
+from .ledger import Incident, LastTold
 from .store import Forwarded, Head, Row, Stats
 from .outbox_ops import Ticket
 from .silences import Released, Silence
@@ -111,6 +111,8 @@ class Store(Protocol):
     # the incident ledger
     def incidents(self, target: Optional[str] = None) -> List[Incident]: ...
     def told(self, target: str, key: str) -> Optional[Incident]: ...
+
+    def last_told(self, target: str, key: str) -> Optional[LastTold]: ...
     def idle(self, target: str, key: str) -> bool: ...
     def hold(self, target: str, keys: Iterable[str]) -> ContextManager[List[str]]: ...
 

@@ -10,7 +10,10 @@ read it.
 A row is *open* while the platform believes the id is firing (the last delivered
 level was not OK). An OK delivery closes it; the closed row is kept (level
 ``OK``, the seq of that delivery) because replay and coalescing need to know that
-a resolve was told, and when.
+a resolve was told, and when. It is kept for :data:`CLOSED_KEEP` after that
+delivery, and longer while a dead letter of the id is on file (``replay`` asks
+the ledger whether the platform was told something newer); then pruning drops it,
+so ids that come and go (hosts, containers) do not grow the ledger forever.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 __all__ = [
+    "CLOSED_KEEP",
     "COLUMNS",
     "Incident",
     "LastTold",
@@ -31,6 +35,10 @@ __all__ = [
     "record_delivery",
     "told",
 ]
+
+
+#: Seconds a closed incident is remembered after its resolve was told (30 days).
+CLOSED_KEEP = 30 * 86400.0
 
 
 @dataclass(frozen=True)

@@ -50,7 +50,8 @@ from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequ
 
 from . import supervise
 from .errors import StoreError
-from .ledger import Incident, open_counts, open_incidents
+from .ledger import Incident, LastTold, open_counts, open_incidents
+from .ledger import last_told as _last_told
 from .ledger import told as _told
 from .log import get_logger
 from .outbox_index import HeadIndex
@@ -433,6 +434,10 @@ class Outbox(HeadIndex, SqliteOperator):
     def told(self, target: str, key: str) -> Optional[Incident]:
         """The open incident of ``key`` on ``target``, or None if the platform believes it is OK."""
         return _told(self._reader(), target, key)
+
+    def last_told(self, target: str, key: str) -> Optional[LastTold]:
+        """What the platform was last told of ``key`` (open or closed incident), or None."""
+        return _last_told(self._reader(), target, key)
 
     @contextlib.contextmanager
     def hold(self, target: str, keys: Iterable[str]) -> Iterator[List[str]]:

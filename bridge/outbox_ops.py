@@ -16,7 +16,7 @@ import threading
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Protocol, Sequence, Tuple
 
 from .coalesce import keep
-from .ledger import last_told, record_delivery
+from .ledger import CLOSED_KEEP, last_told, record_delivery
 from .log import get_logger
 from .outbox_index import Key
 from .store import Forwarded, Head
@@ -473,6 +473,13 @@ class _Prune(_Op):
                 " ORDER BY seq DESC LIMIT ? OFFSET ?)",
                 (state, _PRUNE_CHUNK, self.keep),
             ).rowcount
+        # Closed incidents past CLOSED_KEEP whose id has no dead letter left (see bridge.ledger).
+        cur.execute(
+            "DELETE FROM ledger WHERE rowid IN (SELECT l.rowid FROM ledger l WHERE l.open = 0 AND l.told_at < ?"
+            " AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.state = 'dead' AND o.target = l.target AND o.key = l.key)"
+            " LIMIT ?)",
+            (box._clock() - CLOSED_KEEP, _PRUNE_CHUNK),
+        )
         forgotten: List[Key] = []
         if self.forget_before is not None:
             forgotten = [

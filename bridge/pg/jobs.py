@@ -10,6 +10,7 @@ from typing import Any, Dict, Iterable, List, Optional, Tuple
 import psycopg
 
 from ..errors import StoreError
+from ..ledger import CLOSED_KEEP
 from ..store_ops import Replayed
 from . import sql
 from .base import SINGLETON_JOBS, MakeResolve, _PgBase, log
@@ -60,6 +61,7 @@ class _Jobs(_PgBase):
             if forget_before is not None:
                 cur.execute(sql.FORGET, (forget_before,))
             cur.execute(sql.DROP_IDLE_QUEUES)
+            cur.execute(sql.PRUNE_CLOSED, (self._clock() - CLOSED_KEEP, 5000))
 
     def check_external(self, wait: bool = False) -> None:
         """Other processes commit to the same database continuously; the keeper and NOTIFY cover it."""

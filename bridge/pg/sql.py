@@ -110,6 +110,12 @@ FORGET = (
     "UPDATE oncall_queue SET fwd_level = NULL, fwd_received_at = NULL"
     " WHERE fwd_received_at < %s AND fwd_level IS NOT NULL"
 )
+#: Closed incidents past ``bridge.ledger.CLOSED_KEEP`` whose id has no dead letter left.
+PRUNE_CLOSED = (
+    "DELETE FROM oncall_ledger WHERE (target, key) IN (SELECT l.target, l.key FROM oncall_ledger l"
+    " WHERE NOT l.open AND l.told_at < %s AND NOT EXISTS (SELECT 1 FROM oncall_outbox o"
+    " WHERE o.state = 'dead' AND o.target = l.target AND o.key = l.key) LIMIT %s)"
+)
 DROP_IDLE_QUEUES = (
     "DELETE FROM oncall_queue WHERE head_seq IS NULL AND inflight_seq IS NULL AND fwd_level IS NULL"
     " AND (held_until IS NULL OR held_until < oncall_now())"

@@ -13,6 +13,7 @@ from typing import Any, Callable, Iterator, List, Optional
 
 import pytest
 
+from bridge.ledger import CLOSED_KEEP
 from bridge.backend import Store
 from bridge.coalesce import BACKLOG_AGE
 from bridge.errors import StoreError
@@ -241,6 +242,28 @@ class TestDispatch:
         box.prune(2, wait=True)
         assert box.stats().dead == {"t": 1}
         assert box.load(head.seq) is not None
+
+    def test_prune_forgets_old_closed_incidents(self, box: Store, clock: Clock) -> None:
+        """A closed incident is remembered for CLOSED_KEEP after its resolve was told, and longer
+        while a dead letter of its id is on file (replay asks the ledger); open ones always stay."""
+        for key in ("a", "b"):
+            deliver(box, clock, key, "CRITICAL")
+            deliver(box, clock, key, "OK", n=1)
+        put(box, "b", "WARNING", n=2)
+        head = take(box, clock)
+        assert head is not None and head.key == "b"
+        box.finish(head, "dead", error="gone")
+        deliver(box, clock, "c", "CRITICAL")
+        clock.now += CLOSED_KEEP - 10
+        box.prune(100, wait=True)
+        assert box.last_told("t", "a") is not None
+        clock.now += 20
+        box.prune(100, wait=True)
+        assert box.last_told("t", "a") is None
+        b = box.last_told("t", "b")
+        assert b is not None and b.level == "OK"
+        c = box.told("t", "c")
+        assert c is not None and c.level == "CRITICAL"
 
     def test_stats(self, box: Store, clock: Clock) -> None:
         """Pending, in-flight and dead per target, and the oldest pending age."""
