@@ -24,13 +24,14 @@ from typing import (
     List,
     Optional,
     Protocol,
+    Sequence,
     Set,
     Tuple,
     runtime_checkable,
 )
 
 from .ledger import Incident
-from .store import Forwarded, Head, Row, Stats
+from .store import Forwarded, Head, Outcome, OutcomeDone, Row, Stats
 from .outbox_ops import Ticket
 from .store_ops import Replayed
 
@@ -101,6 +102,9 @@ class Store(Protocol):
     ) -> None: ...
     def forwarded(self, target: str, key: str) -> Optional[Forwarded]: ...
     def load(self, seq: int) -> Optional[Row]: ...
+    # batches for the delivery engine: one store call per batch, not per delivery
+    def load_many(self, seqs: Sequence[int]) -> Dict[int, Row]: ...
+    def finish_many(self, outcomes: Sequence[Outcome], done: OutcomeDone) -> None: ...
 
     # the incident ledger
     def incidents(self, target: Optional[str] = None) -> List[Incident]: ...

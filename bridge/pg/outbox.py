@@ -27,7 +27,7 @@ import threading
 import time
 from collections import deque
 from concurrent.futures import Future
-from typing import Any, Callable, Deque, Dict, Iterable, Iterator, List, Optional, Set, Tuple
+from typing import Any, Callable, Deque, Dict, Iterable, Iterator, List, Optional, Sequence, Set, Tuple
 
 import psycopg
 import psycopg_pool
@@ -35,7 +35,7 @@ import psycopg_pool
 from ..errors import StoreError
 from ..ledger import Incident, LastTold
 from ..log import get_logger
-from ..store import Forwarded, Head, Row, Stats
+from ..store import Forwarded, Head, Outcome, OutcomeDone, Row, Stats
 from . import sql
 from ..outbox_ops import Ticket, resolver
 from ..store_ops import Replayed
@@ -428,6 +428,25 @@ class PgOutbox:
             assert cur.connection is not None
             return sql.load_row(cur.connection, seq)
 
+    def load_many(self, seqs: Sequence[int]) -> Dict[int, Row]:
+        """Rows of claimed heads come with the claim; others are read in one query."""
+        out: Dict[int, Row] = {}
+        missing: List[int] = []
+        with self._lock:
+            for seq in seqs:
+                item = self._busy.get(seq)
+                if item is not None:
+                    out[seq] = item.row
+                else:
+                    missing.append(seq)
+        if missing:
+            with self._tx() as cur:
+                for r in cur.execute(f"SELECT {sql.ROW_COLUMNS} FROM oncall_outbox o WHERE o.seq = ANY(%s)",
+                                     (missing,)).fetchall():
+                    row = sql.to_row(r)
+                    out[row.seq] = row
+        return out
+
     def forwarded(self, target: str, key: str) -> Optional[Forwarded]:
         with self._lock:
             for item in self._ready.get(target, ()):
@@ -455,33 +474,64 @@ class PgOutbox:
             else:
                 done(None, None)
             return
+        outcome = Outcome(head, state, attempts, next_at, error, status)
         now = self._clock()
-        retried = False
         with self._tx() as cur:
-            found = cur.execute(sql.LOCK_KEY, (head.target, head.key)).fetchone()
-            if found is None or found[0] != head.seq or found[1] != self.replica_id:
-                stale = True
-            else:
-                stale = False
-                if state == "pending":
-                    cur.execute(sql.FINISH_PENDING, (attempts, next_at, error, status, head.seq))
-                    retried = True
-                elif state == "suppressed":
-                    cur.execute(sql.FINISH_SUPPRESSED, (now, head.seq))
-                else:
-                    body = cur.execute(sql.FINISH_FINAL, (state, attempts, error, status, now, self.replica_id,
-                                                          head.seq)).fetchone()
-                    if state == "delivered" and body is not None:
-                        cur.execute(sql.SET_FORWARDED, (head.level, head.received_at, head.target, head.key))
-                        sql.record_delivery(cur, head.target, head.key, head.level, bytes(body[0]), head.seq, now)
-                cur.execute(sql.REFRESH, (head.target, head.key))
+            stale = self._finish_in(cur, outcome, now)
+        self._finished([(outcome, stale)])
+
+    def finish_many(self, outcomes: Sequence[Outcome], done: OutcomeDone) -> None:
+        """Record several outcomes in one transaction (one commit for a batch of deliveries);
+        ``done(outcome, error)`` runs here for each, after the commit or its failure."""
+        for o in outcomes:
+            if o.state not in ("delivered", "dead", "suppressed", "pending"):
+                raise ValueError(f"bad final state {o.state!r}")
+            if o.state == "pending" and o.next_at is None:
+                raise ValueError("a retry needs next_at")
+        if not outcomes:
+            return
+        now = self._clock()
+        try:
+            with self._tx() as cur:
+                results = [(o, self._finish_in(cur, o, now)) for o in outcomes]
+        except (StoreError, TimeoutError) as exc:
+            for o in outcomes:
+                done(o, exc)
+            return
+        self._finished(results)
+        for o in outcomes:
+            done(o, None)
+
+    def _finish_in(self, cur: "psycopg.Cursor[Any]", o: Outcome, now: float) -> bool:
+        """Apply one outcome in the open transaction; True if the row is no longer ours (stale)."""
+        head, state = o.head, o.state
+        found = cur.execute(sql.LOCK_KEY, (head.target, head.key)).fetchone()
+        if found is None or found[0] != head.seq or found[1] != self.replica_id:
+            return True
+        if state == "pending":
+            cur.execute(sql.FINISH_PENDING, (o.attempts, o.next_at, o.error, o.status, head.seq))
+        elif state == "suppressed":
+            cur.execute(sql.FINISH_SUPPRESSED, (now, head.seq))
+        else:
+            body = cur.execute(sql.FINISH_FINAL, (state, o.attempts, o.error, o.status, now, self.replica_id,
+                                                  head.seq)).fetchone()
+            if state == "delivered" and body is not None:
+                cur.execute(sql.SET_FORWARDED, (head.level, head.received_at, head.target, head.key))
+                sql.record_delivery(cur, head.target, head.key, head.level, bytes(body[0]), head.seq, now)
+        cur.execute(sql.REFRESH, (head.target, head.key))
+        return False
+
+    def _finished(self, results: List[Tuple[Outcome, bool]]) -> None:
+        """After the commit: the keys are free here; stale outcomes are logged."""
         with self._lock:
-            self._busy.pop(head.seq, None)
-            if retried:  # a failed head makes its key's queue a backlog: look again next round
-                self._coalescible_cache.pop((head.target, False), None)
-        if stale:
-            log.warning("outbox.stale_finish", target=head.target, id=head.key, seq=head.seq, state=state,
-                        hint="the lease ran out and another replica took the row")
+            for o, stale in results:
+                self._busy.pop(o.head.seq, None)
+                if o.state == "pending" and not stale:  # a failed head makes its key's queue a backlog
+                    self._coalescible_cache.pop((o.head.target, False), None)
+        for o, stale in results:
+            if stale:
+                log.warning("outbox.stale_finish", target=o.head.target, id=o.head.key, seq=o.head.seq,
+                            state=o.state, hint="the lease ran out and another replica took the row")
         self._on_change()
 
     # -- the incident ledger -------------------------------------------------------------

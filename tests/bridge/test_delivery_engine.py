@@ -9,20 +9,20 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from bridge.config import load
 from bridge.delivery import Delivery
 from bridge.errors import StoreError
 from bridge.outbox import Outbox
-from bridge.store import Head
+from bridge.store import Outcome
 
 from .conftest import webhook_config
 from .harness import Receiver, kapacitor_event
 
 
 class FailingCommits:
-    """A real :class:`Outbox` whose first ``fail`` finishes are reported as failed commits
+    """A real :class:`Outbox` whose first ``fail`` outcomes are reported as failed commits
     (never submitted); records when each outcome became durable."""
 
     def __init__(self, box: Outbox, fail: int) -> None:
@@ -34,19 +34,21 @@ class FailingCommits:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.box, name)
 
-    def finish(self, head: Head, state: str, *, done: Optional[Any] = None, **fields: Any) -> None:
-        if done is not None and len(self.failed) < self.fail:
-            self.failed.append((head.seq, state))
-            done(None, StoreError("injected: commit failed"))
-            return
+    def finish_many(self, outcomes: Sequence[Outcome], done: Callable[[Outcome, Optional[BaseException]], None]) -> None:
+        passed: List[Outcome] = []
+        for o in outcomes:
+            if len(self.failed) < self.fail:
+                self.failed.append((o.head.seq, o.state))
+                done(o, StoreError("injected: commit failed"))
+            else:
+                passed.append(o)
 
-        def durable(result: Any, error: Optional[BaseException]) -> None:
+        def durable(o: Outcome, error: Optional[BaseException]) -> None:
             if error is None:
-                self.durable[head.seq] = time.monotonic()
-            if done is not None:
-                done(result, error)
+                self.durable[o.head.seq] = time.monotonic()
+            done(o, error)
 
-        self.box.finish(head, state, done=durable, **fields)
+        self.box.finish_many(passed, durable)
 
 
 def _setup(tmp_path: Path, url: str, fail: int) -> Tuple[Delivery, Outbox, FailingCommits]:
