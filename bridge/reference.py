@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 from typing import List, Sequence
 
-from .config import ARRAYS, TargetConfig, sections
+from .settings import ARRAYS, TargetConfig, sections
 from .schema import Key, format_duration, keys_of
 from .targets.base import get_type, registered_types
 from .targets.keys import keys_for
