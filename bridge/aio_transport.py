@@ -70,14 +70,15 @@ class AsyncTransport:
         # TLS verification is always on; a private CA is added, never verification removed.
         self.ca_certs = ca_file or _env_ca_bundle() or certifi.where()
         self._limit = max(1, limit)
+        # Made now (loading a CA bundle takes tens of ms), not on the first delivery.
+        self._ssl = ssl.create_default_context(cafile=self.ca_certs)
         self._session: Optional[aiohttp.ClientSession] = None
         self._timeouts: Dict[float, aiohttp.ClientTimeout] = {}
         # HTTP(S)_PROXY / NO_PROXY are read once per origin, not on every request.
         self._proxy_for: Dict[str, _Proxy] = {}
 
     def _open(self) -> aiohttp.ClientSession:
-        context = ssl.create_default_context(cafile=self.ca_certs)
-        connector = aiohttp.TCPConnector(limit=self._limit, limit_per_host=0, ssl=context)
+        connector = aiohttp.TCPConnector(limit=self._limit, limit_per_host=0, ssl=self._ssl)
         self._session = aiohttp.ClientSession(
             connector=connector,
             headers={"User-Agent": USER_AGENT},
@@ -119,8 +120,8 @@ class AsyncTransport:
 
     async def _exchange(self, request: HttpRequest, limit: float) -> Tuple[int, bytes, Mapping[str, str]]:
         session = self._session or self._open()
-        proxy, proxy_auth = self._proxy(request.url)
         try:
+            proxy, proxy_auth = self._proxy(request.url)
             async with session.request(
                 request.method,
                 request.url,
@@ -152,6 +153,8 @@ class AsyncTransport:
             raise RetryableError(f"connection failed: {_os_reason(exc)}") from None
 
     async def close(self) -> None:
+        """Close the pooled connections; TLS ones finish closing over the next ~0.25 s of the
+        loop (aiohttp's advice: the caller lets the loop run that long before ending it)."""
         session, self._session = self._session, None
         if session is not None:
             await session.close()

@@ -110,6 +110,11 @@ class Engine:
         loop = asyncio.new_event_loop()
         asyncio.set_event_loop(loop)
         self._loop = loop
+        for target in self._targets.values():
+            try:
+                self._transport(target)  # TLS contexts ready before the first delivery
+            except Exception:  # noqa: BLE001 - an unreadable ca_file fails that target's attempts, named
+                log.error("delivery.tls_setup_failed", target=target.name, exc_info=True)
         self._started.set()
         try:
             loop.run_forever()
@@ -120,6 +125,8 @@ class Engine:
         transports, self._transports = list(self._transports.values()), {}
         for transport in transports:
             await transport.close()
+        if transports:
+            await asyncio.sleep(0.25)  # TLS connections finish their shutdown (see AsyncTransport.close)
 
     def _transport(self, target: TargetConfig) -> AsyncTransport:
         transport = self._transports.get(target.name)
