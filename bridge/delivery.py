@@ -256,10 +256,13 @@ class Delivery:
         without a send (silenced, max_age passed, unrenderable); those free their slot."""
         try:
             rows = self.outbox.load_many([h.seq for h in heads])
-        except Exception:
+        except Exception as exc:  # noqa: BLE001 - give the rows back, or their keys would stay busy
+            log.error("store.error", op="load", rows=len(heads), error=str(exc))
+            retry_at = self._clock() + 1.0
             for head in heads:
                 self._release(head)
-            raise
+                verdicts.append(Verdict(Outcome(head, "pending", next_at=retry_at), "", ""))
+            return
         for head in heads:
             try:
                 job, verdict = self._job(head, rows.get(head.seq))
