@@ -66,8 +66,9 @@ class Engine:
     # -- lifecycle (any thread) -------------------------------------------------------
 
     def start(self) -> None:
-        self._thread = supervise.start("delivery-loop", self._run, stopping=self._stopping)
-        self._started.wait(10)
+        thread = self._thread = supervise.start("delivery-loop", self._run, stopping=self._stopping)
+        while not self._started.wait(0.05) and thread.is_alive():
+            pass
 
     def alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
