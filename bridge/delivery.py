@@ -31,7 +31,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from typing import Callable, Deque, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Deque, Dict, List, Mapping, Optional, Tuple
 
 from . import supervise
 from .attempt import Job, Verdict, dead, expired, judge
@@ -39,6 +39,7 @@ from .backend import Limiters, Store
 from .coalesce import BACKLOG_AGE
 from .config import Config, TargetConfig
 from .engine import Engine, Finished
+from .outcomes import Recorder
 from .errors import StoreError
 from .event import AlertEvent, EventError, parse
 from .log import get_logger
@@ -113,13 +114,9 @@ class Delivery:
         self._next_prune = 0.0
         self.coalesce_mode = config.delivery.coalesce
         self._coalesce_next: Dict[str, float] = {}
-        #: Outcomes handed to the store whose commit has not been confirmed yet, and the
-        #: failed ones waiting to be handed again (due monotonic time, outcome, next delay).
-        self._lock = threading.Lock()
-        self._outstanding = 0
-        self._settled = threading.Condition(self._lock)
-        self._unrecorded: List[Tuple[float, Outcome, float]] = []
-        self._delays: Dict[int, float] = {}
+        #: ``delivery_seconds{target}`` children, looked up once per target.
+        self._timers: Dict[str, Any] = {}
+        self.recorder = Recorder(outbox, metrics, stopping=self._stopping.is_set, kick=self._kick.set)
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -138,21 +135,10 @@ class Delivery:
             self._dispatcher.join(max(0.0, deadline - time.monotonic()))
         clean = self.engine.drain(deadline)
         self._record_finished()
-        self._settle(deadline)
+        self.recorder.settle(deadline)
         self.engine.close(max(0.1, min(5.0, deadline - time.monotonic())))
         self.sender.close()
         return clean
-
-    def _settle(self, deadline: float) -> None:
-        """Wait until every outcome handed to the store is durable (or given up while stopping)."""
-        self._resubmit(stopping=True)
-        with self._settled:
-            while self._outstanding > 0:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    log.error("delivery.unsettled", outcomes=self._outstanding)
-                    return
-                self._settled.wait(min(left, 0.5))
 
     def wake(self) -> None:
         """Something changed in the outbox: re-evaluate now."""
@@ -192,8 +178,8 @@ class Delivery:
                 next_tick = now + TICK_SECONDS
             wake_at = next_tick
             self._record_finished()
-            if self._unrecorded:
-                retry_at = self._resubmit()
+            if self.recorder.failed:
+                retry_at = self.recorder.resubmit()
                 if retry_at is not None:
                     wake_at = min(wake_at, now + max(0.0, retry_at - time.monotonic()))
             self._rotation = (self._rotation + 1) % max(1, len(names))
@@ -248,7 +234,7 @@ class Delivery:
             claimed.append(head)
         if claimed:
             self._prepare(claimed, jobs, verdicts)
-        self._record(verdicts)
+        self.recorder.record(verdicts)
         return when
 
     def _prepare(self, heads: List[Head], jobs: List[Job], verdicts: List[Verdict]) -> None:
@@ -400,85 +386,13 @@ class Delivery:
             return
         now = self._clock()
         verdicts: List[Verdict] = []
-        observe = self.metrics.delivery_seconds if self.metrics is not None else None
         while self._done:
             job, result, seconds = self._done.popleft()
             self._release(job.head)
-            if observe is not None:
-                observe.labels(job.head.target).observe(seconds)
+            if self.metrics is not None:
+                timer = self._timers.get(job.head.target)
+                if timer is None:
+                    timer = self._timers[job.head.target] = self.metrics.delivery_seconds.labels(job.head.target)
+                timer.observe(seconds)
             verdicts.append(judge(job, result, now, self.policy))
-        self._record(verdicts)
-
-    def _record(self, verdicts: List[Verdict]) -> None:
-        """Hand outcomes to the store in one call without waiting for their commit, then
-        count and log them.
-
-        The store keeps each key busy until its outcome is durable, so nothing of the id
-        can go out before it; a failed commit is handed again by the dispatcher with
-        backoff, the key still busy; :meth:`stop` waits for them all."""
-        if not verdicts:
-            return
-        self._hand([v.outcome for v in verdicts])
-        deliveries = self.metrics.deliveries if self.metrics is not None else None
-        for v in verdicts:
-            if not v.event:
-                continue
-            head = v.outcome.head
-            if deliveries is not None:
-                deliveries.labels(head.target, v.counted).inc()
-            getattr(log, v.level)(v.event, target=head.target, id=head.key, alert_level=head.level, **v.fields)
-
-    def _hand(self, outcomes: List[Outcome]) -> None:
-        with self._lock:
-            self._outstanding += len(outcomes)
-        try:
-            self.outbox.finish_many(outcomes, self._durable)
-        except BaseException:
-            # Refused outright (a bug, not the store failing): nothing was handed.
-            with self._settled:
-                self._outstanding -= len(outcomes)
-                self._settled.notify_all()
-            raise
-
-    def _durable(self, outcome: Outcome, error: Optional[BaseException]) -> None:
-        """The store's answer for one outcome (any thread)."""
-        if error is not None:
-            self._unsettled(outcome, error)
-            return
-        with self._settled:
-            self._outstanding -= 1
-            self._delays.pop(outcome.head.seq, None)
-            self._settled.notify_all()
-
-    def _unsettled(self, outcome: Outcome, error: BaseException) -> None:
-        head = outcome.head
-        if self._stopping.is_set():
-            # Left inflight: the next start puts it back to pending (at-least-once).
-            log.error("delivery.unrecorded", target=head.target, id=head.key, state=outcome.state, error=str(error))
-            with self._settled:
-                self._outstanding -= 1
-                self._delays.pop(head.seq, None)
-                self._settled.notify_all()
-            return
-        log.error("store.error", target=head.target, id=head.key, error=str(error))
-        with self._settled:
-            self._outstanding -= 1
-            delay = self._delays.get(head.seq, 0.2)
-            self._delays[head.seq] = min(delay * 2, 5.0)
-            self._unrecorded.append((time.monotonic() + delay, outcome, delay))
-        self._kick.set()
-
-    def _resubmit(self, stopping: bool = False) -> Optional[float]:
-        """Hand again the failed outcomes that are due (all of them when stopping); returns
-        when the next one is due (monotonic), or None."""
-        now = time.monotonic()
-        with self._lock:
-            due = [o for at, o, _d in self._unrecorded if stopping or at <= now]
-            self._unrecorded = [u for u in self._unrecorded if not (stopping or u[0] <= now)]
-            nxt = min((u[0] for u in self._unrecorded), default=None)
-        if due:
-            try:
-                self._hand(due)
-            except Exception:  # noqa: BLE001 - the dispatcher must outlive it; the keys stay busy
-                log.error("delivery.unrecorded", outcomes=len(due), exc_info=True)
-        return nxt
+        self.recorder.record(verdicts)
