@@ -93,6 +93,9 @@ class PgOutbox:
         self._busy: Dict[int, _Claimed] = {}
         self._held: Dict[str, float] = {}
         self._threads: List[threading.Thread] = []
+        #: Outcome batches for the finisher thread (see :meth:`finish_many`).
+        self._finishing: "queue.SimpleQueue[Any]" = queue.SimpleQueue()
+        self._finisher: Optional[threading.Thread] = None
         self._stop = threading.Event()
         self._closed = True
         self._writable = True
@@ -150,7 +153,12 @@ class PgOutbox:
         """Commit what is queued, hand our unfinished rows and singletons back, disconnect."""
         if self._closed:
             return
-        self._closed = True
+        with self._lock:
+            self._closed = True
+            finisher, self._finisher = self._finisher, None
+        if finisher is not None:  # outcomes queued before the close are committed first
+            self._finishing.put(_STOP)
+            finisher.join(timeout)
         self._queue.put(_STOP)
         self._threads[0].join(timeout)
         self._stop.set()
@@ -481,8 +489,9 @@ class PgOutbox:
         self._finished([(outcome, stale)])
 
     def finish_many(self, outcomes: Sequence[Outcome], done: OutcomeDone) -> None:
-        """Record several outcomes in one transaction (one commit for a batch of deliveries);
-        ``done(outcome, error)`` runs here for each, after the commit or its failure."""
+        """Record several outcomes; returns at once. A finisher thread commits everything
+        queued meanwhile in one transaction (keys locked in order, statements pipelined) and
+        calls ``done(outcome, error)`` for each after the commit or its failure."""
         for o in outcomes:
             if o.state not in ("delivered", "dead", "suppressed", "pending"):
                 raise ValueError(f"bad final state {o.state!r}")
@@ -490,17 +499,61 @@ class PgOutbox:
                 raise ValueError("a retry needs next_at")
         if not outcomes:
             return
+        with self._lock:
+            if self._closed:
+                closed = True
+            else:
+                closed = False
+                if self._finisher is None or not self._finisher.is_alive():
+                    self._finisher = threading.Thread(target=self._run_finisher, name="pg-finisher", daemon=True)
+                    self._finisher.start()
+                self._finishing.put((list(outcomes), done))
+        if closed:
+            for o in outcomes:
+                done(o, StoreError("store postgres: closed"))
+
+    def _run_finisher(self) -> None:
+        stop = False
+        while not stop:
+            first = self._finishing.get()
+            if first is _STOP:
+                break
+            batch = [first]
+            while True:
+                try:
+                    nxt = self._finishing.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is _STOP:
+                    stop = True
+                    break
+                batch.append(nxt)
+            self._finish_batch(batch)
+
+    def _finish_batch(self, batch: List[Tuple[List[Outcome], OutcomeDone]], retries: int = 2) -> None:
+        # Keys locked in (target, key) order, like the writer's batches: no deadlock between them.
+        ordered = sorted((o for outcomes, _done in batch for o in outcomes), key=lambda o: (o.head.target, o.head.key))
         now = self._clock()
+        error: Optional[BaseException] = None
+        results: List[Tuple[Outcome, bool]] = []
         try:
             with self._tx() as cur:
-                results = [(o, self._finish_in(cur, o, now)) for o in outcomes]
+                assert cur.connection is not None
+                with cur.connection.pipeline():
+                    results = [(o, self._finish_in(cur, o, now)) for o in ordered]
         except (StoreError, TimeoutError) as exc:
+            if retries and "deadlock" in str(exc):
+                self._finish_batch(batch, retries - 1)
+                return
+            error = exc
+        if error is None:
+            self._finished(results)
+        for outcomes, done in batch:
             for o in outcomes:
-                done(o, exc)
-            return
-        self._finished(results)
-        for o in outcomes:
-            done(o, None)
+                try:
+                    done(o, error)
+                except Exception:  # noqa: BLE001 - the finisher thread must outlive a bad callback
+                    log.error("pg.callback_error", exc_info=True)
 
     def _finish_in(self, cur: "psycopg.Cursor[Any]", o: Outcome, now: float) -> bool:
         """Apply one outcome in the open transaction; True if the row is no longer ours (stale)."""
