@@ -40,6 +40,7 @@ from . import sql
 from ..outbox_ops import Ticket, resolver
 from ..store_ops import Replayed
 from .coalesce import coalesce_keys, coalescible_keys
+from .finish import finish_rows
 from .rows import _bookkeeping_commits, _Claimed, _Insert, _store_error, replay_rows
 from .schema import migrate
 
@@ -538,9 +539,7 @@ class PgOutbox:
         results: List[Tuple[Outcome, bool]] = []
         try:
             with self._tx() as cur:
-                assert cur.connection is not None
-                with cur.connection.pipeline():
-                    results = [(o, self._finish_in(cur, o, now)) for o in ordered]
+                results = finish_rows(cur, ordered, self.replica_id, now)
         except (StoreError, TimeoutError) as exc:
             if retries and "deadlock" in str(exc):
                 self._finish_batch(batch, retries - 1)

@@ -293,6 +293,25 @@ class TestBatches:
         retry = take(box, clock)
         assert retry is not None and (retry.key, retry.seq) == ("c", heads["c"].seq)
 
+    def test_finish_many_keeps_the_ledger(self, box: Store, clock: Clock) -> None:
+        """Deliveries recorded in batches open, extend and close incidents like single ones."""
+        for n, level in enumerate(("WARNING", "CRITICAL", "OK"), start=1):
+            put(box, "cpu:a", level, n=n)
+            put(box, "cpu:b", "CRITICAL", n=n)
+            heads = drain(box, clock)
+            assert sorted(h.key for h in heads) == ["cpu:a", "cpu:b"]
+            self.finish_all(box, [Outcome(h, "delivered", attempts=1, status=202) for h in heads])
+            if n == 1:
+                opened = clock.now
+            clock.now += 10
+            if level != "OK":
+                inc = box.told("t", "cpu:a")
+                assert inc is not None and inc.opened_at == opened and inc.level == level
+        assert box.told("t", "cpu:a") is None
+        inc = box.told("t", "cpu:b")
+        assert inc is not None and inc.fired_levels == ("CRITICAL",) and inc.opened_at == opened
+        assert [i.key for i in box.incidents()] == ["cpu:b"]
+
     def test_finish_many_refuses_bad_outcomes_before_recording_any(self, box: Store, clock: Clock) -> None:
         put(box, "a")
         put(box, "b")
