@@ -164,6 +164,9 @@ def open_backend(config: "Config", *, on_change: Callable[[], None] = lambda: No
             lease=config.store.lease,
             pool_size=config.store.pool_size,
             on_change=on_change,
+            # One claim transaction per batch of ready heads: about what the delivery engine
+            # can have in flight for one target (its share of the workers).
+            claim_batch=max(8, min(64, config.delivery.workers // 2)),
         )
         limits = {name: t.rate_limit for name, t in config.targets.items()}
         return Backend(box, SharedRateLimiters(box, limits), box)
