@@ -231,6 +231,13 @@ class Delivery:
             self.limiters.try_acquire(target)
             self._free -= 1
             self._inflight[target] += 1
+            if limited:
+                # Sent at once: the token is stamped now, so the platform sees the limit held
+                # (a batch would move the first sends' arrival away from their tokens).
+                now_jobs: List[Job] = []
+                self._prepare([head], now_jobs, verdicts)
+                self.engine.submit(now_jobs)
+                continue
             claimed.append(head)
         if claimed:
             self._prepare(claimed, jobs, verdicts)
