@@ -22,6 +22,7 @@ from typing import (
     Dict,
     Iterable,
     List,
+    Mapping,
     Optional,
     Protocol,
     Sequence,
@@ -33,6 +34,8 @@ from typing import (
 from .ledger import Incident
 from .store import Forwarded, Head, Outcome, OutcomeDone, Row, Stats
 from .outbox_ops import Ticket
+from .silences import Released, Silence
+from .status import Snapshot
 from .store_ops import Replayed
 
 if TYPE_CHECKING:
@@ -120,6 +123,17 @@ class Store(Protocol):
     def probe(self, timeout: float = 5.0) -> bool: ...
     def stats(self) -> Stats: ...
     def targets_with_rows(self) -> Set[str]: ...
+    def drop_dead(self, seq: int) -> bool: ...
+
+    # silences (the rules are bridge.silences'; every replica sees the same ones)
+    def watch_silences(self, changed: Callable[[], None]) -> None: ...
+    def list_silences(self, *, include_ended: bool = False, now: Optional[float] = None) -> List[Silence]: ...
+    def add_silence(self, silence: Silence) -> Silence: ...
+    def expire_silence(self, silence_id: str, now: Optional[float] = None) -> Silence: ...
+    def release_silences(self, now: Optional[float] = None) -> List[Released]: ...
+
+    # the status page: read off the accept path (own read-only connection, or the pool)
+    def status(self, targets: Mapping[str, str], *, listen: str, now: Optional[float] = None) -> Snapshot: ...
 
 
 @runtime_checkable

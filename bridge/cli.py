@@ -15,7 +15,7 @@ import dataclasses
 import json
 import sys
 from datetime import datetime, timezone
-from typing import Any, Dict, Optional, Sequence, TextIO, Tuple
+from typing import Any, Dict, List, Optional, Sequence, TextIO, Tuple
 
 from . import __version__, cli_store
 from . import log as logmod
@@ -356,49 +356,62 @@ def _reconcile(args: argparse.Namespace, config: Config, out: _Out, err: _Out) -
 
 
 def _silence(args: argparse.Namespace, config: Config, out: _Out, err: _Out) -> int:
-    import getpass
-    import socket
-    import sqlite3
     import time
 
     from . import silences
-    from .store import open_store
 
     if not args.config:
-        err.line(f"{PROG}: silence: --config is required (the silences live in its [store] path)")
+        err.line(f"{PROG}: silence: --config is required (the silences live in its [store])")
         return EXIT_CONFIG
     now = time.time()
-    conn = open_store(config.store.path, create=args.silence_command == "add")
     try:
-        if args.silence_command == "list":
-            found = silences.list_silences(conn, include_ended=args.all, now=now)
-            if args.json:
-                out.line(silences.dumps(found, now))
-                return EXIT_OK
-            if not found:
-                out.line("no active silences")
-            for x in found:
-                state = "active" if x.active(now) else "ended"
-                out.line(f"{x.id}  {state}  until {_iso(x.ends_at)}  by {x.created_by}  [{x.text}]  {x.comment}")
-            return EXIT_OK
-        # Autocommit: each of these is one write statement; a running bridge re-reads within a second.
-        try:
-            if args.silence_command == "add":
-                by = args.created_by or f"{getpass.getuser()}@{socket.gethostname()}"
-                matchers = silences.parse_matchers(args.match)
-                made = silences.add(conn, matchers, silences.parse_duration(args.duration), args.comment, by, now)
+        with _silence_store(config, create=args.silence_command == "add") as store:
+            if args.silence_command == "list":
+                _list_silences(store.list_silences(include_ended=args.all, now=now), args.json, now, out)
+            elif args.silence_command == "add":
+                made = store.add_silence(silences.new_silence(
+                    silences.parse_matchers(args.match), silences.parse_duration(args.duration), args.comment,
+                    args.created_by or _operator(), now))
                 out.line(f"{made.id}  until {_iso(made.ends_at)}  [{made.text}]")
             else:
-                ended = silences.expire(conn, args.silence_id, now)
+                ended = store.expire_silence(args.silence_id, now)
                 out.line(f"expired {ended.id}; a running bridge releases what it held within a second")
-        except sqlite3.Error as exc:
-            raise StoreError(f"store {config.store.path}: silence {args.silence_command} failed ({exc})") from None
-        except silences.SilenceError as exc:
-            err.line(f"{PROG}: silence: {exc}")
-            return EXIT_CONFIG
-    finally:
-        conn.close()
+    except silences.SilenceError as exc:
+        err.line(f"{PROG}: silence: {exc}")
+        return EXIT_CONFIG
     return EXIT_OK
+
+
+def _operator() -> str:
+    import getpass
+    import socket
+
+    return f"{getpass.getuser()}@{socket.gethostname()}"
+
+
+def _list_silences(found: List[Any], as_json: bool, now: float, out: _Out) -> None:
+    from . import silences
+
+    if as_json:
+        out.line(silences.dumps(found, now))
+        return
+    if not found:
+        out.line("no active silences")
+    for x in found:
+        state = "active" if x.active(now) else "ended"
+        out.line(f"{x.id}  {state}  until {_iso(x.ends_at)}  by {x.created_by}  [{x.text}]  {x.comment}")
+
+
+def _silence_store(config: Config, *, create: bool) -> Any:
+    """The silences of ``[store]`` on a connection of the command's own (a bridge may be serving)."""
+    if config.store.backend == "postgres":
+        from .pg.silences import silence_store
+
+        assert config.store.dsn is not None
+        return silence_store(config.store.dsn)
+    from .silences_sqlite import silence_store as sqlite_store
+
+    return sqlite_store(config.store.path, create=create)
 
 
 _COMMANDS: Dict[str, Any] = {

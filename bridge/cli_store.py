@@ -162,11 +162,23 @@ def _incident_json(i: Incident, now: float) -> Dict[str, Any]:
 
 def incidents(args: argparse.Namespace, config: Config, out: Out, err: Out) -> int:
     """``incidents [--target T] [--json]``: open incidents with age and last delivery."""
-    conn = open_store(config.store.path, create=False)
-    try:
-        found: List[Incident] = open_incidents(conn, args.target)
-    finally:
-        conn.close()
+    found: List[Incident]
+    if config.store.backend == "postgres":
+        from .pg import admin
+        from .pg.sql import open_incidents as pg_open_incidents
+
+        assert config.store.dsn is not None
+        pg = admin.open_admin(config.store.dsn)
+        try:
+            found = pg_open_incidents(pg, args.target)
+        finally:
+            pg.close()
+    else:
+        conn = open_store(config.store.path, create=False)
+        try:
+            found = open_incidents(conn, args.target)
+        finally:
+            conn.close()
     now = time.time()
     if args.json:
         out.line(json.dumps([_incident_json(i, now) for i in found], indent=2))

@@ -54,6 +54,7 @@ from .ledger import Incident, open_counts, open_incidents
 from .ledger import told as _told
 from .log import get_logger
 from .outbox_index import HeadIndex
+from .outbox_operator import SqliteOperator
 from .outbox_ops import (
     _WITHDRAWN,
     MAX_BATCH,
@@ -98,7 +99,7 @@ _STOP = object()
 log = get_logger("bridge.outbox")
 
 
-class Outbox(HeadIndex):
+class Outbox(HeadIndex, SqliteOperator):
     """The running store: group-committing writer thread plus the in-memory head index."""
 
     def __init__(

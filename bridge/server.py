@@ -36,7 +36,7 @@ from .keepalive import KeepAlive
 from .log import get_logger
 from .metrics import Metrics
 from .backend import open_backend
-from .outbox import Outbox, Ticket
+from .outbox import Ticket
 from .reconcile import Reconciler, routes_of
 from .rejections import RejectionLog, json_error, json_errors
 from .silences import Silencer
@@ -72,13 +72,12 @@ class Service:
         #: Set when replicas share the store (PostgreSQL): replica id, singletons, reachability.
         self.cluster = backend.cluster
         self.delivery = Delivery(config, self.outbox, metrics=self.metrics, limiters=backend.limiters)
-        #: Silences live in the SQLite file (bridge/silences.py); not available on PostgreSQL yet.
-        self.silencer: Optional[Silencer] = None
-        if isinstance(self.outbox, Outbox):
-            silenced = Gauge("oncall_silences_active", "Silences in force (read from the store).",
-                             registry=self.registry)
-            self.silencer = Silencer(config.store.path, self.outbox.transact, on_read=silenced.set)
-            self.delivery.hold = self.silencer.holds
+        #: Silences live in the store (both backends); the hook holds matching deliveries.
+        silenced = Gauge("oncall_silences_active", "Silences in force (read from the store).",
+                         registry=self.registry)
+        self.silencer = Silencer(self.outbox, on_read=silenced.set)
+        self.outbox.watch_silences(self.silencer.poke)
+        self.delivery.hold = self.silencer.holds
         self.heartbeats = [Heartbeat(h, self._beat_allowed, metrics=self.metrics) for h in config.heartbeats]
         self.keepalive = KeepAlive(config.targets, self.outbox, Sender(config.delivery), metrics=self.metrics,
                                    allowed=lambda: self._singleton("keepalive"))
@@ -118,8 +117,7 @@ class Service:
     def start(self) -> None:
         """Open the store (recovering a crash), start delivery and heartbeats."""
         self.outbox.open()
-        if self.silencer is not None:
-            self.silencer.start()
+        self.silencer.start()
         self.delivery.start()
         for heartbeat in self.heartbeats:
             heartbeat.start()
@@ -138,8 +136,7 @@ class Service:
         if self.reconciler is not None:
             self.reconciler.stop()
         self.keepalive.stop()
-        if self.silencer is not None:
-            self.silencer.stop()
+        self.silencer.stop()
         clean = self.delivery.stop(timeout)
         left = self.outbox.stats().total_pending
         self.outbox.close()

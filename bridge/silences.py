@@ -2,15 +2,19 @@
 platform only each id's latest state.
 
 A silence is a set of matchers (all must match) and a time window, kept in the store
-(``silences`` table, schema migration 3), so it survives restarts and is shared by the
-CLI, the API and the page. While one matches, a row that reaches the head of its id's
-queue is finished as ``silenced`` instead of being sent: it stays on file and on the
-page. When no active silence matches an id's newest silenced row any more, the id is
-*released* in one transaction: the newest row goes back to ``pending`` if the platform
-should hear it (a non-OK state, or an OK for an incident the platform believes is open)
-and every other silenced row of the id becomes ``superseded``. So a maintenance window
-yields at most one notification per id, and a resolve of an alert the platform never
-heard of is not sent at all.
+(SQLite: ``silences`` table, schema 3; PostgreSQL: ``oncall_silences``, schema 3), so it
+survives restarts and is shared by the CLI, the API, the page and every replica. While
+one matches, a row that reaches the head of its id's queue is finished as ``silenced``
+instead of being sent: it stays on file and on the page. When no active silence matches
+an id's newest silenced row any more, the id is *released* in one transaction: the newest
+row goes back to ``pending`` if the platform should hear it (a non-OK state, or an OK for
+an incident the platform believes is open) and every other silenced row of the id becomes
+``superseded``. So a maintenance window yields at most one notification per id, and a
+resolve of an alert the platform never heard of is not sent at all.
+
+This module holds the rules only (parsing, validation, matching, what a release does);
+the stores apply them (:mod:`bridge.silences_sqlite`, :mod:`bridge.pg.silences`), and
+:class:`Silencer` runs them in a serving bridge through the :class:`bridge.backend.Store`.
 
 Matchers: ``NAME OP VALUE`` with OP one of ``=``, ``!=``, ``=~``, ``!~`` (regexes match
 the whole value, as in Alertmanager). NAME is ``id``, ``target``, ``level``, or a tag of
@@ -23,29 +27,37 @@ from __future__ import annotations
 import json
 import re
 import secrets
-import sqlite3
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, List, Mapping, Optional, Protocol, Sequence, Tuple
 
 from .errors import ConfigError, StoreError
 from .event import AlertEvent, EventError, parse
 from .log import get_logger
 
 __all__ = [
+    "Held",
     "Matcher",
+    "Released",
     "Silence",
     "SilenceError",
+    "SilenceStore",
     "Silencer",
-    "add",
-    "expire",
-    "list_silences",
+    "check_expirable",
+    "decode",
+    "encode_matchers",
+    "fields_of",
+    "holding",
     "matches",
+    "new_silence",
+    "newest_per_id",
     "parse_duration",
     "parse_matcher",
-    "release",
+    "parse_matchers",
+    "releasable",
     "row_fields",
+    "should_send",
 ]
 
 log = get_logger("bridge.silences")
@@ -56,6 +68,8 @@ _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
 #: Longest silence accepted: a forgotten silence must not hide pages for a year.
 MAX_SECONDS = 30 * 86400.0
+#: Columns of a stored silence, in :func:`decode` order (the same in both backends).
+COLUMNS = "id, matchers, starts_at, ends_at, comment, created_by, created_at, expired_at"
 
 
 class SilenceError(ValueError):
@@ -116,7 +130,23 @@ class Silence:
         }
 
 
-# -- pure parts ----------------------------------------------------------------------
+@dataclass(frozen=True)
+class Held:
+    """The newest silenced row of an id (what a release would send)."""
+
+    seq: int
+    target: str
+    key: str
+    level: str
+    body: bytes
+
+
+#: ``(target, key, outcome)`` per released id; outcome ``sent`` (the newest row is pending
+#: again) or ``dropped`` (nothing to tell the platform).
+Released = Tuple[str, str, str]
+
+
+# -- parsing and validation ------------------------------------------------------------
 
 
 def parse_matcher(text: str) -> Matcher:
@@ -131,6 +161,11 @@ def parse_matcher(text: str) -> Matcher:
         except re.error as exc:
             raise SilenceError(f"matcher {text!r}: bad regular expression: {exc}") from None
     return Matcher(name, op, value)
+
+
+def parse_matchers(lines: Iterable[str]) -> List[Matcher]:
+    """Several matchers, one per item; blank items are ignored."""
+    return [parse_matcher(line) for line in lines if line.strip()]
 
 
 def parse_duration(text: str) -> float:
@@ -149,19 +184,45 @@ def parse_duration(text: str) -> float:
     return total
 
 
-def fields_of(target: str, event: AlertEvent) -> Dict[str, str]:
-    """What matchers can test: the event's series tags, then id, target and level."""
-    tags = event.series.get("tags") if event.series else None
-    fields = {str(k): str(v) for k, v in tags.items()} if isinstance(tags, Mapping) else {}
-    fields.update(id=event.id, target=target, level=event.level)
-    return fields
+def new_silence(
+    matchers: Sequence[Matcher], seconds: float, comment: str, created_by: str, now: Optional[float] = None
+) -> Silence:
+    """A new silence starting now; refuses one without matchers or comment (nothing stored yet)."""
+    if not matchers:
+        raise SilenceError("a silence needs at least one matcher (it would silence everything)")
+    if not comment.strip():
+        raise SilenceError("a silence needs a comment: say why, so the next person on call knows")
+    if not 0 < seconds <= MAX_SECONDS:
+        raise SilenceError("duration must be more than 0 and at most 30d")
+    now = time.time() if now is None else now
+    return Silence(
+        id=secrets.token_hex(6),
+        matchers=tuple(matchers),
+        starts_at=now,
+        ends_at=now + seconds,
+        comment=comment.strip()[:500],
+        created_by=created_by[:100],
+        created_at=now,
+        expired_at=None,
+    )
 
 
-def matches(silence: Silence, fields: Mapping[str, str]) -> bool:
-    return all(m.test(fields) for m in silence.matchers)
+def check_expirable(found: Optional[Silence], silence_id: str, now: float) -> Silence:
+    """The silence to expire, or the error an operator should see."""
+    if found is None:
+        raise SilenceError(f"no silence with id {silence_id!r} (see `silence list`)")
+    if not found.active(now):
+        raise SilenceError(f"silence {silence_id} has already ended")
+    return found
 
 
-def _decode(row: Sequence[object]) -> Silence:
+def encode_matchers(matchers: Iterable[Matcher]) -> str:
+    """Stored form: one matcher per line (a value cannot hold a newline the parser keeps)."""
+    return "\n".join(str(m) for m in matchers)
+
+
+def decode(row: Sequence[object]) -> Silence:
+    """A stored row (:data:`COLUMNS` order) back into a :class:`Silence`."""
     lines = str(row[1]).split("\n")
     return Silence(
         id=str(row[0]),
@@ -175,185 +236,102 @@ def _decode(row: Sequence[object]) -> Silence:
     )
 
 
-# -- store operations (a cursor inside the caller's transaction) -----------------------
-
-_COLUMNS = "id, matchers, starts_at, ends_at, comment, created_by, created_at, expired_at"
+# -- matching and releasing --------------------------------------------------------------
 
 
-def list_silences(cur: sqlite3.Cursor | sqlite3.Connection, *, include_ended: bool = False,
-                  now: Optional[float] = None) -> List[Silence]:
-    """Silences on file, ending soonest first; by default only those not ended or expired."""
-    now = time.time() if now is None else now
-    if include_ended:
-        rows = cur.execute(f"SELECT {_COLUMNS} FROM silences ORDER BY ends_at").fetchall()
-    else:
-        rows = cur.execute(
-            f"SELECT {_COLUMNS} FROM silences WHERE expired_at IS NULL AND ends_at > ? ORDER BY ends_at", (now,)
-        ).fetchall()
-    return [_decode(r) for r in rows]
-
-
-def add(
-    cur: sqlite3.Cursor | sqlite3.Connection,
-    matchers: Sequence[Matcher],
-    seconds: float,
-    comment: str,
-    created_by: str,
-    now: Optional[float] = None,
-) -> Silence:
-    """Store a new silence starting now; refuses one without matchers or comment."""
-    if not matchers:
-        raise SilenceError("a silence needs at least one matcher (it would silence everything)")
-    if not comment.strip():
-        raise SilenceError("a silence needs a comment: say why, so the next person on call knows")
-    if not 0 < seconds <= MAX_SECONDS:
-        raise SilenceError("duration must be more than 0 and at most 30d")
-    now = time.time() if now is None else now
-    silence = Silence(
-        id=secrets.token_hex(6),
-        matchers=tuple(matchers),
-        starts_at=now,
-        ends_at=now + seconds,
-        comment=comment.strip()[:500],
-        created_by=created_by[:100],
-        created_at=now,
-        expired_at=None,
-    )
-    cur.execute(
-        f"INSERT INTO silences ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, NULL)",
-        (silence.id, "\n".join(str(m) for m in matchers), silence.starts_at, silence.ends_at,
-         silence.comment, silence.created_by, silence.created_at),
-    )
-    return silence
-
-
-def expire(cur: sqlite3.Cursor | sqlite3.Connection, silence_id: str, now: Optional[float] = None) -> Silence:
-    """End a silence now (kept on file, marked expired); its ids are released on the next pass."""
-    now = time.time() if now is None else now
-    row = cur.execute(f"SELECT {_COLUMNS} FROM silences WHERE id = ?", (silence_id,)).fetchone()
-    if row is None:
-        raise SilenceError(f"no silence with id {silence_id!r} (see `silence list`)")
-    found = _decode(row)
-    if not found.active(now):
-        raise SilenceError(f"silence {silence_id} has already ended")
-    cur.execute("UPDATE silences SET expired_at = ? WHERE id = ?", (now, silence_id))
-    return _decode(cur.execute(f"SELECT {_COLUMNS} FROM silences WHERE id = ?", (silence_id,)).fetchone())
-
-
-def _told_open(cur: sqlite3.Cursor, target: str, key: str) -> bool:
-    """Whether the platform believes ``key`` is firing (ledger when present, else last level sent)."""
-    tables = {r[0] for r in cur.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-    if "ledger" in tables:
-        row = cur.execute("SELECT open FROM ledger WHERE target = ? AND key = ?", (target, key)).fetchone()
-        return bool(row and row[0])
-    row = cur.execute("SELECT level FROM last_forwarded WHERE target = ? AND key = ?", (target, key)).fetchone()
-    return bool(row and row[0] != "OK")
+def fields_of(target: str, event: AlertEvent) -> Dict[str, str]:
+    """What matchers can test: the event's series tags, then id, target and level."""
+    tags = event.series.get("tags") if event.series else None
+    fields = {str(k): str(v) for k, v in tags.items()} if isinstance(tags, Mapping) else {}
+    fields.update(id=event.id, target=target, level=event.level)
+    return fields
 
 
 def row_fields(target: str, body: bytes, key: str, level: str) -> Dict[str, str]:
+    """:func:`fields_of` for a stored row (a body that no longer parses still has id and level)."""
     try:
         return fields_of(target, parse(body))
     except EventError:
         return {"id": key, "target": target, "level": level}
 
 
-def release(cur: sqlite3.Cursor, now: Optional[float] = None) -> List[Tuple[str, str, str]]:
-    """Release every id whose newest silenced row no active silence matches any more.
-
-    Returns ``(target, key, outcome)`` per released id, outcome ``sent`` (the newest row is
-    pending again) or ``dropped`` (nothing to tell the platform). Run inside the writer's
-    transaction (:meth:`bridge.outbox.Outbox.transact`) so the index reloads with it."""
-    now = time.time() if now is None else now
-    active = list_silences(cur, now=now)
-    newest: Dict[Tuple[str, str], Tuple[int, str, bytes]] = {}
-    for seq, target, key, level, body in cur.execute(
-        "SELECT seq, target, key, level, body FROM outbox WHERE state = 'silenced' ORDER BY seq"
-    ).fetchall():
-        newest[(target, key)] = (seq, level, bytes(body))
-    released: List[Tuple[str, str, str]] = []
-    for (target, key), (seq, level, body) in newest.items():
-        fields = row_fields(target, body, key, level)
-        if any(matches(s, fields) for s in active):
-            continue
-        later = cur.execute(
-            "SELECT 1 FROM outbox WHERE target = ? AND key = ? AND seq > ? AND state IN ('pending','inflight')",
-            (target, key, seq),
-        ).fetchone()
-        send = later is None and (level != "OK" or _told_open(cur, target, key))
-        cur.execute(
-            "UPDATE outbox SET state = 'superseded', done_at = ? WHERE target = ? AND key = ? AND state = 'silenced'"
-            " AND seq != ?",
-            (now, target, key, seq if send else -1),
-        )
-        if send:
-            cur.execute(
-                "UPDATE outbox SET state = 'pending', attempts = 0, next_attempt_at = ?, queued_at = ?,"
-                " done_at = NULL, last_error = NULL, last_status = NULL WHERE seq = ?",
-                (now, now, seq),
-            )
-        released.append((target, key, "sent" if send else "dropped"))
-    return released
+def matches(silence: Silence, fields: Mapping[str, str]) -> bool:
+    return all(m.test(fields) for m in silence.matchers)
 
 
-# -- the running bridge's side --------------------------------------------------------
+def holding(active: Iterable[Silence], fields: Mapping[str, str]) -> Optional[str]:
+    """The id of the first silence in ``active`` that matches, or None."""
+    for silence in active:
+        if matches(silence, fields):
+            return silence.id
+    return None
 
 
-Transact = Callable[[Callable[[sqlite3.Cursor], object]], object]
+def newest_per_id(rows: Iterable[Held]) -> List[Held]:
+    """The newest silenced row of each ``(target, key)`` (rows in any order)."""
+    newest: Dict[Tuple[str, str], Held] = {}
+    for row in rows:
+        seen = newest.get((row.target, row.key))
+        if seen is None or row.seq > seen.seq:
+            newest[(row.target, row.key)] = row
+    return sorted(newest.values(), key=lambda h: (h.target, h.key))
 
 
-def _releasable(conn: sqlite3.Connection, active: Sequence[Silence]) -> bool:
-    """Read-only pre-check: is there an id whose newest silenced row no silence matches?"""
-    newest: Dict[Tuple[str, str], Tuple[str, bytes]] = {}
-    for target, key, level, body in conn.execute(
-        "SELECT target, key, level, body FROM outbox WHERE state = 'silenced' ORDER BY seq"
-    ):
-        newest[(target, key)] = (level, bytes(body))
-    return any(
-        not any(matches(s, row_fields(target, body, key, level)) for s in active)
-        for (target, key), (level, body) in newest.items()
-    )
+def releasable(newest: Iterable[Held], active: Sequence[Silence]) -> List[Held]:
+    """Of each id's newest silenced row, those no active silence matches any more."""
+    return [h for h in newest if holding(active, row_fields(h.target, h.body, h.key, h.level)) is None]
+
+
+def should_send(level: str, *, newer_queued: bool, told_open: bool) -> bool:
+    """Whether a released row goes out: not when a newer event of the id is already queued
+    (it carries the newer state), and a resolve only when the platform believes the id fires."""
+    return not newer_queued and (level != "OK" or told_open)
+
+
+# -- the running bridge's side ------------------------------------------------------------
+
+
+class SilenceStore(Protocol):
+    """What :class:`Silencer` needs from the store (both backends provide it)."""
+
+    def list_silences(self, *, include_ended: bool = False, now: Optional[float] = None) -> List[Silence]: ...
+    def release_silences(self, now: Optional[float] = None) -> List[Released]: ...
 
 
 class Silencer:
     """Keeps the active silences in memory (re-read from the store every ``interval``) for
     the delivery hook :meth:`holds`, and releases ids whose silences ended. One thread;
-    the store is the truth (a silence added by the CLI in another process counts within
-    ``interval``)."""
+    the store is the truth: a silence added by the CLI, another process or another
+    replica counts here within ``interval``. On PostgreSQL the release itself runs on one
+    replica at a time (the ``silences`` singleton job); the others' passes do nothing."""
 
-    def __init__(self, path: str, transact: Transact, *, interval: float = 1.0,
+    def __init__(self, store: SilenceStore, *, interval: float = 1.0,
                  clock: Callable[[], float] = time.time,
                  on_read: Optional[Callable[[int], None]] = None) -> None:
-        self.path = path
+        self.store = store
         #: Called with the number of active silences after every read (a metrics gauge).
         self.on_read = on_read
-        self._transact = transact
         self.interval = interval
         self._clock = clock
         self._active: Tuple[Silence, ...] = ()
-        self._conn: Optional[sqlite3.Connection] = None
-        self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
 
-    def _read(self) -> Tuple[Tuple[Silence, ...], bool]:
-        with self._lock:
-            if self._conn is None:
-                self._conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=5.0,
-                                             check_same_thread=False)
-            now = self._clock()
-            try:
-                active = tuple(s for s in list_silences(self._conn, now=now) if s.active(now))
-                releasable = _releasable(self._conn, active)
-            except sqlite3.Error as exc:
-                raise StoreError(f"store {self.path}: reading silences failed ({exc})") from None
+    def _read(self) -> Tuple[Silence, ...]:
+        now = self._clock()
+        active = tuple(s for s in self.store.list_silences(now=now) if s.active(now))
         if self.on_read is not None:
             self.on_read(len(active))
-        return active, releasable
+        return active
 
     def refresh(self) -> None:
         """Re-read the silences now and run a release pass soon (after an add or expire)."""
-        self._active, _ = self._read()
+        self._active = self._read()
+        self._wake.set()
+
+    def poke(self) -> None:
+        """Silences changed elsewhere: re-read them (and release) now, in the silencer's thread."""
         self._wake.set()
 
     def holds(self, target: str, key: str, level: str, body: bytes) -> Optional[str]:
@@ -362,15 +340,11 @@ class Silencer:
         active = [s for s in self._active if s.active(now)]
         if not active:
             return None
-        fields = row_fields(target, body, key, level)
-        for silence in active:
-            if matches(silence, fields):
-                return silence.id
-        return None
+        return holding(active, row_fields(target, body, key, level))
 
     def start(self) -> None:
         """Load the silences (before delivery starts), then run the release loop."""
-        self._active, _ = self._read()
+        self._active = self._read()
         self._thread = threading.Thread(target=self._run, name="silences", daemon=True)
         self._thread.start()
 
@@ -379,18 +353,11 @@ class Silencer:
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout)
-        with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
 
-    def tick(self) -> List[Tuple[str, str, str]]:
-        """One pass: reload silences; release (in the writer) what no longer matches."""
-        self._active, releasable = self._read()
-        if not releasable:
-            return []
-        released = self._transact(lambda cur: release(cur, self._clock()))
-        assert isinstance(released, list)
+    def tick(self) -> List[Released]:
+        """One pass: reload silences; release what no longer matches."""
+        self._active = self._read()
+        released = self.store.release_silences(self._clock())
         for target, key, outcome in released:
             log.info("silence.released", target=target, id=key, outcome=outcome)
         return released
@@ -405,11 +372,6 @@ class Silencer:
                 log.error("silence.crashed", exc_info=True)
             self._wake.wait(self.interval)
             self._wake.clear()
-
-
-def parse_matchers(lines: Iterable[str]) -> List[Matcher]:
-    """Several matchers, one per item; blank items are ignored."""
-    return [parse_matcher(line) for line in lines if line.strip()]
 
 
 def config_error(exc: SilenceError) -> ConfigError:

@@ -1,8 +1,12 @@
-"""What the status page shows, read from the store file (never from process memory).
+"""What the status page shows, read from the store (never from process memory).
 
-A restart, a second replica reading the same file, or a bridge that is wedged all show
-the same truth: every value here is a SQLite read on a read-only connection of its own,
-so the page works while the writer thread is busy and cannot change anything.
+A restart, another replica, or a bridge that is wedged all show the same truth. On
+SQLite every value here is a read on a read-only connection of its own, so the page
+works while the writer thread is busy and cannot change anything; on PostgreSQL
+:mod:`bridge.pg.status` reads the same values from the database (the whole cluster)
+on a pooled connection in a read-only transaction, plus the replicas and their jobs.
+Both go through :meth:`bridge.backend.Store.status`; the values and the pure helpers
+that shape them are here.
 """
 
 from __future__ import annotations
@@ -15,25 +19,35 @@ from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from .errors import StoreError
-from .silences import list_silences, matches, row_fields
+from .silences import Held, matches, row_fields
+from .silences import Silence as StoredSilence
+from .silences_sqlite import held_rows, list_silences
 
 __all__ = [
+    "ClusterInfo",
     "DeadLetter",
     "Delivered",
     "Incident",
     "Queued",
+    "Replica",
     "Silence",
     "Snapshot",
     "StoreInfo",
     "TargetStatus",
     "connect",
+    "held_counts",
+    "open_per_target",
     "snapshot",
+    "summarise",
+    "target_statuses",
 ]
 
 #: How many rows each list shows (the page must stay readable on a phone).
 LAST_DELIVERIES = 100
 MAX_DEAD = 200
 MAX_QUEUED = 100
+#: Silenced rows read to count what each silence holds (newest first).
+MAX_HELD_SCAN = 5000
 
 
 @dataclass(frozen=True)
@@ -134,7 +148,8 @@ class Silence:
 
 @dataclass(frozen=True)
 class StoreInfo:
-    """Where this bridge runs and what file it keeps its promises in."""
+    """Where this bridge runs and what it keeps its promises in (a file, or a database
+    named without credentials)."""
 
     host: str
     pid: int
@@ -142,6 +157,28 @@ class StoreInfo:
     path: str
     size_bytes: int
     schema_version: int
+    backend: str = "sqlite"
+
+
+@dataclass(frozen=True)
+class Replica:
+    """A replica on the shared database: when it started, last proved it can commit, and
+    which singleton jobs and in-flight rows it holds now."""
+
+    id: str
+    started_at: float
+    seen_at: float
+    jobs: Tuple[str, ...]
+    inflight: int
+
+
+@dataclass(frozen=True)
+class ClusterInfo:
+    """The replicas sharing the store (PostgreSQL): who serves this page and who does what."""
+
+    replica_id: str
+    jobs: Tuple[str, ...]  #: singleton jobs this replica holds
+    replicas: Tuple[Replica, ...]
 
 
 @dataclass(frozen=True)
@@ -156,6 +193,7 @@ class Snapshot:
     deliveries: Tuple[Delivered, ...]
     incidents: Tuple[Incident, ...]
     silences: Tuple[Silence, ...]
+    cluster: Optional[ClusterInfo] = None
 
     @property
     def ok(self) -> bool:
@@ -225,22 +263,58 @@ def _incidents(conn: sqlite3.Connection, tables: set[str]) -> List[Incident]:
 
 
 def _silences(conn: sqlite3.Connection, tables: set[str], now: float) -> List[Silence]:
-    """Active silences, with how many rows each holds (matched here: a row may match several)."""
     if "silences" not in tables:
         return []
-    active = [s for s in list_silences(conn, now=now) if s.active(now)]
-    held: Dict[str, int] = {s.id: 0 for s in active}
+    return held_counts(list_silences(conn, now=now), held_rows(conn, MAX_HELD_SCAN), now)
+
+
+def held_counts(silences: Sequence[StoredSilence], held: Sequence[Held], now: float) -> List[Silence]:
+    """Active silences, with how many of ``held`` each matches (a row may match several)."""
+    active = [s for s in silences if s.active(now)]
+    counts: Dict[str, int] = {s.id: 0 for s in active}
     if active:
-        for target, key, level, body in conn.execute(
-            "SELECT target, key, level, body FROM outbox WHERE state = 'silenced' ORDER BY seq DESC LIMIT 5000"
-        ):
-            fields = row_fields(target, bytes(body), key, level)
+        for row in held:
+            fields = row_fields(row.target, row.body, row.key, row.level)
             for silence in active:
                 if matches(silence, fields):
-                    held[silence.id] += 1
+                    counts[silence.id] += 1
     return [
-        Silence(s.id, s.text, s.starts_at, s.ends_at, s.comment, s.created_by, held[s.id]) for s in active
+        Silence(s.id, s.text, s.starts_at, s.ends_at, s.comment, s.created_by, counts[s.id]) for s in active
     ]
+
+
+def open_per_target(incidents: Sequence[Incident]) -> Dict[str, int]:
+    open_per: Dict[str, int] = {}
+    for incident in incidents:
+        open_per[incident.target] = open_per.get(incident.target, 0) + 1
+    return open_per
+
+
+def target_statuses(
+    targets: Mapping[str, str], per: Mapping[str, Mapping[str, Any]], open_per: Mapping[str, int]
+) -> List[TargetStatus]:
+    """One row per configured target and per target that still has rows (sorted by name)."""
+    statuses = []
+    for name in sorted(set(targets) | set(per)):
+        info = per.get(name, {})
+        statuses.append(
+            TargetStatus(
+                name=name,
+                type=targets.get(name, "not configured"),
+                configured=name in targets,
+                pending=info.get("pending", 0),
+                inflight=info.get("inflight", 0),
+                silenced=info.get("silenced", 0),
+                dead=info.get("dead", 0),
+                oldest_pending_at=info.get("oldest_pending_at"),
+                last_success_at=info.get("last_success_at"),
+                last_error=info.get("last_error"),
+                last_error_key=info.get("last_error_key"),
+                retrying_since=info.get("retrying_since"),
+                open_incidents=open_per.get(name, 0),
+            )
+        )
+    return statuses
 
 
 def snapshot(
@@ -265,31 +339,8 @@ def snapshot(
 
 def _read(conn: sqlite3.Connection, targets: Mapping[str, str], *, path: str, listen: str, now: float) -> Snapshot:
     tables = _tables(conn)
-    per = _per_target(conn)
     incidents = _incidents(conn, tables)
-    open_per: Dict[str, int] = {}
-    for incident in incidents:
-        open_per[incident.target] = open_per.get(incident.target, 0) + 1
-    statuses = []
-    for name in sorted(set(targets) | set(per)):
-        info = per.get(name, {})
-        statuses.append(
-            TargetStatus(
-                name=name,
-                type=targets.get(name, "not configured"),
-                configured=name in targets,
-                pending=info.get("pending", 0),
-                inflight=info.get("inflight", 0),
-                silenced=info.get("silenced", 0),
-                dead=info.get("dead", 0),
-                oldest_pending_at=info.get("oldest_pending_at"),
-                last_success_at=info.get("last_success_at"),
-                last_error=info.get("last_error"),
-                last_error_key=info.get("last_error_key"),
-                retrying_since=info.get("retrying_since"),
-                open_incidents=open_per.get(name, 0),
-            )
-        )
+    statuses = target_statuses(targets, _per_target(conn), open_per_target(incidents))
     queued = [
         Queued(*r)
         for r in conn.execute(

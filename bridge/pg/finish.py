@@ -5,7 +5,7 @@ key is no longer ours (another replica took it after the lease) is left alone
 (stale); a retry goes back to pending with its schedule; a final state records
 ``done_at`` and who delivered; a delivery updates the key's last-forwarded event
 and the incident ledger (:func:`bridge.ledger.extend`, shared by both backends);
-the key's queue head is refreshed. Per outcome that was six round trips and six
+a silenced row is kept on file; the key's queue head is refreshed. Per outcome that was six round trips and six
 statements' worth of driver CPU; here it is one statement per kind of work for the
 whole batch (``executemany`` runs pipelined), which is what lets one replica's
 drain follow the delivery engine.
@@ -20,6 +20,7 @@ import psycopg
 from ..ledger import extend
 from ..store import Outcome
 from . import sql
+from .silences import FINISH_SILENCED
 
 __all__ = ["finish_rows"]
 
@@ -77,7 +78,10 @@ def finish_rows(
     suppressed = [(now, o.head.seq) for o in live if o.state == "suppressed"]
     if suppressed:
         cur.executemany(sql.FINISH_SUPPRESSED, suppressed)
-    final = [o for o in live if o.state not in ("pending", "suppressed")]
+    silenced = [(now, o.head.seq) for o in live if o.state == "silenced"]
+    if silenced:  # held by a silence; the release job tells the latest state
+        cur.executemany(FINISH_SILENCED, silenced)
+    final = [o for o in live if o.state not in ("pending", "suppressed", "silenced")]
     if final:
         _finish_final(cur, final, replica_id, now)
     cur.execute(_REFRESH_MANY, ([o.head.target for o in live], [o.head.key for o in live]))

@@ -196,8 +196,26 @@ _V2 = """
 ALTER TABLE oncall_queue ADD COLUMN coalesced_upto bigint;
 """
 
+# Silences, shared by every replica (bridge/silences.py holds the rules; rows they hold are in
+# state 'silenced'), and an index for the status page's "last deliveries" (newest done_at first).
+_V3 = """
+CREATE TABLE oncall_silences (
+    id          text   PRIMARY KEY,
+    matchers    text   NOT NULL,
+    starts_at   float8 NOT NULL,
+    ends_at     float8 NOT NULL,
+    comment     text   NOT NULL,
+    created_by  text   NOT NULL,
+    created_at  float8 NOT NULL,
+    expired_at  float8
+);
+CREATE INDEX oncall_silences_ends ON oncall_silences (ends_at) WHERE expired_at IS NULL;
+CREATE INDEX oncall_outbox_silenced ON oncall_outbox (target, key, seq) WHERE state = 'silenced';
+CREATE INDEX oncall_outbox_done ON oncall_outbox (done_at) WHERE done_at IS NOT NULL;
+"""
+
 #: Ordered migrations, version -> SQL; append only, never edit a released step.
-MIGRATIONS: List[Tuple[int, str]] = [(1, _V1), (2, _V2)]
+MIGRATIONS: List[Tuple[int, str]] = [(1, _V1), (2, _V2), (3, _V3)]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 

@@ -13,13 +13,14 @@ import asyncio
 import hmac
 import json
 import time
-from typing import TYPE_CHECKING, Any, Callable, Optional, TypeVar
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Optional, TypeVar
 
 from aiohttp import web
 
 from .. import silences
+from ..backend import Store
+from ..errors import StoreError
 from ..log import get_logger
-from ..status import connect
 
 if TYPE_CHECKING:
     from ..server import Service
@@ -34,17 +35,13 @@ def _error(status: int, message: str, **extra: Any) -> web.Response:
     return web.json_response({"status": "error", "error": message, **extra}, status=status)
 
 
-async def write_silence(service: "Service", change: Callable[[Any], T]) -> T:
-    """Run a silences change in the outbox writer's transaction, then make it effective now."""
-    from ..errors import StoreError
-    from ..outbox import Outbox
-
-    outbox, silencer = service.outbox, service.silencer
-    if not isinstance(outbox, Outbox) or silencer is None:
-        raise StoreError("silences need the SQLite store ([store] backend = \"sqlite\")")
+async def write_silence(service: "Service", change: Callable[[Store], T]) -> T:
+    """Run a silences change on the store (off the event loop), then make it effective here at
+    once (other PostgreSQL replicas are told by NOTIFY; another process on SQLite reads it
+    within a second)."""
     loop = asyncio.get_running_loop()
-    result: T = await loop.run_in_executor(None, outbox.transact, change)
-    await loop.run_in_executor(None, silencer.refresh)
+    result: T = await loop.run_in_executor(None, change, service.outbox)
+    await loop.run_in_executor(None, service.silencer.refresh)
     return result
 
 
@@ -69,15 +66,11 @@ class SilenceAPI:
 
     async def list(self, request: web.Request) -> web.Response:
         include = request.query.get("all") in ("1", "true")
-        path = self.service.config.store.path
+        store = self.service.outbox
 
         def read() -> str:
-            conn = connect(path)
-            try:
-                now = time.time()
-                return silences.dumps(silences.list_silences(conn, include_ended=include, now=now), now)
-            finally:
-                conn.close()
+            now = time.time()
+            return silences.dumps(store.list_silences(include_ended=include, now=now), now)
 
         body = await asyncio.get_running_loop().run_in_executor(None, read)
         return web.Response(text=body, content_type="application/json")
@@ -108,7 +101,7 @@ class SilenceAPI:
             matchers = silences.parse_matchers(raw)
             seconds = silences.parse_duration(duration)
             made = await write_silence(
-                self.service, lambda cur: silences.add(cur, matchers, seconds, comment, by)
+                self.service, lambda store: store.add_silence(silences.new_silence(matchers, seconds, comment, by))
             )
         except silences.SilenceError as exc:
             return _error(400, str(exc))
@@ -121,13 +114,29 @@ class SilenceAPI:
             return refused
         silence_id = request.match_info["id"]
         try:
-            ended = await write_silence(self.service, lambda cur: silences.expire(cur, silence_id))
+            ended = await write_silence(self.service, lambda store: store.expire_silence(silence_id))
         except silences.SilenceError as exc:
             return _error(404, str(exc))
         log.info("silence.expired", silence=ended.id)
         return web.json_response({"status": "ok", "silence": ended.as_json(time.time())})
 
     def register(self, app: web.Application) -> None:
-        app.router.add_get("/api/silences", self.list)
-        app.router.add_post("/api/silences", self.add)
-        app.router.add_post("/api/silences/{id}/expire", self.expire)
+        app.router.add_get("/api/silences", _unavailable(self.list))
+        app.router.add_post("/api/silences", _unavailable(self.add))
+        app.router.add_post("/api/silences/{id}/expire", _unavailable(self.expire))
+
+
+Handler = Callable[[web.Request], Awaitable[web.Response]]
+
+
+def _unavailable(handler: Handler) -> Handler:
+    """The store being unreachable (a database down) is a 503 that says so, not a 500."""
+
+    async def guarded(request: web.Request) -> web.Response:
+        try:
+            return await handler(request)
+        except StoreError as exc:
+            log.error("api.store_error", path=request.path, error=str(exc))
+            return _error(503, f"store unavailable: {exc}")
+
+    return guarded

@@ -19,8 +19,7 @@ from aiohttp import web
 from .. import silences
 from ..errors import StoreError
 from ..log import get_logger
-from ..status import Snapshot, connect, snapshot, summarise
-from .actions import dead_row, drop_dead
+from ..status import Snapshot, summarise
 from .api import SilenceAPI, write_silence
 from .auth import COOKIE, SESSION_SECONDS, Auth
 from .render import environment
@@ -59,7 +58,6 @@ class _UI:
         self.auth = Auth(service.config.server.token)
         self.env = environment()
         self.targets = {name: t.type for name, t in service.config.targets.items()}
-        self.path = service.config.store.path
         self.listen = service.config.server.listen
         self.static = {
             name: (importlib.resources.files("bridge.ui") / "static" / name).read_bytes()
@@ -69,11 +67,7 @@ class _UI:
     # -- helpers ---------------------------------------------------------------------
 
     def _read(self) -> Snapshot:
-        conn = connect(self.path)
-        try:
-            return snapshot(conn, self.targets, path=self.path, listen=self.listen)
-        finally:
-            conn.close()
+        return self.service.outbox.status(self.targets, listen=self.listen)
 
     async def _snapshot(self) -> Snapshot:
         return await asyncio.get_running_loop().run_in_executor(None, self._read)
@@ -209,10 +203,10 @@ class _UI:
             return refused
         seq = self._seq(request)
         loop = asyncio.get_running_loop()
-        found = await loop.run_in_executor(None, dead_row, self.path, seq)
-        if found is None:
+        row = await loop.run_in_executor(None, self.service.outbox.load, seq)
+        if row is None or row.state != "dead":
             return self._back(f"#{seq} is not a dead letter (any more)", bad=True)
-        target, key = found
+        target, key = row.target, row.key
         result = await loop.run_in_executor(None, self.service.outbox.replay, target, key)
         log.info("ui.replayed", target=target, id=key, rows=result.count, superseded=len(result.superseded),
                  remote=request.remote)
@@ -228,10 +222,9 @@ class _UI:
             return refused
         seq = self._seq(request)
         loop = asyncio.get_running_loop()
-        dropped = await loop.run_in_executor(None, drop_dead, self.path, seq)
+        dropped = await loop.run_in_executor(None, self.service.outbox.drop_dead, seq)
         if not dropped:
             return self._back(f"#{seq} is not a dead letter (any more)", bad=True)
-        await loop.run_in_executor(None, lambda: self.service.outbox.check_external(wait=True))
         log.info("ui.dropped", seq=seq, remote=request.remote)
         return self._back(f"dropped dead letter #{seq}")
 
@@ -245,10 +238,8 @@ class _UI:
         try:
             matchers = silences.parse_matchers(lines)
             seconds = silences.parse_duration(str(form.get("duration", "")))
-            made = await write_silence(
-                self.service,
-                lambda cur: silences.add(cur, matchers, seconds, comment, f"status page ({request.remote})"),
-            )
+            made = silences.new_silence(matchers, seconds, comment, f"status page ({request.remote})")
+            await write_silence(self.service, lambda store: store.add_silence(made))
         except silences.SilenceError as exc:
             return self._back(f"silence not added: {exc}", bad=True)
         log.info("silence.added", silence=made.id, matchers=made.text, until=made.ends_at, by=made.created_by)
@@ -260,7 +251,7 @@ class _UI:
             return refused
         silence_id = request.match_info["id"]
         try:
-            await write_silence(self.service, lambda cur: silences.expire(cur, silence_id))
+            await write_silence(self.service, lambda store: store.expire_silence(silence_id))
         except silences.SilenceError as exc:
             return self._back(str(exc), bad=True)
         log.info("silence.expired", silence=silence_id, remote=request.remote)

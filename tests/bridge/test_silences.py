@@ -1,23 +1,26 @@
-"""Silences: matchers and durations, the hold/release rules on a real store, and the whole
-path through a running bridge (CLI, API, restart, expiry by time) against a receiver."""
+"""Silences: matchers and durations (pure); the hold/release contract through the Store
+protocol on both backends (SQLite and a real PostgreSQL, one parametrised suite, as in
+test_store_contract.py); the whole path through a running bridge (CLI, API, restart, expiry
+by time) against a receiver; and on PostgreSQL, replicas sharing one set of silences, the
+release job on one replica at a time, and the database going away."""
 
 from __future__ import annotations
 
 import json
 import sqlite3
 import time
-from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
 import pytest
 import requests
 
 from bridge import silences
+from bridge.backend import Store
 from bridge.silences import Matcher, SilenceError, parse_duration, parse_matcher
-from bridge.store import open_store
 
 from .conftest import webhook_config
-from .harness import BridgeProcess, Receiver, kapacitor_event
+from .harness import BridgeProcess, Receiver, kapacitor_event, wait_until
+from .test_store_contract import Clock, Factory, box, clock, deliver, drain, make_store, put, take  # noqa: F401 - fixtures
 
 #: Loopback only: never through a proxy from the environment.
 HTTP = requests.Session()
@@ -73,87 +76,129 @@ class TestDurations:
         with pytest.raises(SilenceError, match="duration"):
             parse_duration(text)
 
-    def test_a_silence_needs_matchers_and_a_comment(self, tmp_path: Path) -> None:
-        conn = open_store(str(tmp_path / "s.db"))
+    def test_a_silence_needs_matchers_and_a_comment(self) -> None:
+        """Refused before anything is stored, naming what is missing."""
         with pytest.raises(SilenceError, match="at least one matcher"):
-            silences.add(conn, [], 60, "why", "me")
+            silences.new_silence([], 60, "why", "me")
         with pytest.raises(SilenceError, match="comment"):
-            silences.add(conn, [parse_matcher("id=x")], 60, "  ", "me")
+            silences.new_silence([parse_matcher("id=x")], 60, "  ", "me")
 
 
-# -- release rules on a real store file ----------------------------------------------
+class TestReleaseRules:
+    def test_should_send(self) -> None:
+        """A newer queued event wins; a resolve goes out only for an incident the platform believes open."""
+        assert silences.should_send("CRITICAL", newer_queued=False, told_open=False)
+        assert not silences.should_send("CRITICAL", newer_queued=True, told_open=True)
+        assert silences.should_send("OK", newer_queued=False, told_open=True)
+        assert not silences.should_send("OK", newer_queued=False, told_open=False)
+
+    def test_newest_per_id_and_releasable(self) -> None:
+        """Only each id's newest held row counts, and only if no active silence matches it."""
+        rows = [silences.Held(seq, "t", key, "CRITICAL", b"{}") for seq, key in [(3, "a"), (1, "a"), (2, "b")]]
+        newest = silences.newest_per_id(rows)
+        assert [(h.key, h.seq) for h in newest] == [("a", 3), ("b", 2)]
+        web = silences.new_silence([parse_matcher("id=b")], 60, "why", "me", now=100.0)
+        assert [h.key for h in silences.releasable(newest, [web])] == ["a"]
 
 
-def _row(conn: sqlite3.Connection, key: str, level: str, state: str, target: str = "pager") -> int:
-    body = json.dumps(kapacitor_event(key, level)).encode()
-    cur = conn.execute(
-        "INSERT INTO outbox (target, key, level, body, received_at, queued_at, state, next_attempt_at, done_at)"
-        " VALUES (?, ?, ?, ?, 1, 1, ?, 1, ?)",
-        (target, key, level, body, state, 2.0 if state not in ("pending", "inflight") else None),
-    )
-    return int(cur.lastrowid or 0)
+# -- the store contract: the same silences and release on SQLite and PostgreSQL --------------
 
 
-def _told(conn: sqlite3.Connection, key: str, level: str, target: str = "pager") -> None:
-    conn.execute(
-        "INSERT INTO ledger (target, key, open, level, fired_levels, body, opened_at, told_at, seq)"
-        " VALUES (?, ?, ?, ?, ?, x'7b7d', 1, 1, 0)",
-        (target, key, int(level != "OK"), level, "" if level == "OK" else level),
-    )
+def _held(box: Store, clock: Clock, key: str, level: str, n: int = 0) -> int:
+    """Accept an event, claim it and finish it ``silenced`` (what delivery does when a silence holds it)."""
+    seq = put(box, key, level, n=n)
+    head = take(box, clock)
+    assert head is not None and head.seq == seq
+    box.finish(head, "silenced")
+    return seq
 
 
-def _states(conn: sqlite3.Connection) -> Dict[int, str]:
-    return {seq: state for seq, state in conn.execute("SELECT seq, state FROM outbox")}
+def _state(box: Store, seq: int) -> str:
+    row = box.load(seq)
+    assert row is not None
+    return row.state
 
 
-class TestRelease:
-    @pytest.fixture
-    def conn(self, tmp_path: Path) -> sqlite3.Connection:
-        return open_store(str(tmp_path / "release.db"))
+def _silence(box: Store, clock: Clock, *matchers: str, seconds: float = 3600) -> silences.Silence:
+    made = silences.new_silence([parse_matcher(m) for m in matchers], seconds, "maintenance", "me", now=clock())
+    return box.add_silence(made)
 
-    def test_resolve_of_a_told_trigger_is_sent(self, conn: sqlite3.Connection) -> None:
-        """Trigger delivered before the silence, resolve during it: the resolve goes out."""
-        _told(conn, "a", "CRITICAL")
-        warn = _row(conn, "a", "WARNING", "silenced")
-        ok = _row(conn, "a", "OK", "silenced")
-        assert silences.release(conn.cursor()) == [("pager", "a", "sent")]
-        assert _states(conn) == {warn: "superseded", ok: "pending"}
 
-    def test_resolve_of_an_untold_trigger_is_not_sent(self, conn: sqlite3.Connection) -> None:
+class TestStoreSilences:
+    def test_resolve_of_a_told_trigger_is_sent(self, box: Store, clock: Clock) -> None:
+        """Trigger delivered before the silence, resolve during it: the resolve goes out, next in line."""
+        deliver(box, clock, "a", "CRITICAL")
+        warn = _held(box, clock, "a", "WARNING", 1)
+        ok = _held(box, clock, "a", "OK", 2)
+        assert box.release_silences(clock()) == [("t", "a", "sent")]
+        assert (_state(box, warn), _state(box, ok)) == ("superseded", "pending")
+        head = take(box, clock)
+        assert head is not None and head.seq == ok
+        assert take(box, clock) is None
+
+    def test_resolve_of_an_untold_trigger_is_not_sent(self, box: Store, clock: Clock) -> None:
         """Trigger and resolve both during the silence: the platform hears nothing."""
-        crit = _row(conn, "b", "CRITICAL", "silenced")
-        ok = _row(conn, "b", "OK", "silenced")
-        assert silences.release(conn.cursor()) == [("pager", "b", "dropped")]
-        assert _states(conn) == {crit: "superseded", ok: "superseded"}
+        crit = _held(box, clock, "b", "CRITICAL")
+        ok = _held(box, clock, "b", "OK", 1)
+        assert box.release_silences(clock()) == [("t", "b", "dropped")]
+        assert (_state(box, crit), _state(box, ok)) == ("superseded", "superseded")
+        assert take(box, clock) is None
 
-    def test_only_the_latest_trigger_goes_out(self, conn: sqlite3.Connection) -> None:
-        rows = [_row(conn, "c", level, "silenced") for level in ("WARNING", "CRITICAL", "WARNING")]
-        silences.release(conn.cursor())
-        assert [_states(conn)[r] for r in rows] == ["superseded", "superseded", "pending"]
+    def test_only_the_latest_trigger_goes_out(self, box: Store, clock: Clock) -> None:
+        rows = [_held(box, clock, "c", level, n) for n, level in enumerate(("WARNING", "CRITICAL", "WARNING"))]
+        assert box.release_silences(clock()) == [("t", "c", "sent")]
+        assert [_state(box, r) for r in rows] == ["superseded", "superseded", "pending"]
+        assert box.release_silences(clock()) == []
 
-    def test_a_newer_pending_row_wins(self, conn: sqlite3.Connection) -> None:
-        """Rows that arrived after the silence ended are already queued: no resend of old state."""
-        held = _row(conn, "d", "CRITICAL", "silenced")
-        newer = _row(conn, "d", "OK", "pending")
-        silences.release(conn.cursor())
-        assert _states(conn) == {held: "superseded", newer: "pending"}
+    def test_a_newer_pending_row_wins(self, box: Store, clock: Clock) -> None:
+        """A row that arrived after the silence ended is already queued: no resend of the old state."""
+        held = _held(box, clock, "d", "CRITICAL")
+        newer = put(box, "d", "OK", n=1)
+        assert box.release_silences(clock()) == [("t", "d", "dropped")]
+        assert (_state(box, held), _state(box, newer)) == ("superseded", "pending")
+        head = take(box, clock)
+        assert head is not None and head.seq == newer
 
-    def test_ids_still_matched_stay_held(self, conn: sqlite3.Connection) -> None:
-        silences.add(conn, [parse_matcher("id=~web-.*")], 3600, "maintenance", "me")
-        kept = _row(conn, "web-1", "CRITICAL", "silenced")
-        freed = _row(conn, "db-1", "CRITICAL", "silenced")
-        assert silences.release(conn.cursor()) == [("pager", "db-1", "sent")]
-        assert _states(conn) == {kept: "silenced", freed: "pending"}
+    def test_ids_still_matched_stay_held(self, box: Store, clock: Clock) -> None:
+        made = _silence(box, clock, "id=~web-.*")
+        assert [s.id for s in box.list_silences()] == [made.id]
+        kept = _held(box, clock, "web-1", "CRITICAL")
+        freed = _held(box, clock, "db-1", "CRITICAL")
+        assert box.release_silences(clock()) == [("t", "db-1", "sent")]
+        assert (_state(box, kept), _state(box, freed)) == ("silenced", "pending")
+        box.expire_silence(made.id)
+        assert box.release_silences(clock()) == [("t", "web-1", "sent")]
 
-    def test_expire_ends_a_silence_once(self, conn: sqlite3.Connection) -> None:
-        made = silences.add(conn, [parse_matcher("id=x")], 3600, "maintenance", "me")
-        assert silences.expire(conn, made.id).expired_at is not None
-        assert silences.list_silences(conn) == []
-        assert len(silences.list_silences(conn, include_ended=True)) == 1
+    def test_a_silence_ends_by_time(self, box: Store, clock: Clock) -> None:
+        """No expire needed: past its end the silence is inactive and its ids are released."""
+        _silence(box, clock, "id=e", seconds=60)
+        held = _held(box, clock, "e", "CRITICAL")
+        assert box.release_silences(clock()) == []
+        clock.now += 61
+        assert box.list_silences() == [] and len(box.list_silences(include_ended=True)) == 1
+        assert box.release_silences(clock()) == [("t", "e", "sent")]
+        assert _state(box, held) == "pending"
+
+    def test_expire_ends_a_silence_once(self, box: Store, clock: Clock) -> None:
+        made = _silence(box, clock, "id=x")
+        ended = box.expire_silence(made.id)
+        assert ended.expired_at == clock() and not ended.active(clock())
+        assert box.list_silences() == []
+        assert [s.id for s in box.list_silences(include_ended=True)] == [made.id]
         with pytest.raises(SilenceError, match="already ended"):
-            silences.expire(conn, made.id)
+            box.expire_silence(made.id)
         with pytest.raises(SilenceError, match="no silence with id"):
-            silences.expire(conn, "nope")
+            box.expire_silence("nope")
+
+    def test_silences_and_held_rows_survive_a_restart(self, make_store: Factory, clock: Clock) -> None:
+        first = make_store()
+        made = _silence(first, clock, "id=f", "level!=INFO")
+        held = _held(first, clock, "f", "CRITICAL")
+        first.close()
+        again = make_store()
+        assert [(s.id, s.text) for s in again.list_silences()] == [(made.id, "id=f, level!=INFO")]
+        assert _state(again, held) == "silenced" and again.release_silences(clock()) == []
+        assert take(again, clock) is None
 
 
 # -- through a running bridge ----------------------------------------------------------
@@ -287,3 +332,197 @@ class TestBridge:
         assert made.returncode == 0, made.stderr
         listed = json.loads(bridge.cli("silence", "list", "--json").stdout)
         assert listed[0]["matchers"] == ["id=x", "host!=db-1"] and listed[0]["created_by"] == "alice"
+
+
+# -- replicas on PostgreSQL: one set of silences, one release ----------------------------------
+
+
+def _pg_states(dsn: str) -> List[tuple[str, str, str]]:
+    import psycopg
+
+    with psycopg.connect(dsn) as conn:
+        return [tuple(r) for r in conn.execute("SELECT key, level, state FROM oncall_outbox ORDER BY seq")]
+
+
+class TestReplicas:
+    def test_a_silence_added_on_one_replica_holds_on_the_other(
+        self, make_bridge: Callable[..., BridgeProcess], receiver: Receiver, pg_server: Any
+    ) -> None:
+        """Silence added through replica A; with A stopped, replica B holds the matching alerts. A back,
+        B (holding the ``silences`` job) killed, the silence expired through A: A takes the job over
+        after B's lease and each id's latest state reaches the platform exactly once."""
+        from .test_pg import pg_config
+
+        dsn = pg_server.create_database("silence")
+        env = {"BRIDGE_PG_DSN": dsn}
+        config = f'[server]\ntoken = "{TOKEN}"\n' + pg_config(receiver.url + "/hook")
+        a = make_bridge(config, env=env)
+        b = make_bridge(config, env=env)
+        for bridge in (a, b):
+            bridge.token = TOKEN
+        assert a.post_alert("hook", kapacitor_event("cpu:host=web-01", "CRITICAL"))[0] == 202
+        receiver.wait_for(1)
+        made = _api(a, "/api/silences", {"matchers": ["id=~cpu:host=web-.*"], "for": "1h", "comment": "patching"})
+        assert made.status_code == 201, made.text
+        silence_id = made.json()["silence"]["id"]
+        _active(b, 1)
+        assert [s["id"] for s in HTTP.get(b.url + "/api/silences", timeout=10).json()] == [silence_id]
+        a.stop()
+        events = [("cpu:host=web-01", "WARNING"), ("cpu:host=web-01", "OK"), ("cpu:host=web-02", "CRITICAL"),
+                  ("cpu:host=web-02", "OK"), ("cpu:host=web-03", "WARNING"), ("cpu:host=web-03", "CRITICAL")]
+        for key, level in events:
+            assert b.post_alert("hook", kapacitor_event(key, level))[0] == 202
+        b.wait_until(lambda: [s for _k, _l, s in _pg_states(dsn)] == ["delivered"] + ["silenced"] * 6,
+                     timeout=15, message="six rows held by replica b")
+        assert len(receiver.requests) == 1
+        assert b.metric("oncall_deliveries_total", {"target": "hook", "outcome": "silenced"}) == 6
+
+        a.start()
+        _active(a, 1)
+        listed = a.cli("silence", "list", env=env)
+        assert listed.returncode == 0 and silence_id in listed.stdout and "patching" in listed.stdout
+        assert b.healthz()[1]["store"]["singletons"]["silences"] is True
+        b.kill9()
+        assert _api(a, f"/api/silences/{silence_id}/expire").status_code == 200
+        receiver.wait_for(3, timeout=20)
+        a.wait_until(lambda: ("cpu:host=web-03", "CRITICAL", "delivered") in _pg_states(dsn), timeout=15,
+                     message="released row delivered")
+        assert a.healthz()[1]["store"]["singletons"]["silences"] is True
+        b.start()
+        time.sleep(2.5)  # more release passes on both replicas: nothing else may go out
+        assert sorted(_sent(receiver)[1:]) == [("cpu:host=web-01", "OK"), ("cpu:host=web-03", "CRITICAL")]
+        assert ("cpu:host=web-02", "OK", "superseded") in _pg_states(dsn)
+        assert "silenced" not in {s for _k, _l, s in _pg_states(dsn)}
+        for bridge in (a, b):
+            _active(bridge, 0)
+
+    def test_cli_on_postgres(self, make_bridge: Callable[..., BridgeProcess], receiver: Receiver,
+                             pg_server: Any) -> None:
+        """`silence add|list|expire` against the shared database while a replica serves; it honours them."""
+        from .test_pg import pg_config
+
+        dsn = pg_server.create_database("silence_cli")
+        env = {"BRIDGE_PG_DSN": dsn}
+        bridge = make_bridge(pg_config(receiver.url + "/hook"), env=env)
+        added = bridge.cli("silence", "add", "-m", "host=db-1", "--for", "30m", "--comment", "disk swap", "--by",
+                           "alice", env=env)
+        assert added.returncode == 0, added.stderr
+        silence_id = added.stdout.split()[0]
+        _active(bridge, 1)
+        assert bridge.post_alert("hook", kapacitor_event("disk:host=db-1", "CRITICAL", tags={"host": "db-1"}))[0] == 202
+        bridge.wait_until(lambda: ("disk:host=db-1", "CRITICAL", "silenced") in _pg_states(dsn), timeout=15,
+                          message="held")
+        listed = json.loads(bridge.cli("silence", "list", "--json", env=env).stdout)
+        assert [(s["id"], s["created_by"]) for s in listed] == [(silence_id, "alice")]
+        missing = bridge.cli("silence", "expire", "feedbeef", env=env)
+        assert missing.returncode == 2 and "no silence with id" in missing.stderr
+        assert bridge.cli("silence", "expire", silence_id, env=env).returncode == 0
+        receiver.wait_for(1, timeout=15)
+        assert _sent(receiver) == [("disk:host=db-1", "CRITICAL")]
+
+        def told() -> bool:
+            found = bridge.cli("incidents", "--json", env=env)
+            return found.returncode == 0 and [i["id"] for i in json.loads(found.stdout)] == ["disk:host=db-1"]
+
+        bridge.wait_until(told, message="`incidents` reads the database's ledger")
+
+
+class TestReleaseJob:
+    def test_only_the_holder_of_the_job_releases(self, pg_server: Any) -> None:
+        """Two replicas' release passes: one holds the ``silences`` job and releases, the other does
+        nothing; when the holder closes, the job (and the release) moves to the other."""
+        from bridge.pg import PgOutbox
+
+        dsn = pg_server.create_database("release_job")
+        a = PgOutbox(dsn, replica_id="a", lease=10.0).open()
+        b = PgOutbox(dsn, replica_id="b", lease=10.0).open()
+        try:
+            holder, other = (a, b) if a.holds("silences") else (b, a)
+            assert holder.holds("silences") and not other.holds("silences")
+            clock = Clock()
+            clock.now = time.time() + 3600  # everything enqueued is due
+            for key in ("x", "y"):
+                seq = put(other, key, "CRITICAL")
+                head = take(other, clock)
+                assert head is not None and head.seq == seq
+                other.finish(head, "silenced")
+            assert other.release_silences() == []
+            assert holder.release_silences() == [("t", "x", "sent"), ("t", "y", "sent")]
+            assert holder.release_silences() == [] and other.release_silences() == []
+            for head in drain(holder, clock):
+                holder.finish(head, "delivered", attempts=1)
+            holder.close()
+            other.keep()
+            assert other.holds("silences")
+            put(other, "z", "WARNING")
+            head = take(other, clock)
+            assert head is not None and head.key == "z"
+            other.finish(head, "silenced")
+            assert other.release_silences() == [("t", "z", "sent")]
+        finally:
+            for box in (a, b):
+                box.close()
+
+    def test_every_replica_hears_of_a_change_at_once(self, pg_server: Any) -> None:
+        """An add or expire through one replica (or the CLI) notifies every replica's silencer."""
+        import threading
+
+        import psycopg
+
+        from bridge.pg import PgOutbox
+
+        dsn = pg_server.create_database("silence_notify")
+        a = PgOutbox(dsn, replica_id="a", lease=10.0).open()
+        b = PgOutbox(dsn, replica_id="b", lease=10.0).open()
+        heard = threading.Event()
+        b.watch_silences(heard.set)
+        try:
+            def listening() -> bool:
+                with psycopg.connect(dsn) as conn:
+                    found = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                                         " AND query = 'LISTEN oncall_silences'").fetchone()
+                return found is not None and found[0] == 2
+
+            wait_until(listening, message="both replicas' listeners connected")
+            made = a.add_silence(silences.new_silence([parse_matcher("id=x")], 60, "why", "me"))
+            assert heard.wait(5), "b was not told of the new silence"
+            heard.clear()
+            a.expire_silence(made.id)
+            assert heard.wait(5), "b was not told of the expiry"
+            assert b.list_silences() == []
+        finally:
+            for box in (a, b):
+                box.close()
+
+
+class TestDatabaseDown:
+    def test_api_and_page_answer_503_then_recover(self, make_bridge: Callable[..., BridgeProcess],
+                                                  receiver: Receiver) -> None:
+        """PostgreSQL down: the silences API and the page say the store is unavailable (503, nothing
+        claimed done); back up, a silence added then holds as before."""
+        from tests.pgserver import PgServer
+
+        from .test_pg import pg_config
+
+        with PgServer() as server:
+            env = {"BRIDGE_PG_DSN": server.create_database("down")}
+            bridge = make_bridge(f'[server]\ntoken = "{TOKEN}"\n' + pg_config(receiver.url + "/hook"), env=env)
+            bridge.token = TOKEN
+            server.stop("immediate")
+            doc = {"matchers": ["id=x"], "for": "1h", "comment": "during the outage"}
+            added = _api(bridge, "/api/silences", doc)
+            assert added.status_code == 503 and "store unavailable" in added.json()["error"], added.text
+            assert HTTP.get(bridge.url + "/api/silences", timeout=30).status_code == 503
+            page = HTTP.get(bridge.url + "/", timeout=30)
+            assert page.status_code == 503 and "store unreadable" in page.json()["error"]
+            server.start()
+            bridge.wait_until(lambda: HTTP.get(bridge.url + "/", timeout=30).status_code == 200, timeout=30,
+                              message="page back")
+            assert HTTP.get(bridge.url + "/api/silences", timeout=10).json() == []
+            assert _api(bridge, "/api/silences", doc).status_code == 201
+            assert bridge.post_alert("hook", kapacitor_event("x", "CRITICAL"))[0] == 202
+            bridge.wait_until(lambda: bridge.metric("oncall_deliveries_total", {"target": "hook",
+                                                                                "outcome": "silenced"}) == 1,
+                              timeout=15, message="held after the outage")
+            assert receiver.requests == []
+            bridge.close()

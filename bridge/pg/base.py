@@ -1,0 +1,114 @@
+"""State every part of :class:`~bridge.pg.outbox.PgOutbox` shares: the pool, the locks, and the
+one transaction helper that maps database errors to :class:`~bridge.errors.StoreError`."""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import threading
+import time
+from typing import Any, Callable, Deque, Dict, Iterator, List, Optional, Tuple
+
+import psycopg
+import psycopg_pool
+
+from ..errors import StoreError
+from ..log import get_logger
+from ..store import Stats
+from . import sql
+from .operator import RELEASE_JOB
+from .rows import _Claimed, _store_error
+
+log = get_logger("bridge.pg")
+
+Done = Callable[[Any, Optional[BaseException]], None]
+MakeResolve = Callable[[str, str, bytes, float], Optional[bytes]]
+#: Work that must happen on one replica at a time.
+SINGLETON_JOBS = ("expiry", "prune", "heartbeat", "keepalive", "reconcile", RELEASE_JOB)
+
+
+class _PgBase:
+    """The shared state; the parts (writer, claims, jobs, reads) are mixins over it."""
+
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        replica_id: str,
+        lease: float = 15.0,
+        pool_size: int = 8,
+        clock: Callable[[], float] = time.time,
+        on_change: Callable[[], None] = lambda: None,
+        commit_timeout: float = 10.0,
+        claim_batch: int = 8,
+    ) -> None:
+        self._dsn = dsn
+        self.replica_id = replica_id
+        self.lease = lease
+        self.commit_timeout = commit_timeout
+        self.claim_batch = claim_batch
+        self.recovered_inflight = 0
+        #: Rows this replica took over after another's lease ran out.
+        self.resumed = 0
+        #: Posts that were already stored (another replica or a retry had them).
+        self.duplicates = 0
+        self._clock = clock
+        self._on_change = on_change
+        #: Called by the listener when silences changed anywhere (see PgOperator.watch_silences).
+        self._silences_changed: Callable[[], None] = lambda: None
+        self._pool_size = pool_size
+        self._pool: Optional["psycopg_pool.ConnectionPool[Any]"] = None
+        self._queue: "queue.SimpleQueue[Any]" = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._ready: Dict[str, Deque[_Claimed]] = {}
+        self._busy: Dict[int, _Claimed] = {}
+        self._held: Dict[str, float] = {}
+        self._threads: List[threading.Thread] = []
+        #: Outcome batches for the finisher thread (see :mod:`.batches`).
+        self._finishing: "queue.SimpleQueue[Any]" = queue.SimpleQueue()
+        self._finisher: Optional[threading.Thread] = None
+        self._stop = threading.Event()
+        self._closed = True
+        self._writable = True
+        self._reachable = True
+        self._last_error: Optional[str] = None
+        self._stats_cache: Optional[Tuple[float, Stats]] = None
+        self._coalescible_cache: Dict[Tuple[str, bool], Tuple[float, List[str]]] = {}
+
+    @contextlib.contextmanager
+    def _tx(self, timeout: Optional[float] = None, durable: bool = False) -> Iterator["psycopg.Cursor[Any]"]:
+        """One transaction on a pooled connection; database errors become StoreError.
+
+        ``durable``: the commit waits for the WAL flush (accepted alerts, operator actions,
+        rate-limit tokens, the health probe). Everything else is bookkeeping whose loss in a
+        *database* crash only means a row is delivered once more (claims, outcomes, leases).
+        """
+        if self._pool is None:
+            raise StoreError("store postgres: not open")
+        try:
+            with self._pool.connection(timeout or self.commit_timeout) as conn:
+                with conn.transaction():
+                    cur = conn.cursor()
+                    if durable:
+                        cur.execute("SET LOCAL synchronous_commit = on")
+                    yield cur
+        except psycopg_pool.PoolTimeout as exc:
+            self._reachable = False
+            raise _store_error(exc, "connect") from None
+        except psycopg.OperationalError as exc:
+            self._reachable = False
+            raise _store_error(exc, "query") from None
+        except psycopg.Error as exc:
+            raise _store_error(exc, "query") from None
+        self._reachable = True
+
+    def _release_own(self) -> int:
+        """Rows claimed by this replica id (an earlier life, or never started) back to pending."""
+        with self._lock:
+            self._ready.clear()
+        with self._tx() as cur:
+            rows = cur.execute(sql.RELEASE_OWN, (self.replica_id,)).fetchall()
+            for target, key, seq in rows:
+                cur.execute(sql.BACK_TO_PENDING, (seq,))
+                cur.execute(sql.REFRESH, (target, key))
+        return len(rows)
