@@ -266,29 +266,31 @@ class TestBatches:
     def test_finish_many_records_every_outcome_and_frees_keys(self, box: Store, clock: Clock) -> None:
         """One call with several kinds of outcome: each is reported durable once, lands in the
         store as given, and the next row of each id becomes its head."""
-        for key in ("a", "b", "c", "d"):
+        for key in ("a", "b", "c", "d", "e"):
             put(box, key, "CRITICAL", n=1)
             put(box, key, "OK", n=2)
         heads = {h.key: h for h in drain(box, clock)}
-        assert sorted(heads) == ["a", "b", "c", "d"]
+        assert sorted(heads) == ["a", "b", "c", "d", "e"]
         outcomes = [
             Outcome(heads["a"], "delivered", attempts=1, status=202),
             Outcome(heads["b"], "dead", attempts=2, error="HTTP 400: bad", status=400),
             Outcome(heads["c"], "pending", attempts=1, next_at=clock.now + 30, error="HTTP 503", status=503),
             Outcome(heads["d"], "suppressed"),
+            Outcome(heads["e"], "silenced"),
         ]
         reported = self.finish_all(box, outcomes)
-        assert sorted(o.head.key for o, _e in reported) == ["a", "b", "c", "d"]
+        assert sorted(o.head.key for o, _e in reported) == ["a", "b", "c", "d", "e"]
         assert all(e is None for _o, e in reported)
         rows = box.load_many([h.seq for h in heads.values()])
         got = {rows[h.seq].key: (rows[h.seq].state, rows[h.seq].attempts, rows[h.seq].last_status) for h in heads.values()}
         assert got == {"a": ("delivered", 1, 202), "b": ("dead", 2, 400), "c": ("pending", 1, 503),
-                       "d": ("suppressed", 0, None)}
+                       "d": ("suppressed", 0, None), "e": ("silenced", 0, None)}
         told = box.told("t", "a")
         assert told is not None and told.level == "CRITICAL"
         assert box.told("t", "b") is None and box.told("t", "d") is None
         # Each finished id's next row is its head now; "c" retries its first row later.
-        assert sorted((h.key, h.level) for h in drain(box, clock)) == [("a", "OK"), ("b", "OK"), ("d", "OK")]
+        assert sorted((h.key, h.level) for h in drain(box, clock)) == [("a", "OK"), ("b", "OK"), ("d", "OK"),
+                                                                       ("e", "OK")]
         clock.now += 31
         retry = take(box, clock)
         assert retry is not None and (retry.key, retry.seq) == ("c", heads["c"].seq)
