@@ -1,6 +1,7 @@
 """The store subcommands of ``kapacitor-oncall-bridge``: replay, move, drop, incidents.
 
-Each prints what it did in plain words; ``move``/``drop`` refuse while a bridge serves.
+Each prints what it did in plain words. On SQLite ``move``/``drop`` refuse while a bridge
+serves; on PostgreSQL they run beside the replicas (:mod:`bridge.pg.retarget`).
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ import argparse
 import json
 import time
 from datetime import datetime, timezone
-from typing import Any, Callable, Dict, List, Protocol
+from typing import Any, Callable, Dict, List, Protocol, TypeVar
 
 from .config import Config
 from .ledger import Incident, open_incidents
@@ -17,6 +18,8 @@ from .store import open_store
 from .store_ops import Replayed, drop_target, exclusive_lock, move_target, replay
 
 __all__ = ["add_parsers", "drop", "incidents", "move", "run_replay"]
+
+T = TypeVar("T")
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -71,12 +74,7 @@ def run_replay(args: argparse.Namespace, config: Config, out: Out, err: Out) -> 
     if config.store.backend == "postgres":
         from .pg import admin
 
-        assert config.store.dsn is not None
-        pg = admin.open_admin(config.store.dsn)
-        try:
-            result = admin.replay(pg, args.target, args.alert_id, force=args.force)
-        finally:
-            pg.close()
+        result = _on_pg(config, lambda pg: admin.replay(pg, args.target, args.alert_id, force=args.force))
     else:
         conn = open_store(config.store.path, create=False)
         try:
@@ -102,16 +100,33 @@ def _print_replay(result: Replayed, out: Out, err: Out) -> None:
         err.line(f"forced #{f.row.seq} {f.row.target} id={f.row.key!r} level={f.row.level} as #{f.new_seq}: {f.effect}")
 
 
+def _on_pg(config: Config, run: Callable[[Any], T]) -> T:
+    """``run(connection)`` on the PostgreSQL store (replicas keep serving meanwhile)."""
+    from .pg import admin
+
+    assert config.store.dsn is not None
+    pg = admin.open_admin(config.store.dsn)
+    try:
+        return run(pg)
+    finally:
+        pg.close()
+
+
 def move(args: argparse.Namespace, config: Config, out: Out, err: Out) -> int:
     """``move --from OLD --to NEW``."""
     if args.new not in config.targets:
         err.line(f"warning: target {args.new!r} is not configured; its rows will not be delivered")
-    with exclusive_lock(config.store.path):
-        conn = open_store(config.store.path, create=False)
-        try:
-            moved = move_target(conn, args.old, args.new)
-        finally:
-            conn.close()
+    if config.store.backend == "postgres":
+        from .pg import retarget
+
+        moved = _on_pg(config, lambda pg: retarget.move_target(pg, args.old, args.new))
+    else:
+        with exclusive_lock(config.store.path):
+            conn = open_store(config.store.path, create=False)
+            try:
+                moved = move_target(conn, args.old, args.new)
+            finally:
+                conn.close()
     if not moved.rows and not moved.incidents and not moved.timers:
         out.line(f"nothing to move: the store has no rows for target {args.old!r}")
         return EXIT_OK
@@ -130,12 +145,17 @@ def drop(args: argparse.Namespace, config: Config, out: Out, err: Out) -> int:
             f"warning: target {args.target!r} is configured: its queued alerts and dead letters are being "
             "deleted, not delivered"
         )
-    with exclusive_lock(config.store.path):
-        conn = open_store(config.store.path, create=False)
-        try:
-            dropped = drop_target(conn, args.target)
-        finally:
-            conn.close()
+    if config.store.backend == "postgres":
+        from .pg import retarget
+
+        dropped = _on_pg(config, lambda pg: retarget.drop_target(pg, args.target))
+    else:
+        with exclusive_lock(config.store.path):
+            conn = open_store(config.store.path, create=False)
+            try:
+                dropped = drop_target(conn, args.target)
+            finally:
+                conn.close()
     if not dropped.rows and not dropped.incidents and not dropped.timers:
         out.line(f"nothing to drop: the store has no rows for target {args.target!r}")
         return EXIT_OK
@@ -164,15 +184,9 @@ def incidents(args: argparse.Namespace, config: Config, out: Out, err: Out) -> i
     """``incidents [--target T] [--json]``: open incidents with age and last delivery."""
     found: List[Incident]
     if config.store.backend == "postgres":
-        from .pg import admin
         from .pg.sql import open_incidents as pg_open_incidents
 
-        assert config.store.dsn is not None
-        pg = admin.open_admin(config.store.dsn)
-        try:
-            found = pg_open_incidents(pg, args.target)
-        finally:
-            pg.close()
+        found = _on_pg(config, lambda pg: pg_open_incidents(pg, args.target))
     else:
         conn = open_store(config.store.path, create=False)
         try:
