@@ -57,12 +57,12 @@ TARGET = "load"
 SEED_TARGET = "seed"
 
 
-#: The drain before the delivery engine stopped waiting on each outcome's commit (issue 15.3),
-#: measured with this bench (coalesce off) on main f941d07, 2 runs at 1k ids, same machine:
-#: the old figure the report shows beside the new one (re-measure: check out f941d07).
-BEFORE = ("main f941d07 (each worker waited for its own finish commit; coalescible keys scanned on "
-          "every fill): drain 759 alerts/s (712–806), 930 µs of bridge CPU per delivered alert (892–973), "
-          "1k ids, `python -m bench.bridge_load --runs 2 --ids 1000`")
+#: The drains before the async delivery engine (issue 15.3), measured with this bench (coalesce
+#: off, 1k ids) on this machine: the old figures the report shows beside the new one.
+BEFORE = ("original engine, main f941d07 (each worker waited for its own finish commit): drain 759 alerts/s "
+          "(712–806), 930 µs of bridge CPU per delivered alert, `--runs 2 --ids 1000`; threaded engine with "
+          "8 urllib3 workers, main f0504e3: 1,684/s and 510 µs at the last stop, 1,632/s and 594 µs "
+          "re-measured at load 2.0 (`--runs 1 --ids 1000`)")
 
 
 def kapacitor_alert(alert_id: str, level: str, previous: str, value: float, when: str) -> bytes:
@@ -200,10 +200,15 @@ def _config(receiver_url: str, throttled: bool) -> str:
     )
 
 
+#: The bridge's log level in the bench: "warning" leaves out the per-delivery info lines
+#: (``delivery.ok``); ``--log-level info`` measures what they cost.
+LOG_LEVEL = "warning"
+
+
 def _start_bridge(workdir: str, receiver: FastReceiver, throttled: bool) -> "BridgeProcess":
     from tests.bridge.harness import BridgeProcess
 
-    b = BridgeProcess(_config(receiver.url, throttled), workdir, args=["--log-level", "warning"])
+    b = BridgeProcess(_config(receiver.url, throttled), workdir, args=["--log-level", LOG_LEVEL])
     b.start(timeout=60)
     return b
 
@@ -261,6 +266,7 @@ def measure(
         "warmup_per_run": WARMUP,
         "drain_sample": drain_sample,
         "before": BEFORE,
+        "log_level": LOG_LEVEL,
     }
     try:
         # Ceiling of the load generator itself: the same posts straight to the receiver.
@@ -391,12 +397,16 @@ def _measure_scale(
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    global LOG_LEVEL
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--alerts", type=int, default=10_000)
     p.add_argument("--ids", type=int, nargs="+", default=[1, 1_000, 100_000])
     p.add_argument("--drain-sample", type=int, default=3_000, help="arrivals timed per drain")
+    p.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"],
+                   help="the bridge's log level (info: every delivery writes a delivery.ok line)")
     args = p.parse_args(argv)
+    LOG_LEVEL = args.log_level
     sec = measure(args.runs, args.alerts, args.ids, args.drain_sample)
     for f in sec.figures:
         print(f"{f.key:28s} median {f.median:>10,.2f} {f.unit}  min {f.minimum:,.2f}  max {f.maximum:,.2f}"

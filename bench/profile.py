@@ -3,7 +3,7 @@
 * ``udf``: the agent and a handler run in this process over the benchmark's
   pre-encoded frames (read from memory, output discarded), under cProfile.
 * ``bridge``: ``kapacitor-oncall-bridge serve`` runs under cProfile in every
-  thread (HTTP loop, outbox writer, delivery workers) while the bench posts
+  thread (HTTP loop, outbox writer, dispatcher, delivery loop) while the bench posts
   alerts at it and it delivers them to the fast receiver; the merged profile is
   written when it exits on SIGTERM.
 

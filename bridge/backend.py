@@ -32,7 +32,7 @@ from typing import (
 )
 
 from .ledger import Incident, LastTold
-from .store import Forwarded, Head, Row, Stats
+from .store import Forwarded, Head, Outcome, OutcomeDone, Row, Stats
 from .outbox_ops import Ticket
 from .silences import Released, Silence
 from .status import Snapshot
@@ -107,6 +107,9 @@ class Store(Protocol):
     ) -> None: ...
     def forwarded(self, target: str, key: str) -> Optional[Forwarded]: ...
     def load(self, seq: int) -> Optional[Row]: ...
+    # batches for the delivery engine: one store call per batch, not per delivery
+    def load_many(self, seqs: Sequence[int]) -> Dict[int, Row]: ...
+    def finish_many(self, outcomes: Sequence[Outcome], done: OutcomeDone) -> None: ...
 
     # the incident ledger
     def incidents(self, target: Optional[str] = None) -> List[Incident]: ...
@@ -179,6 +182,9 @@ def open_backend(config: "Config", *, on_change: Callable[[], None] = lambda: No
             lease=config.store.lease,
             pool_size=config.store.pool_size,
             on_change=on_change,
+            # One claim transaction per batch of ready heads: about what the delivery engine
+            # can have in flight for one target (its share of the workers).
+            claim_batch=max(8, min(64, config.delivery.workers // 2)),
         )
         limits = {name: t.rate_limit for name, t in config.targets.items()}
         return Backend(box, SharedRateLimiters(box, limits), box)

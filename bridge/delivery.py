@@ -1,48 +1,55 @@
 """Delivery: claim heads from the outbox, send them, record the outcome.
 
-One dispatcher thread decides *what* goes next; a pool of worker threads does
-the slow part (render + HTTP/SMTP). The dispatcher only ever claims the head of
-a ``(target, key)`` queue, so per-id order holds while different ids go in
-parallel. Before claiming it applies, in this order:
+Two threads. The **dispatcher** does every store call: it decides *what* goes next,
+loads and renders the claimed rows (one query per batch), and records outcomes (one
+store call per batch). The **delivery loop** (:mod:`bridge.engine`) runs the attempts
+themselves as coroutines over pooled HTTP connections, ``workers`` at a time. Work
+crosses between them in batches, never one delivery at a time.
+
+The dispatcher only ever claims the head of a ``(target, key)`` queue, so per-id
+order holds while different ids go in parallel. Before claiming it applies, in
+this order:
 
 1. repeat suppression: the same level as the last *delivered* event for that
    id, received within ``repeat_interval``, is marked ``suppressed`` (level
    changes always go);
 2. the target's rate limiter: no token means the row stays pending (queued,
    never dropped) and the dispatcher sleeps until a token is back;
-3. a per-target share of the pool, so one dead platform cannot occupy every
-   worker and starve the others.
+3. a per-target share of the ``workers`` attempt slots, so one dead platform
+   cannot occupy every slot and starve the others.
 
-Failures are classified by :mod:`bridge.transport`. Retryable ones wait per
-tenacity's ``wait_exponential_jitter`` (or the platform's ``Retry-After``); the
-attempt count and next due time are stored in the row, so a restart resumes
-the schedule. Past ``max_age`` a row is dead-lettered; permanent 4xx answers
-dead-letter it at once with the platform's status and body.
+Failures are classified by :mod:`bridge.transport`'s rules and judged by
+:mod:`bridge.attempt`. Retryable ones wait per tenacity's ``wait_exponential_jitter``
+(or the platform's ``Retry-After``); the attempt count and next due time are stored
+in the row, so a restart resumes the schedule. Past ``max_age`` a row is
+dead-lettered; permanent 4xx answers dead-letter it at once with the platform's
+status and body. An outcome's key stays busy until the outcome is durable.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass
-from queue import SimpleQueue
-from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
+from collections import deque
+from typing import Any, Callable, Deque, Dict, List, Mapping, Optional, Tuple
 
 from . import supervise
-from .config import Config, TargetConfig
+from .attempt import Job, Verdict, dead, expired, judge
+from .backend import Limiters, Store
 from .coalesce import BACKLOG_AGE
-from .errors import DeliveryError, PermanentError, RetryableError, StoreError
+from .config import Config, TargetConfig
+from .engine import Engine, Finished
+from .outcomes import Recorder
+from .errors import StoreError
 from .event import AlertEvent, EventError, parse
 from .log import get_logger
 from .metrics import Metrics
-from .backend import Limiters, Store
-from .store import Head
 from .ratelimit import RateLimiters
-from .targets.base import Request
-from .transport import MAX_BODY_CHARS
 from .retry import RetryPolicy
 from .sender import Sender, send_once
+from .store import Head, Outcome, Row
 from .synthetic import SEND_TEST_ID, synthetic_event, synthetic_resolve
+from .targets.base import Request
 
 __all__ = [
     "Delivery",
@@ -66,24 +73,8 @@ DISPATCHER_CRASHES = 5
 COALESCE_SCAN_EVERY = 0.25
 
 
-@dataclass(frozen=True)
-class _Job:
-    kind: str  # "send" or "suppress"
-    head: Head
-
-
-@dataclass
-class _Outcome:
-    """An outcome handed to the store and not yet durable; retried while the store fails."""
-
-    head: Head
-    state: str
-    fields: Dict[str, Any]
-    delay: float = 0.2
-
-
 class Delivery:
-    """The dispatcher thread, the worker pool and the housekeeping tick."""
+    """The dispatcher thread, the delivery loop and the housekeeping tick."""
 
     def __init__(
         self,
@@ -107,73 +98,56 @@ class Delivery:
         self.limiters: Limiters = limiters or RateLimiters({n: t.rate_limit for n, t in self.targets.items()})
         self._clock = clock
         workers = config.delivery.workers
-        self._workers_n = workers
-        #: One slow platform may use at most half the pool when there are others to serve.
+        #: One slow platform may use at most half the slots when there are others to serve.
         self._cap = workers if len(self.targets) <= 1 else max(1, workers // 2)
-        self._jobs: "SimpleQueue[Optional[_Job]]" = SimpleQueue()
         self._kick = threading.Event()
-        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self.engine = Engine(config.delivery, self.targets, self._finished, sender=self.sender,
+                             stopping=self._stopping.is_set)
+        self._dispatcher: Optional[threading.Thread] = None
+        # Attempt slots: touched by the dispatcher thread only (and by stop() once it exited).
         self._free = workers
         self._inflight: Dict[str, int] = {name: 0 for name in self.targets}
-        self._stopping = threading.Event()
-        self._threads: List[threading.Thread] = []
-        self._dispatcher: Optional[threading.Thread] = None
+        #: Attempts the loop finished, waiting for the dispatcher to record them.
+        self._done: Deque[Finished] = deque()
         self._rotation = 0
         self._next_prune = 0.0
         self.coalesce_mode = config.delivery.coalesce
         self._coalesce_next: Dict[str, float] = {}
-        #: Outcomes handed to the store whose commit has not been confirmed yet, and the
-        #: failed ones waiting to be handed again (due monotonic time, outcome).
-        self._outstanding = 0
-        self._settled = threading.Condition(self._lock)
-        self._unrecorded: List[Tuple[float, _Outcome]] = []
+        #: ``delivery_seconds{target}`` children, looked up once per target.
+        self._timers: Dict[str, Any] = {}
+        self.recorder = Recorder(outbox, metrics, stopping=self._stopping.is_set, kick=self._kick.set)
 
     # -- lifecycle -------------------------------------------------------------
 
     def start(self) -> None:
-        """Start the workers and the dispatcher."""
-        stopping = self._stopping.is_set
-        for i in range(self._workers_n):
-            self._threads.append(supervise.start(f"delivery-{i}", self._work, stopping=stopping))
-        self._dispatcher = supervise.start("dispatcher", self._dispatch, stopping=stopping)
+        """Start the delivery loop and the dispatcher."""
+        self.engine.start()
+        self._dispatcher = supervise.start("dispatcher", self._dispatch, stopping=self._stopping.is_set)
 
     def stop(self, timeout: float = 30.0) -> bool:
-        """Claim nothing new, let attempts in flight finish; True if all workers exited."""
+        """Claim nothing new, let attempts in flight finish, wait until every outcome is
+        durable; True if every attempt finished in time."""
         self._stopping.set()
         self._kick.set()
         deadline = time.monotonic() + timeout
         if self._dispatcher is not None:
             self._dispatcher.join(max(0.0, deadline - time.monotonic()))
-        for _ in self._threads:
-            self._jobs.put(None)
-        clean = True
-        for thread in self._threads:
-            thread.join(max(0.0, deadline - time.monotonic()))
-            clean = clean and not thread.is_alive()
-        self._settle(deadline)
+        clean = self.engine.drain(deadline)
+        self._record_finished()
+        self.recorder.settle(deadline)
+        self.engine.close(max(0.1, min(5.0, deadline - time.monotonic())))
         self.sender.close()
         return clean
-
-    def _settle(self, deadline: float) -> None:
-        """Wait until every outcome handed to the store is durable (or given up while stopping)."""
-        self._resubmit(stopping=True)
-        with self._settled:
-            while self._outstanding > 0:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    log.error("delivery.unsettled", outcomes=self._outstanding)
-                    return
-                self._settled.wait(min(left, 0.5))
 
     def wake(self) -> None:
         """Something changed in the outbox: re-evaluate now."""
         self._kick.set()
 
     def alive(self) -> Tuple[int, int]:
-        """(running threads, expected threads) for /healthz: workers plus the dispatcher."""
-        running = sum(t.is_alive() for t in self._threads)
-        running += int(self._dispatcher is not None and self._dispatcher.is_alive())
-        return running, self._workers_n + 1
+        """(running threads, expected threads) for /healthz: the dispatcher and the delivery loop."""
+        running = int(self._dispatcher is not None and self._dispatcher.is_alive()) + int(self.engine.alive())
+        return running, 2
 
     # -- dispatcher --------------------------------------------------------------
 
@@ -203,52 +177,129 @@ class Delivery:
                 self._housekeeping(now)
                 next_tick = now + TICK_SECONDS
             wake_at = next_tick
-            if self._unrecorded:
-                retry_at = self._resubmit()
+            self._record_finished()
+            if self.recorder.failed:
+                retry_at = self.recorder.resubmit()
                 if retry_at is not None:
                     wake_at = min(wake_at, now + max(0.0, retry_at - time.monotonic()))
             self._rotation = (self._rotation + 1) % max(1, len(names))
+            jobs: List[Job] = []
             for name in names[self._rotation :] + names[: self._rotation]:
                 try:
-                    when = self._fill(name, now)
+                    when = self._fill(name, now, jobs)
                 except StoreError:
                     when = now + 1.0
                 if when is not None:
                     wake_at = min(wake_at, when)
+            self.engine.submit(jobs)
             self._kick.wait(max(0.0, wake_at - self._clock()))
             self._kick.clear()
 
-    def _fill(self, target: str, now: float) -> Optional[float]:
-        """Claim ready heads of one target while workers are free; return when to look again."""
+    def _fill(self, target: str, now: float, jobs: List[Job]) -> Optional[float]:
+        """Claim ready heads of one target while slots are free, add their jobs to ``jobs``;
+        return when to look again."""
         self._coalesce(target)
         limited = self.targets[target].rate_limit is not None
+        claimed: List[Head] = []
+        verdicts: List[Verdict] = []
+        when: Optional[float] = None
         while not self._stopping.is_set():
-            with self._lock:
-                if self._free <= 0 or self._inflight[target] >= self._cap:
-                    return None
+            if self._free <= 0 or self._inflight[target] >= self._cap:
+                break
             head, due = self.outbox.peek(target, now, resolves_first=limited)
             if head is None:
-                return due
+                when = due
+                break
             if self._backlogged(head, now):
                 # This head may have history to coalesce: scan now, before it is claimed.
                 self._coalesce(target, force=True)
                 head, due = self.outbox.peek(target, now, resolves_first=limited)
                 if head is None:
-                    return due
-            kind = "suppress" if self._suppressed(head) else "send"
-            if kind == "send":
+                    when = due
+                    break
+            suppress = self._suppressed(head)
+            if not suppress:
                 wait = self.limiters.wait_time(target)
                 if wait > 0:
-                    return self._clock() + wait
+                    when = self._clock() + wait
+                    break
             if not self.outbox.claim(head):
                 continue
-            if kind == "send":
-                self.limiters.try_acquire(target)
-            with self._lock:
-                self._free -= 1
-                self._inflight[target] += 1
-            self._jobs.put(_Job(kind, head))
-        return None
+            if suppress:
+                verdicts.append(Verdict(Outcome(head, "suppressed"), "suppressed", "delivery.suppressed"))
+                continue
+            self.limiters.try_acquire(target)
+            self._free -= 1
+            self._inflight[target] += 1
+            if limited:
+                # Sent at once: the token is stamped now, so the platform sees the limit held
+                # (a batch would move the first sends' arrival away from their tokens).
+                now_jobs: List[Job] = []
+                self._prepare([head], now_jobs, verdicts)
+                self.engine.submit(now_jobs)
+                continue
+            claimed.append(head)
+        if claimed:
+            self._prepare(claimed, jobs, verdicts)
+        self.recorder.record(verdicts)
+        return when
+
+    def _prepare(self, heads: List[Head], jobs: List[Job], verdicts: List[Verdict]) -> None:
+        """Load the claimed rows in one query and turn each into a job, or into an outcome
+        without a send (silenced, max_age passed, unrenderable); those free their slot."""
+        try:
+            rows = self.outbox.load_many([h.seq for h in heads])
+        except Exception as exc:  # noqa: BLE001 - give the rows back, or their keys would stay busy
+            log.error("store.error", op="load", rows=len(heads), error=str(exc))
+            retry_at = self._clock() + 1.0
+            for head in heads:
+                self._release(head)
+                verdicts.append(Verdict(Outcome(head, "pending", next_at=retry_at), "", ""))
+            return
+        for head in heads:
+            try:
+                job, verdict = self._job(head, rows.get(head.seq))
+            except Exception:  # noqa: BLE001 - one bad row must not stop the others
+                log.error("delivery.crashed", target=head.target, id=head.key, exc_info=True)
+                # Give the row back (same attempt count), or its key would stay blocked.
+                job, verdict = None, Verdict(
+                    Outcome(head, "pending", next_at=self._clock() + self.policy.maximum),
+                    "", "")
+            if job is not None:
+                jobs.append(job)
+            else:
+                self._release(head)
+                if verdict is not None:
+                    verdicts.append(verdict)
+
+    def _job(self, head: Head, row: Optional[Row]) -> Tuple[Optional[Job], Optional[Verdict]]:
+        if row is None:
+            return None, dead(head, 0, "row vanished from the store", None, "")
+        if self.hold is not None:
+            silence = self.hold(row.target, row.key, row.level, row.body)
+            if silence is not None:
+                # Kept on file as 'silenced'; bridge.silences releases the id's latest state later.
+                return None, Verdict(Outcome(head, "silenced"), "silenced", "delivery.silenced",
+                                     fields=dict(silence=silence))
+        cfg = self.config.delivery
+        now = self._clock()
+        gone = expired(head, row, now, cfg.max_age)
+        if gone is not None:
+            return None, gone
+        target = self.targets[head.target]
+        try:
+            request = self._render(head, target, parse(row.body))
+        except EventError as exc:
+            return None, dead(head, row.attempts, f"stored event is invalid: {exc}", None, "")
+        except Exception as exc:  # noqa: BLE001 - a formatter bug must dead-letter, not loop
+            log.error("delivery.render_failed", target=head.target, id=head.key, exc_info=True)
+            return None, dead(head, row.attempts, f"render failed: {type(exc).__name__}: {exc}", None, "")
+        job = Job(head, request, row.attempts + 1, row.queued_at + cfg.max_age, target.timeout or cfg.timeout)
+        return job, None
+
+    def _release(self, head: Head) -> None:
+        self._free += 1
+        self._inflight[head.target] -= 1
 
     def _backlogged(self, head: Head, now: float) -> bool:
         """Whether ``head`` shows a backlog the way :meth:`Store.coalescible` judges one
@@ -321,161 +372,6 @@ class Delivery:
             self.metrics.auto_resolves.labels(target).inc()
         return resolved
 
-    # -- workers -----------------------------------------------------------------
-
-    def _work(self) -> None:
-        while True:
-            job = self._jobs.get()
-            if job is None:
-                return
-            try:
-                if job.kind == "suppress":
-                    self._record(job.head, "suppressed")
-                    self._count(job.head.target, "suppressed")
-                    log.info("delivery.suppressed", target=job.head.target, id=job.head.key, alert_level=job.head.level)
-                else:
-                    self._attempt(job.head)
-            except Exception:  # noqa: BLE001 - a worker must survive anything
-                log.error("delivery.crashed", target=job.head.target, id=job.head.key, exc_info=True)
-                # Give the row back (same attempt count), or its key would stay blocked.
-                self._record(job.head, "pending", next_at=self._clock() + self.policy.maximum)
-            finally:
-                with self._lock:
-                    self._free += 1
-                    self._inflight[job.head.target] -= 1
-                self._kick.set()
-
-    def _count(self, target: str, outcome: str) -> None:
-        if self.metrics is not None:
-            self.metrics.deliveries.labels(target, outcome).inc()
-
-    def _record(self, head: Head, state: str, **fields: Any) -> None:
-        """Hand an outcome to the store without waiting for its commit.
-
-        The store keeps the key busy until the outcome is durable, so nothing of the
-        id can go out before it; the worker is free for the next delivery meanwhile
-        (commits are grouped by the store). A failed commit is handed again by the
-        dispatcher with backoff, the key still busy; :meth:`stop` waits for them all."""
-        with self._lock:
-            self._outstanding += 1
-        self._hand(_Outcome(head, state, fields))
-
-    def _hand(self, outcome: _Outcome) -> None:
-        def done(_result: Any, error: Optional[BaseException]) -> None:
-            if error is not None:
-                self._unsettled(outcome, error)
-                return
-            with self._settled:
-                self._outstanding -= 1
-                self._settled.notify_all()
-
-        try:
-            self.outbox.finish(outcome.head, outcome.state, done=done, **outcome.fields)
-        except (StoreError, TimeoutError) as exc:
-            self._unsettled(outcome, exc)
-        except BaseException:
-            # Refused outright (a bug, not the store failing): the caller handles it as before.
-            with self._settled:
-                self._outstanding -= 1
-                self._settled.notify_all()
-            raise
-
-    def _unsettled(self, outcome: _Outcome, error: BaseException) -> None:
-        head = outcome.head
-        if self._stopping.is_set():
-            # Left inflight: the next start puts it back to pending (at-least-once).
-            log.error("delivery.unrecorded", target=head.target, id=head.key, state=outcome.state, error=str(error))
-            with self._settled:
-                self._outstanding -= 1
-                self._settled.notify_all()
-            return
-        log.error("store.error", target=head.target, id=head.key, error=str(error))
-        with self._lock:
-            self._unrecorded.append((time.monotonic() + outcome.delay, outcome))
-        outcome.delay = min(outcome.delay * 2, 5.0)
-        self._kick.set()
-
-    def _resubmit(self, stopping: bool = False) -> Optional[float]:
-        """Hand again the failed outcomes that are due (all of them when stopping); returns
-        when the next one is due (monotonic), or None."""
-        now = time.monotonic()
-        with self._lock:
-            due = [o for at, o in self._unrecorded if stopping or at <= now]
-            self._unrecorded = [(at, o) for at, o in self._unrecorded if not (stopping or at <= now)]
-            nxt = min((at for at, _o in self._unrecorded), default=None)
-        for outcome in due:
-            try:
-                self._hand(outcome)
-            except Exception:  # noqa: BLE001 - the dispatcher must outlive it; the key stays busy
-                log.error("delivery.unrecorded", target=outcome.head.target, id=outcome.head.key,
-                          state=outcome.state, exc_info=True)
-        return nxt
-
-    def _attempt(self, head: Head) -> None:
-        target = self.targets[head.target]
-        row = self.outbox.load(head.seq)
-        if row is None:
-            self._record(head, "dead", error="row vanished from the store")
-            return
-        if self.hold is not None:
-            silence = self.hold(row.target, row.key, row.level, row.body)
-            if silence is not None:
-                # Kept on file as 'silenced'; bridge.silences releases the id's latest state later.
-                self._record(head, "silenced")
-                self._count(head.target, "silenced")
-                log.info("delivery.silenced", target=head.target, id=head.key, silence=silence)
-                return
-        cfg = self.config.delivery
-        now = self._clock()
-        attempt = row.attempts + 1
-        deadline = row.queued_at + cfg.max_age
-        if now > deadline and row.next_attempt_at < deadline:
-            # Not the final attempt scheduled at the deadline: the bridge was down or saturated
-            # for longer than max_age. Keep what we know about the earlier failures.
-            why = f"max_age exceeded before attempt {attempt}"
-            self._dead(head, row.attempts, f"{why}; last error: {row.last_error}" if row.last_error else why,
-                       row.last_status, "")
-            return
-        try:
-            event = parse(row.body)
-            request = self._render(head, target, event)
-        except EventError as exc:
-            self._dead(head, row.attempts, f"stored event is invalid: {exc}", None, "")
-            return
-        except Exception as exc:  # noqa: BLE001 - a formatter bug must dead-letter, not loop
-            log.error("delivery.render_failed", target=head.target, id=head.key, exc_info=True)
-            self._dead(head, row.attempts, f"render failed: {type(exc).__name__}: {exc}", None, "")
-            return
-        started = time.monotonic()
-        try:
-            response = self.sender.send(target, request)
-        except PermanentError as exc:
-            self._observe(head.target, started)
-            self._dead(head, attempt, str(exc), exc.status, exc.body)
-        except RetryableError as exc:
-            self._observe(head.target, started)
-            self._retry(head, attempt, deadline, exc)
-        except DeliveryError as exc:
-            self._observe(head.target, started)
-            self._retry(head, attempt, deadline, RetryableError(str(exc), exc.status, exc.body))
-        except Exception as exc:  # noqa: BLE001 - unknown failure: keep the alert, try again
-            self._observe(head.target, started)
-            log.error("delivery.send_failed", target=head.target, id=head.key, exc_info=True)
-            self._retry(head, attempt, deadline, RetryableError(f"{type(exc).__name__}: {exc}"))
-        else:
-            self._observe(head.target, started)
-            self._record(head, "delivered", attempts=attempt, status=response.status)
-            self._count(head.target, "delivered")
-            log.info(
-                "delivery.ok",
-                target=head.target,
-                id=head.key,
-                alert_level=head.level,
-                attempt=attempt,
-                status=response.status,
-                seconds=round(response.elapsed, 4),
-            )
-
     def _render(self, head: Head, target: TargetConfig, event: AlertEvent) -> Request:
         """``render_told`` (seam 3) when the target has it: the request depends on what the
         platform was told (Alertmanager resolves exactly the severities that fired)."""
@@ -484,45 +380,26 @@ class Delivery:
             return target.target.render(event)  # type: ignore[no-any-return]
         return render_told(event, self.outbox.told(head.target, head.key))  # type: ignore[no-any-return]
 
-    def _observe(self, target: str, started: float) -> None:
-        if self.metrics is not None:
-            self.metrics.delivery_seconds.labels(target).observe(time.monotonic() - started)
+    # -- outcomes ----------------------------------------------------------------
 
-    def _retry(self, head: Head, attempt: int, deadline: float, exc: RetryableError) -> None:
-        now = self._clock()
-        delay = self.policy.delay(attempt, exc.retry_after)
-        if now >= deadline:
-            self._dead(head, attempt, f"max_age exceeded after {attempt} attempts: {exc}", exc.status, exc.body)
+    def _finished(self, batch: List[Finished]) -> None:
+        """Called by the delivery loop with every attempt it finished in one pass."""
+        self._done.extend(batch)
+        self._kick.set()
+
+    def _record_finished(self) -> None:
+        """Judge the attempts the loop finished, free their slots, record the outcomes."""
+        if not self._done:
             return
-        next_at = min(now + delay, deadline)
-        error = str(exc) if not exc.body else f"{exc}: {exc.body[:MAX_BODY_CHARS]}"
-        self._record(head, "pending", attempts=attempt, next_at=next_at, error=error, status=exc.status)
-        self._count(head.target, "retry")
-        log.warning(
-            "delivery.retry",
-            target=head.target,
-            id=head.key,
-            alert_level=head.level,
-            attempt=attempt,
-            status=exc.status,
-            error=str(exc),
-            next_in=round(next_at - now, 3),
-            retry_after=exc.retry_after,
-        )
-
-    def _dead(self, head: Head, attempts: int, error: str, status: Optional[int], body: str) -> None:
-        full = f"{error}: {body[:MAX_BODY_CHARS]}" if body else error
-        self._record(head, "dead", attempts=attempts, error=full, status=status)
-        self._count(head.target, "dead")
-        log.error(
-            "delivery.dead",
-            target=head.target,
-            id=head.key,
-            alert_level=head.level,
-            attempts=attempts,
-            status=status,
-            error=error,
-            body=body[:500],
-            # A lost resolve is the orphaned-incident case: make it impossible to miss.
-            resolve=head.level == "OK",
-        )
+        now = self._clock()
+        verdicts: List[Verdict] = []
+        while self._done:
+            job, result, seconds = self._done.popleft()
+            self._release(job.head)
+            if self.metrics is not None:
+                timer = self._timers.get(job.head.target)
+                if timer is None:
+                    timer = self._timers[job.head.target] = self.metrics.delivery_seconds.labels(job.head.target)
+                timer.observe(seconds)
+            verdicts.append(judge(job, result, now, self.policy))
+        self.recorder.record(verdicts)

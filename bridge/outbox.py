@@ -78,7 +78,7 @@ from .outbox_ops import (
     resolver,
 )
 from .store_ops import Replayed, serving_lock
-from .store import _ROW_COLUMNS, Head, Row, Stats, _row, _store_error, open_store
+from .store import _ROW_COLUMNS, Head, Outcome, OutcomeDone, Row, Stats, _row, _store_error, open_store
 
 __all__ = ["Outbox", "Ticket"]
 
@@ -412,10 +412,7 @@ class Outbox(HeadIndex, SqliteOperator):
         With ``done`` the call returns at once and ``done(None, None)`` runs (in the writer
         thread) once the outcome is durable, ``done(None, error)`` if it was not committed:
         the key stays busy either way until an outcome commits."""
-        if state not in ("delivered", "dead", "suppressed", "silenced", "pending"):
-            raise ValueError(f"bad final state {state!r}")
-        if state == "pending" and next_at is None:
-            raise ValueError("a retry needs next_at")
+        _check_final(state, next_at)
         op = _Finish(head, state, attempts, next_at, error, status, None)
         if done is not None:
             op.done = done
@@ -423,6 +420,16 @@ class Outbox(HeadIndex, SqliteOperator):
         elif wait:
             self._run_sync(op)
         else:
+            self._submit(op)
+
+    def finish_many(self, outcomes: Sequence[Outcome], done: OutcomeDone) -> None:
+        """Record several outcomes (see :meth:`finish`); returns at once, ``done(outcome, error)``
+        runs per outcome in the writer thread. The writer folds them into its group commits."""
+        for o in outcomes:
+            _check_final(o.state, o.next_at)
+        for o in outcomes:
+            op = _Finish(o.head, o.state, o.attempts, o.next_at, o.error, o.status, None)
+            op.done = _bind(done, o)
             self._submit(op)
 
     # -- the incident ledger -------------------------------------------------------
@@ -467,6 +474,18 @@ class Outbox(HeadIndex, SqliteOperator):
         """Read one row (body included) on this thread's read connection."""
         found = self._reader().execute(f"SELECT {_ROW_COLUMNS} FROM outbox WHERE seq = ?", (seq,)).fetchone()
         return None if found is None else _row(found)
+
+    def load_many(self, seqs: Sequence[int]) -> Dict[int, Row]:
+        """Read several rows (bodies included) in one query on this thread's read connection."""
+        out: Dict[int, Row] = {}
+        reader = self._reader()
+        for i in range(0, len(seqs), 500):
+            chunk = seqs[i : i + 500]
+            marks = ",".join("?" * len(chunk))
+            for found in reader.execute(f"SELECT {_ROW_COLUMNS} FROM outbox WHERE seq IN ({marks})", tuple(chunk)):
+                row = _row(found)
+                out[row.seq] = row
+        return out
 
     # -- housekeeping ----------------------------------------------------------------
 
@@ -566,3 +585,19 @@ class Outbox(HeadIndex, SqliteOperator):
             with self._lock:
                 self._readers.append(conn)
         return conn
+
+
+def _check_final(state: str, next_at: Optional[float]) -> None:
+    if state not in ("delivered", "dead", "suppressed", "silenced", "pending"):
+        raise ValueError(f"bad final state {state!r}")
+    if state == "pending" and next_at is None:
+        raise ValueError("a retry needs next_at")
+
+
+def _bind(done: OutcomeDone, outcome: Outcome) -> Done:
+    """``done`` of one writer operation, reporting ``outcome``."""
+
+    def call(_result: Any, error: Optional[BaseException]) -> None:
+        done(outcome, error)
+
+    return call

@@ -171,7 +171,9 @@ class DeliveryConfig:
         DURATION, "The same id at the same level is forwarded at most once per interval (\"0\": always).", 3600.0
     )
     workers: int = setting(
-        INTEGER, "Parallel deliveries (different ids; one id is always delivered in order).", 8, minimum=1, maximum=256
+        INTEGER, "Concurrent delivery attempts (different ids; one id is always delivered in order). "
+        "Attempts are coroutines, not threads; with several targets one may use at most half.", 64, minimum=1,
+        maximum=256
     )
     no_recovery_resolve_after: float = setting(
         DURATION,

@@ -11,7 +11,7 @@ import os
 import sqlite3
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from .errors import StoreError
 
@@ -20,6 +20,8 @@ __all__ = [
     "Forwarded",
     "MIGRATIONS",
     "Head",
+    "Outcome",
+    "OutcomeDone",
     "Row",
     "SCHEMA_VERSION",
     "STATES",
@@ -176,6 +178,23 @@ class Head:
     due: float
     level: str
     received_at: float
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What became of a claimed head, to be recorded by ``Store.finish_many``: delivered,
+    dead, suppressed, silenced, or pending again (``attempts``/``next_at`` resume the schedule)."""
+
+    head: Head
+    state: str
+    attempts: Optional[int] = None
+    next_at: Optional[float] = None
+    error: Optional[str] = None
+    status: Optional[int] = None
+
+
+#: Called once per outcome of ``Store.finish_many``: error None once it is durable.
+OutcomeDone = Callable[[Outcome, Optional[BaseException]], None]
 
 
 @dataclass(frozen=True)

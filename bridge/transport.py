@@ -1,12 +1,12 @@
-"""HTTP to the platforms: one pooled, verified connection manager per target.
+"""Blocking HTTP to the platforms, and the rules every HTTP attempt follows.
 
-Deliveries go through urllib3, the engine under requests, without requests'
-per-call layers (settings merging, hooks, cookie jars, response building):
-those were a third of the bridge's CPU per delivery in ``bench/profile.py``'s
-drain profile, and delivery CPU is what bounds the drain rate.
+Deliveries go through :mod:`bridge.aio_transport` in the delivery loop; this
+module's :class:`Transport` serves the blocking callers (``send-test``,
+heartbeats, Alertmanager keep-alive), and its helpers (:func:`check_status`,
+:func:`parse_retry_after`, :class:`Response`) are the contract both share.
 
-This is the only module that talks HTTP for deliveries. It turns every outcome
-into one of three things: a :class:`Response` (delivered), a
+:class:`Transport` uses urllib3 without requests' per-call layers. It turns
+every outcome into one of three things: a :class:`Response` (delivered), a
 :class:`~bridge.errors.RetryableError` (network, timeout, 408, 425, 429, 5xx;
 with the platform's ``Retry-After`` when given) or a
 :class:`~bridge.errors.PermanentError` (any other answer, with status and the

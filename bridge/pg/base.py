@@ -66,6 +66,9 @@ class _PgBase:
         self._busy: Dict[int, _Claimed] = {}
         self._held: Dict[str, float] = {}
         self._threads: List[threading.Thread] = []
+        #: Outcome batches for the finisher thread (see :mod:`.batches`).
+        self._finishing: "queue.SimpleQueue[Any]" = queue.SimpleQueue()
+        self._finisher: Optional[threading.Thread] = None
         self._stop = threading.Event()
         self._closed = True
         self._writable = True

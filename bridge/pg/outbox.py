@@ -28,6 +28,7 @@ import psycopg_pool
 
 from ..errors import StoreError
 from .base import SINGLETON_JOBS, _PgBase, log
+from .batches import _Batches
 from .claims import _Claims
 from .jobs import _Jobs
 from .operator import PgOperator
@@ -39,11 +40,11 @@ from .writer import _STOP, _Writer
 __all__ = ["PgOutbox", "SINGLETON_JOBS"]
 
 
-class PgOutbox(_Writer, _Claims, _Jobs, _Reads, _PgBase, PgOperator):
+class PgOutbox(_Writer, _Claims, _Batches, _Jobs, _Reads, _PgBase, PgOperator):
     """A replica's handle on the shared outbox (satisfies :class:`bridge.backend.Store`).
 
     Its parts live in their own modules: :mod:`.writer` (accepting), :mod:`.claims` (claims,
-    outcomes, coalescing), :mod:`.jobs` (singletons, keeper, listener, replay, probe) and
+    outcomes, coalescing), :mod:`.batches` (the delivery engine's batches), :mod:`.jobs` (singletons, keeper, listener, replay, probe) and
     :mod:`.reads` (ledger, holds, stats), over the shared state in :mod:`.base`; :mod:`.operator`
     adds what the operator's tools use (silences, the status page, dropping a dead letter).
     """
@@ -97,7 +98,9 @@ class PgOutbox(_Writer, _Claims, _Jobs, _Reads, _PgBase, PgOperator):
         """Commit what is queued, hand our unfinished rows and singletons back, disconnect."""
         if self._closed:
             return
-        self._closed = True
+        with self._lock:
+            self._closed = True
+        self._stop_finisher(timeout)  # outcomes queued before the close are committed first
         self._queue.put(_STOP)
         self._threads[0].join(timeout)
         self._stop.set()

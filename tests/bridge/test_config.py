@@ -39,7 +39,7 @@ class TestDefaults:
         assert cfg.server.is_loopback
         assert cfg.server.token is None
         assert cfg.store.path == "kapacitor-oncall.db"
-        assert cfg.delivery.timeout == 10.0 and cfg.delivery.workers == 8
+        assert cfg.delivery.timeout == 10.0 and cfg.delivery.workers == 64
         assert cfg.targets == {}
 
     def test_frozen(self) -> None:

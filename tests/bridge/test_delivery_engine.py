@@ -9,20 +9,20 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from bridge.config import load
 from bridge.delivery import Delivery
 from bridge.errors import StoreError
 from bridge.outbox import Outbox
-from bridge.store import Head
+from bridge.store import Outcome
 
 from .conftest import webhook_config
-from .harness import Receiver, kapacitor_event
+from .harness import Receiver, Recorded, Reply, kapacitor_event
 
 
 class FailingCommits:
-    """A real :class:`Outbox` whose first ``fail`` finishes are reported as failed commits
+    """A real :class:`Outbox` whose first ``fail`` outcomes are reported as failed commits
     (never submitted); records when each outcome became durable."""
 
     def __init__(self, box: Outbox, fail: int) -> None:
@@ -34,19 +34,21 @@ class FailingCommits:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.box, name)
 
-    def finish(self, head: Head, state: str, *, done: Optional[Any] = None, **fields: Any) -> None:
-        if done is not None and len(self.failed) < self.fail:
-            self.failed.append((head.seq, state))
-            done(None, StoreError("injected: commit failed"))
-            return
+    def finish_many(self, outcomes: Sequence[Outcome], done: Callable[[Outcome, Optional[BaseException]], None]) -> None:
+        passed: List[Outcome] = []
+        for o in outcomes:
+            if len(self.failed) < self.fail:
+                self.failed.append((o.head.seq, o.state))
+                done(o, StoreError("injected: commit failed"))
+            else:
+                passed.append(o)
 
-        def durable(result: Any, error: Optional[BaseException]) -> None:
+        def durable(o: Outcome, error: Optional[BaseException]) -> None:
             if error is None:
-                self.durable[head.seq] = time.monotonic()
-            if done is not None:
-                done(result, error)
+                self.durable[o.head.seq] = time.monotonic()
+            done(o, error)
 
-        self.box.finish(head, state, done=durable, **fields)
+        self.box.finish_many(passed, durable)
 
 
 def _setup(tmp_path: Path, url: str, fail: int) -> Tuple[Delivery, Outbox, FailingCommits]:
@@ -102,4 +104,128 @@ def test_stop_waits_until_outcomes_are_durable(tmp_path: Path, receiver: Receive
             if row.key in sent:
                 assert row.state == "delivered", (seq, row.state)
     finally:
+        box.close()
+
+
+def _two_targets(tmp_path: Path, slow_url: str, fast_url: str, workers: int) -> Tuple[Delivery, Outbox]:
+    cfg_path = tmp_path / "b.toml"
+    cfg_path.write_text(
+        f'[delivery]\nworkers = {workers}\ntimeout = "5s"\nrepeat_interval = "0s"\n\n'
+        f'[[target]]\nname = "slow"\ntype = "webhook"\nurl = "{slow_url}"\n\n'
+        f'[[target]]\nname = "fast"\ntype = "webhook"\nurl = "{fast_url}"\n\n'
+        f'[store]\npath = "{tmp_path / "d.db"}"\n'
+    )
+    config = load(str(cfg_path))
+    box = Outbox(config.store.path).open()
+    return Delivery(config, box), box
+
+
+class Arrivals:
+    """A receiver handler answering 202 after ``delay``; records each request on arrival
+    (the receiver itself records a request only once answered)."""
+
+    def __init__(self, delay: float) -> None:
+        self.delay = delay
+        self.paths: List[str] = []
+
+    def __call__(self, rec: Recorded) -> Reply:
+        self.paths.append(rec.path)
+        return Reply(202, delay=self.delay)
+
+
+def _post(box: Outbox, target: str, key: str) -> None:
+    body = json.dumps(kapacitor_event(key, "CRITICAL")).encode()
+    box.enqueue(target, key, "CRITICAL", body).result(5)
+
+
+def test_attempts_in_flight_are_bounded_per_target(tmp_path: Path) -> None:
+    """``workers`` bounds the attempts in flight, and with several targets a hanging platform
+    holds at most half of them: the other target's alerts go out at once meanwhile."""
+    arrivals = Arrivals(1.5)
+    slow = Receiver(handler=arrivals)
+    fast = Receiver()
+    delivery, box = _two_targets(tmp_path, slow.url + "/s", fast.url + "/f", workers=4)
+    try:
+        for i in range(8):
+            _post(box, "slow", f"cpu:host=s{i}")
+        for i in range(5):
+            _post(box, "fast", f"cpu:host=f{i}")
+        started = time.monotonic()
+        delivery.start()
+        fast.wait_for(5, timeout=1.2)
+        assert time.monotonic() - started < 1.2, "the fast target waited behind the hanging one"
+        time.sleep(0.3)
+        # The slow platform holds 2 of the 4 slots (its share), none answered yet.
+        assert len(arrivals.paths) == 2 and slow.requests == [], arrivals.paths
+        slow.wait_for(8, timeout=15)
+    finally:
+        delivery.stop(10)
+        box.close()
+        slow.stop()
+        fast.stop()
+
+
+def test_one_target_may_use_every_slot(tmp_path: Path) -> None:
+    """Alone, a target may have ``workers`` attempts in flight, and not more."""
+    arrivals = Arrivals(1.0)
+    slow = Receiver(handler=arrivals)
+    cfg_path = tmp_path / "b.toml"
+    cfg_path.write_text(webhook_config(slow.url + "/s", workers="3", timeout="5s", repeat_interval="0s")
+                        .replace('workers = "3"', "workers = 3") + f'\n[store]\npath = "{tmp_path / "d.db"}"\n')
+    config = load(str(cfg_path))
+    box = Outbox(config.store.path).open()
+    delivery = Delivery(config, box)
+    try:
+        for i in range(7):
+            _post(box, "hook", f"cpu:host=h{i}")
+        delivery.start()
+        time.sleep(0.7)
+        assert len(arrivals.paths) == 3
+        slow.wait_for(7, timeout=15)
+        assert delivery.stop(10)
+        rows = box.load_many(list(range(1, 8)))
+        assert sorted(r.state for r in rows.values()) == ["delivered"] * 7
+    finally:
+        delivery.stop(1)
+        box.close()
+        slow.stop()
+
+
+class FailingLoads:
+    """A real :class:`Outbox` whose first ``load_many`` fails like a store error."""
+
+    def __init__(self, box: Outbox) -> None:
+        self.box = box
+        self.failed = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.box, name)
+
+    def load_many(self, seqs: Sequence[int]) -> Any:
+        if not self.failed:
+            self.failed += 1
+            raise StoreError("injected: read failed")
+        return self.box.load_many(seqs)
+
+
+def test_rows_whose_load_failed_are_given_back(tmp_path: Path, receiver: Receiver) -> None:
+    """Claimed rows that could not be read go back to pending (same attempt count) and are
+    delivered on a later round, instead of keeping their ids busy."""
+    cfg_path = tmp_path / "b.toml"
+    cfg_path.write_text(webhook_config(receiver.url + "/hook") + f'\n[store]\npath = "{tmp_path / "d.db"}"\n')
+    config = load(str(cfg_path))
+    box = Outbox(config.store.path).open()
+    store = FailingLoads(box)
+    delivery = Delivery(config, store)  # type: ignore[arg-type]
+    try:
+        for i in range(3):
+            _post(box, "hook", f"cpu:host=h{i}")
+        delivery.start()
+        got = receiver.wait_for(3, timeout=10)
+        assert store.failed == 1 and sorted(r.json()["id"] for r in got) == [f"cpu:host=h{i}" for i in range(3)]
+        assert delivery.stop(10)
+        rows = box.load_many([1, 2, 3])
+        assert [(r.state, r.attempts) for r in rows.values()] == [("delivered", 1)] * 3
+    finally:
+        delivery.stop(1)
         box.close()

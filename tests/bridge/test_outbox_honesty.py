@@ -163,18 +163,18 @@ class TestThreadDeath:
         box = Outbox(config.store.path).open()
         return Delivery(config, box), box
 
-    @pytest.mark.parametrize("part", ["_dispatch", "_work"])
+    @pytest.mark.parametrize("part", ["_dispatch", "engine._run"])
     def test_delivery_thread_death_exits(
         self, tmp_path: Path, deaths: List[int], monkeypatch: pytest.MonkeyPatch, receiver: Receiver, part: str
     ) -> None:
-        """A dispatcher or worker that raises out of its loop, or returns while the bridge
-        runs, ends the process."""
+        """The dispatcher or the delivery loop's thread raising out of its loop ends the process."""
         delivery, box = self._delivery(tmp_path, receiver.url + "/hook")
         try:
             def broken() -> None:
                 raise RuntimeError(f"simulated {part} bug")
 
-            monkeypatch.setattr(delivery, part, broken)
+            owner = delivery.engine if part.startswith("engine.") else delivery
+            monkeypatch.setattr(owner, part.split(".")[-1], broken)
             delivery.start()
             deadline = time.monotonic() + 5
             while not deaths and time.monotonic() < deadline:

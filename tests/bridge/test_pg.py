@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from typing import Any, Iterator, List, Optional
+from typing import Any, Iterator, List, Optional, Tuple
 
 import psycopg
 import pytest
@@ -15,6 +15,7 @@ from bridge.errors import StoreError
 from bridge.pg import SCHEMA_VERSION, PgOutbox, SharedRateLimiters
 from bridge.pg.schema import MIGRATIONS
 from bridge.ratelimit import RateLimiter
+from bridge.store import Outcome
 from bridge.targets.base import RateLimit
 from tests.pgserver import PgServer
 
@@ -169,6 +170,44 @@ class TestReplicas:
         a, b = (PgOutbox(dsn, replica_id=f"r{i}", lease=1.0).open() for i in (1, 2))
         try:
             self._lease_expiry(a, b)
+        finally:
+            a.close()
+            b.close()
+
+    def test_late_batch_finish_is_ignored(self, dsn: str) -> None:
+        """The batched finish (the delivery engine's) leaves a row alone once another replica took
+        it after the lease, and still records the rest of its batch."""
+        a, b = (PgOutbox(dsn, replica_id=f"r{i}", lease=1.0).open() for i in (1, 2))
+        try:
+            lost, kept = put(a, "lost"), put(a, "kept")
+            heads = {}
+            for _ in range(2):
+                head, _due = a.peek("t", time.time())
+                assert head is not None and a.claim(head)
+                heads[head.key] = head
+            a._stop.set()  # a's keeper stops renewing
+            time.sleep(0.2)
+            with psycopg.connect(dsn, autocommit=True) as conn:  # the lease of one row ran out
+                conn.execute("UPDATE oncall_queue SET lease_until = 0 WHERE key = 'lost'")
+            b.keep()
+            again, _ = b.peek("t", time.time())
+            assert again is not None and again.seq == lost and b.claim(again)
+            results: List[Tuple[str, Optional[BaseException]]] = []
+            settled = threading.Event()
+
+            def done(o: Outcome, error: Optional[BaseException]) -> None:
+                results.append((o.head.key, error))
+                if len(results) == 2:
+                    settled.set()
+
+            a.finish_many([Outcome(heads["lost"], "delivered", attempts=1),
+                           Outcome(heads["kept"], "delivered", attempts=1)], done)
+            assert settled.wait(10) and all(e is None for _k, e in results)
+            assert b.load(lost).state == "inflight"  # type: ignore[union-attr]
+            assert b.load(kept).state == "delivered"  # type: ignore[union-attr]
+            b.finish(again, "delivered", attempts=1)
+            with psycopg.connect(dsn) as conn:
+                assert conn.execute("SELECT delivered_by FROM oncall_outbox WHERE seq = %s", (lost,)).fetchone() == ("r2",)
         finally:
             a.close()
             b.close()

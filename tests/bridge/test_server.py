@@ -240,7 +240,7 @@ class TestHealthAndMetrics:
         status, body = bridge.healthz()
         assert status == 200 and body["status"] == "ok"
         assert body["store"]["writable"] is True
-        assert body["workers"]["alive"] == body["workers"]["expected"] == 9
+        assert body["workers"]["alive"] == body["workers"]["expected"] == 2  # dispatcher + delivery loop
         bridge.wait_until(lambda: (bridge.healthz()[1]["queue"]["oldest_pending_age_seconds"] or 0) > 0.2)
         snapshot = bridge.healthz()[1]
         assert snapshot["queue"]["pending"] + snapshot["queue"]["inflight"] == 1

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
-from typing import Any, Callable, Iterator, List, Optional
+from typing import Any, Callable, Iterator, List, Optional, Tuple
 
 import pytest
 
@@ -17,7 +17,7 @@ from bridge.ledger import CLOSED_KEEP
 from bridge.backend import Store
 from bridge.coalesce import BACKLOG_AGE
 from bridge.errors import StoreError
-from bridge.store import Head
+from bridge.store import Head, Outcome
 
 
 class Clock:
@@ -276,6 +276,108 @@ class TestDispatch:
         assert stats.oldest_pending_age == pytest.approx(5.0) and stats.writable
         assert box.targets_with_rows() == {"t"}
         assert box.probe()
+
+
+class TestBatches:
+    """``load_many`` and ``finish_many``: what the delivery engine uses, one call per batch."""
+
+    @staticmethod
+    def finish_all(box: Store, outcomes: List[Outcome]) -> List[Tuple[Outcome, Optional[BaseException]]]:
+        reported: List[Tuple[Outcome, Optional[BaseException]]] = []
+        settled = threading.Event()
+
+        def done(o: Outcome, error: Optional[BaseException]) -> None:
+            reported.append((o, error))
+            if len(reported) == len(outcomes):
+                settled.set()
+
+        box.finish_many(outcomes, done)
+        assert settled.wait(10), reported
+        return reported
+
+    def test_load_many_reads_claimed_rows(self, box: Store, clock: Clock) -> None:
+        seqs = [put(box, f"k{i}", n=i) for i in range(5)]
+        heads = drain(box, clock)
+        rows = box.load_many([h.seq for h in heads] + [999_999])
+        assert sorted(rows) == sorted(seqs)
+        for head in heads:
+            row = rows[head.seq]
+            assert (row.key, row.level, row.attempts) == (head.key, head.level, 0)
+            assert row.body == body(head.key, "CRITICAL", int(head.key[1:]))
+        assert box.load_many([]) == {}
+
+    def test_finish_many_records_every_outcome_and_frees_keys(self, box: Store, clock: Clock) -> None:
+        """One call with several kinds of outcome: each is reported durable once, lands in the
+        store as given, and the next row of each id becomes its head."""
+        for key in ("a", "b", "c", "d", "e"):
+            put(box, key, "CRITICAL", n=1)
+            put(box, key, "OK", n=2)
+        heads = {h.key: h for h in drain(box, clock)}
+        assert sorted(heads) == ["a", "b", "c", "d", "e"]
+        outcomes = [
+            Outcome(heads["a"], "delivered", attempts=1, status=202),
+            Outcome(heads["b"], "dead", attempts=2, error="HTTP 400: bad", status=400),
+            Outcome(heads["c"], "pending", attempts=1, next_at=clock.now + 30, error="HTTP 503", status=503),
+            Outcome(heads["d"], "suppressed"),
+            Outcome(heads["e"], "silenced"),
+        ]
+        reported = self.finish_all(box, outcomes)
+        assert sorted(o.head.key for o, _e in reported) == ["a", "b", "c", "d", "e"]
+        assert all(e is None for _o, e in reported)
+        rows = box.load_many([h.seq for h in heads.values()])
+        got = {rows[h.seq].key: (rows[h.seq].state, rows[h.seq].attempts, rows[h.seq].last_status) for h in heads.values()}
+        assert got == {"a": ("delivered", 1, 202), "b": ("dead", 2, 400), "c": ("pending", 1, 503),
+                       "d": ("suppressed", 0, None), "e": ("silenced", 0, None)}
+        told = box.told("t", "a")
+        assert told is not None and told.level == "CRITICAL"
+        assert box.told("t", "b") is None and box.told("t", "d") is None
+        # Each finished id's next row is its head now; "c" retries its first row later.
+        assert sorted((h.key, h.level) for h in drain(box, clock)) == [("a", "OK"), ("b", "OK"), ("d", "OK"),
+                                                                       ("e", "OK")]
+        clock.now += 31
+        retry = take(box, clock)
+        assert retry is not None and (retry.key, retry.seq) == ("c", heads["c"].seq)
+
+    def test_finish_many_keeps_the_ledger(self, box: Store, clock: Clock) -> None:
+        """Deliveries recorded in batches open, extend and close incidents like single ones."""
+        for n, level in enumerate(("WARNING", "CRITICAL", "OK"), start=1):
+            put(box, "cpu:a", level, n=n)
+            put(box, "cpu:b", "CRITICAL", n=n)
+            heads = drain(box, clock)
+            assert sorted(h.key for h in heads) == ["cpu:a", "cpu:b"]
+            self.finish_all(box, [Outcome(h, "delivered", attempts=1, status=202) for h in heads])
+            if n == 1:
+                opened = clock.now
+            clock.now += 10
+            if level != "OK":
+                inc = box.told("t", "cpu:a")
+                assert inc is not None and inc.opened_at == opened and inc.level == level
+        assert box.told("t", "cpu:a") is None
+        inc = box.told("t", "cpu:b")
+        assert inc is not None and inc.fired_levels == ("CRITICAL",) and inc.opened_at == opened
+        assert [i.key for i in box.incidents()] == ["cpu:b"]
+
+    def test_finish_many_refuses_bad_outcomes_before_recording_any(self, box: Store, clock: Clock) -> None:
+        put(box, "a")
+        put(box, "b")
+        first, second = drain(box, clock)
+        with pytest.raises(ValueError, match="a retry needs next_at"):
+            box.finish_many([Outcome(first, "delivered", attempts=1), Outcome(second, "pending")], lambda o, e: None)
+        with pytest.raises(ValueError, match="bad final state"):
+            box.finish_many([Outcome(first, "gone")], lambda o, e: None)
+        rows = box.load_many([first.seq, second.seq])
+        # Nothing recorded (SQLite may not have committed the claims' inflight marks yet).
+        assert {rows[first.seq].state, rows[second.seq].state} <= {"inflight", "pending"}
+        assert box.told("t", "a") is None
+
+    def test_finish_many_on_a_closed_store_reports_errors(self, make_store: Factory, clock: Clock) -> None:
+        box = make_store()
+        put(box, "a")
+        head = take(box, clock)
+        assert head is not None
+        box.close()
+        reported = self.finish_all(box, [Outcome(head, "delivered", attempts=1)])
+        assert len(reported) == 1 and isinstance(reported[0][1], StoreError)
 
 
 class TestExpiry:

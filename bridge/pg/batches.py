@@ -1,0 +1,127 @@
+"""The delivery engine's batches on PostgreSQL: rows of a batch of claimed heads in one
+read, and a batch of outcomes committed by a finisher thread in one set-based transaction
+(:mod:`.finish`), so the dispatcher never waits on the database for an outcome."""
+
+from __future__ import annotations
+
+import queue
+import threading
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from ..errors import StoreError
+from ..store import Outcome, OutcomeDone, Row
+from . import sql
+from .base import _PgBase, log
+from .finish import finish_rows
+from .writer import _STOP
+
+#: The states :meth:`_Batches.finish_many` records (those of ``finish``).
+_STATES = ("delivered", "dead", "suppressed", "silenced", "pending")
+
+
+class _Batches(_PgBase):
+    _finishing: "queue.SimpleQueue[Any]"
+    _finisher: Optional[threading.Thread]
+
+    def load_many(self, seqs: Sequence[int]) -> Dict[int, Row]:
+        """Rows of claimed heads come with the claim; others are read in one query."""
+        out: Dict[int, Row] = {}
+        missing: List[int] = []
+        with self._lock:
+            for seq in seqs:
+                item = self._busy.get(seq)
+                if item is not None:
+                    out[seq] = item.row
+                else:
+                    missing.append(seq)
+        if missing:
+            with self._tx() as cur:
+                for r in cur.execute(f"SELECT {sql.ROW_COLUMNS} FROM oncall_outbox o WHERE o.seq = ANY(%s)",
+                                     (missing,)).fetchall():
+                    row = sql.to_row(r)
+                    out[row.seq] = row
+        return out
+
+    def finish_many(self, outcomes: Sequence[Outcome], done: OutcomeDone) -> None:
+        """Record several outcomes; returns at once. A finisher thread commits everything
+        queued meanwhile in one transaction and calls ``done(outcome, error)`` for each
+        after the commit or its failure."""
+        for o in outcomes:
+            if o.state not in _STATES:
+                raise ValueError(f"bad final state {o.state!r}")
+            if o.state == "pending" and o.next_at is None:
+                raise ValueError("a retry needs next_at")
+        if not outcomes:
+            return
+        with self._lock:
+            closed = self._closed
+            if not closed:
+                if self._finisher is None or not self._finisher.is_alive():
+                    self._finisher = threading.Thread(target=self._run_finisher, name="pg-finisher", daemon=True)
+                    self._finisher.start()
+                self._finishing.put((list(outcomes), done))
+        if closed:
+            for o in outcomes:
+                done(o, StoreError("store postgres: closed"))
+
+    def _stop_finisher(self, timeout: float) -> None:
+        """Commit the outcomes queued so far and end the finisher (the store is closing)."""
+        with self._lock:
+            finisher, self._finisher = self._finisher, None
+        if finisher is not None:
+            self._finishing.put(_STOP)
+            finisher.join(timeout)
+
+    def _run_finisher(self) -> None:
+        stop = False
+        while not stop:
+            first = self._finishing.get()
+            if first is _STOP:
+                break
+            batch = [first]
+            while True:
+                try:
+                    nxt = self._finishing.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is _STOP:
+                    stop = True
+                    break
+                batch.append(nxt)
+            self._finish_batch(batch)
+
+    def _finish_batch(self, batch: List[Tuple[List[Outcome], OutcomeDone]], retries: int = 2) -> None:
+        # Keys locked in (target, key) order, like the writer's batches: no deadlock between them.
+        ordered = sorted((o for outcomes, _done in batch for o in outcomes), key=lambda o: (o.head.target, o.head.key))
+        now = self._clock()
+        error: Optional[BaseException] = None
+        results: List[Tuple[Outcome, bool]] = []
+        try:
+            with self._tx() as cur:
+                results = finish_rows(cur, ordered, self.replica_id, now)
+        except (StoreError, TimeoutError) as exc:
+            if retries and "deadlock" in str(exc):
+                self._finish_batch(batch, retries - 1)
+                return
+            error = exc
+        if error is None:
+            self._finished(results)
+        for outcomes, done in batch:
+            for o in outcomes:
+                try:
+                    done(o, error)
+                except Exception:  # noqa: BLE001 - the finisher thread must outlive a bad callback
+                    log.error("pg.callback_error", exc_info=True)
+
+    def _finished(self, results: List[Tuple[Outcome, bool]]) -> None:
+        """After the commit: the keys are free here; stale outcomes are logged."""
+        with self._lock:
+            for o, stale in results:
+                self._busy.pop(o.head.seq, None)
+                if o.state == "pending" and not stale:  # a failed head makes its key's queue a backlog
+                    self._coalescible_cache.pop((o.head.target, False), None)
+        for o, stale in results:
+            if stale:
+                log.warning("outbox.stale_finish", target=o.head.target, id=o.head.key, seq=o.head.seq,
+                            state=o.state, hint="the lease ran out and another replica took the row")
+        self._on_change()
