@@ -28,6 +28,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import psycopg
 
+from bridge.schema import parse_duration
 from tests.bridge.harness import BridgeProcess
 from tests.pgserver import PgServer
 
@@ -135,11 +136,19 @@ def _chaos(bridges: List[BridgeProcess], server: PgServer, cfg: StormConfig, rs:
         errors.append(f"chaos: {type(exc).__name__}: {exc}")
 
 
-def _watch_singletons(bridges: List[BridgeProcess], errors: List[str], stop: threading.Event) -> int:
-    """Sample every live replica's /healthz; two holders of one job at once is a problem."""
+def _watch_singletons(bridges: List[BridgeProcess], errors: List[str], stop: threading.Event, lease: float) -> int:
+    """Sample every live replica's /healthz; two holders of one job at once is a problem.
+
+    The samples of one round are taken one after the other, not at one instant, so a round
+    can straddle a hand-over. A replica believes it holds a job for at most 0.8 lease from the
+    start of the keeper round that took it, and another can take the job only after the full
+    lease in the database: between the two there are at least 0.2 lease with no holder. A round
+    shorter than that cannot straddle a hand-over, so two holders in it held the job at once;
+    longer rounds (a loaded machine) prove nothing and are not counted."""
     samples = 0
     while not stop.wait(0.3):
         holders: Dict[str, List[str]] = {}
+        began = time.monotonic()
         for bridge in bridges:
             try:
                 _status, health = bridge.healthz()
@@ -148,6 +157,8 @@ def _watch_singletons(bridges: List[BridgeProcess], errors: List[str], stop: thr
             for job, held in health.get("store", {}).get("singletons", {}).items():
                 if held:
                     holders.setdefault(job, []).append(str(bridge.port))
+        if time.monotonic() - began >= 0.2 * lease:
+            continue
         samples += 1
         for job, who in holders.items():
             if len(who) > 1:
@@ -228,7 +239,8 @@ def run_replica_storm(cfg: StormConfig, rs: ReplicaStorm, workdir: Path, log: An
         chaos = threading.Thread(target=_chaos, args=(bridges, pg, cfg, rs, random.Random(cfg.seed + 2), done,
                                                       errors, stop), daemon=True)
         samples: List[int] = []
-        watcher = threading.Thread(target=lambda: samples.append(_watch_singletons(bridges, singleton_errors, stop)),
+        watcher = threading.Thread(target=lambda: samples.append(_watch_singletons(bridges, singleton_errors, stop,
+                                                                                      parse_duration(rs.lease))),
                                    daemon=True)
         chaos.start()
         watcher.start()
