@@ -46,39 +46,32 @@ import sqlite3
 import threading
 import time
 from concurrent.futures import Future
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Set, Tuple
+from typing import Any, Callable, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 from . import supervise
 from .errors import StoreError
-from .ledger import Incident, LastTold, open_counts, open_incidents
-from .ledger import last_told as _last_told
-from .ledger import told as _told
 from .log import get_logger
 from .outbox_index import HeadIndex
 from .outbox_operator import SqliteOperator
+from .outbox_reads import OutboxReads
 from .outbox_ops import (
     _WITHDRAWN,
     MAX_BATCH,
     SEAL_LOCK,
     Done,
     MakeResolve,
-    _FireExpiries,
-    _Coalesce,
     _Finish,
     _Insert,
     _mark_inflight,
     _insert_rows,
     _Op,
-    _Probe,
-    _Prune,
-    _Rebuild,
-    _Replay,
     _SetInflight,
     Ticket,
     resolver,
 )
+from .outbox_upkeep import _Coalesce, _FireExpiries, _Probe, _Prune, _Rebuild, _Replay
 from .store_ops import Replayed, serving_lock
-from .store import _ROW_COLUMNS, Head, Outcome, OutcomeDone, Row, Stats, _row, _store_error, open_store
+from .store import Head, Outcome, OutcomeDone, _store_error, open_store
 
 __all__ = ["Outbox", "Ticket"]
 
@@ -100,7 +93,7 @@ _STOP = object()
 log = get_logger("bridge.outbox")
 
 
-class Outbox(HeadIndex, SqliteOperator):
+class Outbox(HeadIndex, OutboxReads, SqliteOperator):
     """The running store: group-committing writer thread plus the in-memory head index."""
 
     def __init__(
@@ -432,20 +425,6 @@ class Outbox(HeadIndex, SqliteOperator):
             op.done = _bind(done, o)
             self._submit(op)
 
-    # -- the incident ledger -------------------------------------------------------
-
-    def incidents(self, target: Optional[str] = None) -> List[Incident]:
-        """Open incidents (what the platforms believe is firing), read from the file."""
-        return open_incidents(self._reader(), target)
-
-    def told(self, target: str, key: str) -> Optional[Incident]:
-        """The open incident of ``key`` on ``target``, or None if the platform believes it is OK."""
-        return _told(self._reader(), target, key)
-
-    def last_told(self, target: str, key: str) -> Optional[LastTold]:
-        """What the platform was last told of ``key`` (open or closed incident), or None."""
-        return _last_told(self._reader(), target, key)
-
     @contextlib.contextmanager
     def hold(self, target: str, keys: Iterable[str]) -> Iterator[List[str]]:
         """Keep deliveries of the idle ones among ``keys`` from starting during the block;
@@ -469,23 +448,6 @@ class Outbox(HeadIndex, SqliteOperator):
                     if parked is not None:
                         self._offer(parked)
             self._on_change()
-
-    def load(self, seq: int) -> Optional[Row]:
-        """Read one row (body included) on this thread's read connection."""
-        found = self._reader().execute(f"SELECT {_ROW_COLUMNS} FROM outbox WHERE seq = ?", (seq,)).fetchone()
-        return None if found is None else _row(found)
-
-    def load_many(self, seqs: Sequence[int]) -> Dict[int, Row]:
-        """Read several rows (bodies included) in one query on this thread's read connection."""
-        out: Dict[int, Row] = {}
-        reader = self._reader()
-        for i in range(0, len(seqs), 500):
-            chunk = seqs[i : i + 500]
-            marks = ",".join("?" * len(chunk))
-            for found in reader.execute(f"SELECT {_ROW_COLUMNS} FROM outbox WHERE seq IN ({marks})", tuple(chunk)):
-                row = _row(found)
-                out[row.seq] = row
-        return out
 
     # -- housekeeping ----------------------------------------------------------------
 
@@ -531,60 +493,6 @@ class Outbox(HeadIndex, SqliteOperator):
             return bool(self._run_sync(_Probe(None), timeout))
         except Exception:  # noqa: BLE001 - any failure means "not writable"
             return False
-
-    # -- statistics ------------------------------------------------------------------
-
-    def stats(self) -> Stats:
-        """Queue depth from the index; ages and open incidents from the file."""
-        with self._lock:
-            pending = {t: n for t, n in self._pending.items() if n}
-            dead = {t: n for t, n in self._dead.items() if n}
-            inflight: Dict[str, int] = {}
-            for target, _key in self._busy:
-                inflight[target] = inflight.get(target, 0) + 1
-            failed = dict(self._failed_ops)
-        now = self._clock()
-        ages: Dict[str, float] = {}
-        incidents: Dict[str, int] = {}
-        try:
-            for target in sorted(set(pending) | set(inflight)):
-                oldest = self._oldest_received(target)
-                if oldest is not None:
-                    ages[target] = max(0.0, now - oldest)
-            incidents = open_counts(self._reader())
-        except sqlite3.Error:
-            pass
-        age = max(ages.values()) if ages else None
-        return Stats(pending, inflight, dead, age, self._writable, self._last_error, ages, incidents, failed)
-
-    def _oldest_received(self, target: str) -> Optional[float]:
-        reader = self._reader()
-        best: Optional[float] = None
-        for state in ("pending", "inflight"):
-            found = reader.execute(
-                "SELECT received_at FROM outbox WHERE state = ? AND target = ? ORDER BY seq LIMIT 1", (state, target)
-            ).fetchone()
-            if found is not None and (best is None or found[0] < best):
-                best = found[0]
-        return best
-
-    def targets_with_rows(self) -> Set[str]:
-        """Targets that have pending or dead rows (to spot rows for removed targets)."""
-        with self._lock:
-            return {t for t, n in self._pending.items() if n} | {t for t, n in self._dead.items() if n}
-
-    def _reader(self) -> sqlite3.Connection:
-        conn: Optional[sqlite3.Connection] = getattr(self._local, "conn", None)
-        if conn is None:
-            try:
-                conn = sqlite3.connect(self.path, timeout=10.0, isolation_level=None, check_same_thread=False)
-            except sqlite3.Error as exc:
-                raise _store_error(self.path, exc, "open reader") from None
-            conn.execute("PRAGMA query_only=1")
-            self._local.conn = conn
-            with self._lock:
-                self._readers.append(conn)
-        return conn
 
 
 def _check_final(state: str, next_at: Optional[float]) -> None:

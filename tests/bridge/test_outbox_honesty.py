@@ -199,7 +199,7 @@ class TestSilentFailures:
         stats (exported as oncall_store_op_failures_total) and logged, never dropped silently."""
         box = Outbox(str(tmp_path / "o.db"), clock=lambda: NOW).open()
         try:
-            import bridge.outbox_ops as ops
+            import bridge.outbox_upkeep as ops
 
             def broken_apply(self: Any, box_: Any, cur: Any) -> Any:
                 raise sqlite3.OperationalError("disk I/O error")
