@@ -7,7 +7,9 @@ Sections: ``udf`` (throughput vs InfluxData's agent), ``memory``, ``kapacitord``
 (through a real kapacitord), ``bridge``, ``replicas`` (PostgreSQL replicas beside
 SQLite), ``coalesce`` (outage backlog under a rate limit, fake clock:
 :mod:`bench.coalesce_drain`), ``profile``. ``--sections`` re-measures
-only those and merges them into the previous ``bench/.work/results.json``.
+only those and merges them into the previous ``bench/results.json`` (kept in the
+repository beside ``results.md``, so a fresh clone re-measures one section without
+dropping the others).
 ``--quick`` shrinks every input for a smoke run (figures meaningless).
 """
 
@@ -22,7 +24,7 @@ from pathlib import Path
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from .common import BENCH_DIR, WORK_DIR, Figure, load_results, machine_facts, merge_results, save_results
+from .common import BENCH_DIR, Figure, load_results, machine_facts, merge_results, save_results
 
 SECTIONS = ("udf", "memory", "kapacitord", "bridge", "replicas", "coalesce", "profile", "keepalive")
 #: Section name on the command line -> figure key prefix and report heading key.
@@ -75,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
     runs = args.runs if args.runs is not None else (1 if args.quick else 5)
     sections = args.sections or list(SECTIONS)
     out_dir: Path = args.out
-    json_path = (WORK_DIR if out_dir == BENCH_DIR else out_dir) / "results.json"
+    json_path = out_dir / "results.json"
     started = time.perf_counter()
     facts = machine_facts()
     shown = "make bench" if not sys.argv[1:] else "python -m bench " + " ".join(sys.argv[1:])

@@ -3,7 +3,7 @@
 A :class:`Figure` is one measured quantity with all its runs, the command that
 reproduces it and the target it is judged against. Sections return figures; the
 report (:mod:`bench.report`) only renders them, so a figure can be re-measured
-alone and merged into ``bench/.work/results.json``.
+alone and merged into ``bench/results.json``.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
-"""Render ``bench/.work/results.json`` into ``bench/results.md`` and ``bench/results.png``.
+"""Render ``bench/results.json`` into ``bench/results.md`` and ``bench/results.png``.
 
 The report only formats what the sections measured; re-render without measuring:
 
-    .venv/bin/python -m bench.report [--json bench/.work/results.json] [--out bench]
+    .venv/bin/python -m bench.report [--json bench/results.json] [--out bench]
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import textwrap
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from .common import BENCH_DIR, WORK_DIR, Figure, load_results
+from .common import BENCH_DIR, Figure, load_results
 
 __all__ = ["FINDINGS", "render", "write_markdown", "write_plot"]
 
@@ -576,7 +576,7 @@ def render(json_path: Path, out_dir: Path) -> None:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--json", type=Path, default=WORK_DIR / "results.json")
+    p.add_argument("--json", type=Path, default=BENCH_DIR / "results.json")
     p.add_argument("--out", type=Path, default=BENCH_DIR)
     args = p.parse_args(argv)
     render(args.json, args.out)
