@@ -133,11 +133,19 @@ def _one_run(backend: str, n: int, alerts: int, receiver: FastReceiver, pg: Any,
     receiver.reset()
     want = alerts - before
     bridges = _bridges(n, _config(receiver.url, backend, False, db), root / "drain", env)
+    # CPU of the drain from the first arrival on (not the replicas' start-up), per delivery.
+    drain_pids = [b.proc.pid for b in bridges]
+    mark: Optional[Tuple[int, float, float]] = None
     try:
         deadline = time.monotonic() + 300
         while True:
             st = receiver.stats()
+            if mark is None and int(st["count"]) >= 1:
+                mark = (int(st["count"]), sum(_cpu_seconds(p) for p in drain_pids),
+                        _cpu_seconds(pg.proc.pid, children=True) if backend == "postgres" else 0.0)
             if int(st["count"]) >= want:
+                drain_bridges = sum(_cpu_seconds(p) for p in drain_pids)
+                drain_pg = _cpu_seconds(pg.proc.pid, children=True) if backend == "postgres" else 0.0
                 break
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{backend} x{n}: drain got {st['count']}/{want}")
@@ -148,6 +156,8 @@ def _one_run(backend: str, n: int, alerts: int, receiver: FastReceiver, pg: Any,
     return {"accept": alerts / secs, "p99": lat[int(0.99 * len(lat))] * 1000,
             "cpu_bridges": cpu_bridges / alerts * 1e6, "cpu_pg": cpu_pg / alerts * 1e6,
             "cpu_gen": cpu_gen / alerts * 1e6,
+            "drain_cpu_bridges": (drain_bridges - mark[1]) / max(1, want - mark[0]) * 1e6 if mark else 0.0,
+            "drain_cpu_pg": (drain_pg - mark[2]) / max(1, want - mark[0]) * 1e6 if mark else 0.0,
             "drain": (int(st["count"]) - 1) / max(1e-6, float(st["last"]) - float(st["first"]))}
 
 
@@ -237,7 +247,8 @@ def measure(runs: int = 3, alerts: int = 5_000, log: Log = print) -> Section:
                     got = _one_run(backend, n, alerts, receiver, pg, Path(tmp))
                 log(f"  {name}: accept {got['accept']:.0f}/s p99 {got['p99']:.1f} ms, drain {got['drain']:.0f}/s;"
                     f" CPU µs/alert: bridges {got['cpu_bridges']:.0f}, postgres {got['cpu_pg']:.0f},"
-                    f" generator {got['cpu_gen']:.0f}")
+                    f" generator {got['cpu_gen']:.0f}; drain CPU µs/delivery: bridges {got['drain_cpu_bridges']:.0f},"
+                    f" postgres {got['drain_cpu_pg']:.0f}")
                 total = backend == "postgres"  # the goal holds for 1 and for 3 replicas
                 fig(f"accept.{backend}{n}", f"accepted alerts/s, {name}", "alerts/s",
                     **({"target": "≥ 5,000 /s", "compare": "ge", "threshold": 5000.0} if total else {})
@@ -247,6 +258,11 @@ def measure(runs: int = 3, alerts: int = 5_000, log: Log = print) -> Section:
                     ).values.append(round(got["p99"], 2))
                 fig(f"drain.{backend}{n}", f"drain to fast receiver, {name}", "deliveries/s").values.append(
                     round(got["drain"], 1))
+                for part, who in (("bridges", "bridge processes"), ("pg", "postgres (all its processes)")):
+                    if part == "pg" and backend != "postgres":
+                        continue
+                    fig(f"drain_cpu_{part}.{backend}{n}", f"drain CPU per delivery, {who}, {name}",
+                        "µs").values.append(round(got[f"drain_cpu_{part}"], 1))
                 for part, who in (("bridges", "bridge processes"), ("pg", "postgres (all its processes)"),
                                   ("gen", "load generator")):
                     if part == "pg" and backend != "postgres":
