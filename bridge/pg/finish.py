@@ -13,7 +13,7 @@ drain follow the delivery engine.
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, List, Sequence, Tuple
 
 import psycopg
 
@@ -33,24 +33,32 @@ _FINISH_FINAL_MANY = (
     "UPDATE oncall_outbox o SET state = v.state, attempts = COALESCE(v.attempts, o.attempts),"
     " last_error = v.error, last_status = v.status, done_at = %s, delivered_by = %s"
     " FROM unnest(%s::bigint[], %s::text[], %s::int[], %s::text[], %s::int[]) AS v(seq, state, attempts, error, status)"
-    " WHERE o.seq = v.seq AND o.state = 'inflight' RETURNING o.seq, o.body"
+    " WHERE o.seq = v.seq AND o.state = 'inflight' RETURNING o.seq"
 )
 _LEDGER_ROWS = (
     "SELECT l.target, l.key, l.open, l.fired_levels, l.opened_at FROM oncall_ledger l"
     " JOIN unnest(%s::text[], %s::text[]) AS v(target, key) ON l.target = v.target AND l.key = v.key"
 )
-_LEDGER_OK = (
-    "INSERT INTO oncall_ledger (target, key, open, level, fired_levels, body, opened_at, told_at, seq)"
-    " VALUES (%s, %s, false, 'OK', '', %s, %s, %s, %s)"
-    " ON CONFLICT (target, key) DO UPDATE SET open = false, level = 'OK', fired_levels = '',"
-    " body = excluded.body, told_at = excluded.told_at, seq = excluded.seq"
-)
-_LEDGER_OPEN = (
-    "INSERT INTO oncall_ledger (target, key, open, level, fired_levels, body, opened_at, told_at, seq)"
-    " VALUES (%s, %s, true, %s, %s, %s, %s, %s, %s)"
-    " ON CONFLICT (target, key) DO UPDATE SET open = true, level = excluded.level,"
-    " fired_levels = excluded.fired_levels, body = excluded.body, opened_at = excluded.opened_at,"
+#: The ledger rows of a batch's deliveries in one statement (one element per key): a resolve
+#: closes the incident and keeps ``opened_at``; a trigger opens or extends it (``fired_levels``
+#: and ``opened_at`` computed by :func:`bridge.ledger.extend`). The body is read from the
+#: outbox row, not sent back and forth.
+_LEDGER_MANY = (
+    "INSERT INTO oncall_ledger AS l (target, key, open, level, fired_levels, body, opened_at, told_at, seq)"
+    " SELECT v.target, v.key, v.open, v.level, v.fired, o.body, v.opened_at, %s, v.seq"
+    " FROM unnest(%s::text[], %s::text[], %s::boolean[], %s::text[], %s::text[], %s::float8[], %s::bigint[])"
+    " AS v(target, key, open, level, fired, opened_at, seq) JOIN oncall_outbox o ON o.seq = v.seq"
+    " ORDER BY v.target, v.key"
+    " ON CONFLICT (target, key) DO UPDATE SET open = excluded.open, level = excluded.level,"
+    " fired_levels = excluded.fired_levels, body = excluded.body,"
+    " opened_at = CASE WHEN excluded.open THEN excluded.opened_at ELSE l.opened_at END,"
     " told_at = excluded.told_at, seq = excluded.seq"
+)
+#: The keys' last delivered event (repeat suppression), one statement for the batch.
+_FORWARDED_MANY = (
+    "UPDATE oncall_queue q SET fwd_level = v.level, fwd_received_at = v.received_at"
+    " FROM unnest(%s::text[], %s::text[], %s::text[], %s::float8[]) AS v(target, key, level, received_at)"
+    " WHERE q.target = v.target AND q.key = v.key"
 )
 _REFRESH_MANY = "SELECT oncall_refresh(v.target, v.key) FROM unnest(%s::text[], %s::text[]) AS v(target, key)"
 
@@ -89,33 +97,35 @@ def finish_rows(
 
 
 def _finish_final(cur: "psycopg.Cursor[Any]", final: List[Outcome], replica_id: str, now: float) -> None:
-    """Final states in one statement; the deliveries among them update the ledger."""
-    bodies: Dict[int, bytes] = {
-        int(seq): bytes(body)
-        for seq, body in cur.execute(
+    """Final states in one statement; the deliveries among them update the forwarded event
+    and the ledger, one statement each (the batch has at most one outcome per key)."""
+    done = {
+        int(seq) for (seq,) in cur.execute(
             _FINISH_FINAL_MANY,
             (now, replica_id, [o.head.seq for o in final], [o.state for o in final], [o.attempts for o in final],
              [o.error for o in final], [o.status for o in final]),
         ).fetchall()
     }
-    delivered = [o for o in final if o.state == "delivered" and o.head.seq in bodies]
+    # One per key (an outcome handed twice must not make the upsert touch a row twice).
+    delivered = list({(o.head.target, o.head.key): o.head for o in final
+                      if o.state == "delivered" and o.head.seq in done}.values())
     if not delivered:
         return
-    cur.executemany(sql.SET_FORWARDED, [(o.head.level, o.head.received_at, o.head.target, o.head.key)
-                                         for o in delivered])
+    targets = [h.target for h in delivered]
+    keys = [h.key for h in delivered]
+    cur.execute(_FORWARDED_MANY, (targets, keys, [h.level for h in delivered], [h.received_at for h in delivered]))
     found = {(t, k): (is_open, fired, opened) for t, k, is_open, fired, opened in cur.execute(
-        _LEDGER_ROWS, ([o.head.target for o in delivered], [o.head.key for o in delivered])).fetchall()}
-    closes = []
-    opens = []
-    for o in delivered:
-        h = o.head
-        body = bodies[h.seq]
+        _LEDGER_ROWS, (targets, keys)).fetchall()}
+    opens: List[bool] = []
+    fired_levels: List[str] = []
+    opened_at: List[float] = []
+    for h in delivered:
         if h.level == "OK":
-            closes.append((h.target, h.key, body, now, now, h.seq))
+            fired, opened = "", now
         else:
-            fired, opened_at = extend(found.get((h.target, h.key)), h.level, now)
-            opens.append((h.target, h.key, h.level, fired, body, opened_at, now, h.seq))
-    if closes:
-        cur.executemany(_LEDGER_OK, closes)
-    if opens:
-        cur.executemany(_LEDGER_OPEN, opens)
+            fired, opened = extend(found.get((h.target, h.key)), h.level, now)
+        opens.append(h.level != "OK")
+        fired_levels.append(fired)
+        opened_at.append(opened)
+    cur.execute(_LEDGER_MANY, (now, targets, keys, opens, [h.level for h in delivered], fired_levels, opened_at,
+                               [h.seq for h in delivered]))
