@@ -18,7 +18,7 @@ from typing import Any, List, Sequence, Tuple
 import psycopg
 
 from ..ledger import extend
-from ..store import Outcome
+from ..store import Head, Outcome
 from . import sql
 from .silences import FINISH_SILENCED
 
@@ -54,13 +54,20 @@ _LEDGER_MANY = (
     " opened_at = CASE WHEN excluded.open THEN excluded.opened_at ELSE l.opened_at END,"
     " told_at = excluded.told_at, seq = excluded.seq"
 )
-#: The keys' last delivered event (repeat suppression), one statement for the batch.
-_FORWARDED_MANY = (
-    "UPDATE oncall_queue q SET fwd_level = v.level, fwd_received_at = v.received_at"
-    " FROM unnest(%s::text[], %s::text[], %s::text[], %s::float8[]) AS v(target, key, level, received_at)"
+#: Every key of the batch: its queue head refreshed (what ``oncall_refresh`` does for one key:
+#: the oldest pending row becomes the head, nothing in flight) and, for a delivery, its last
+#: forwarded event (repeat suppression) set, one statement and one new row version per key.
+_REFRESH_MANY = (
+    "UPDATE oncall_queue q SET head_seq = h.seq, due = h.next_attempt_at, inflight_seq = NULL, owner = NULL,"
+    " lease_until = NULL,"
+    " fwd_level = CASE WHEN v.sent THEN v.level ELSE q.fwd_level END,"
+    " fwd_received_at = CASE WHEN v.sent THEN v.received_at ELSE q.fwd_received_at END"
+    " FROM unnest(%s::text[], %s::text[], %s::boolean[], %s::text[], %s::float8[])"
+    " AS v(target, key, sent, level, received_at)"
+    " LEFT JOIN LATERAL (SELECT o.seq, o.next_attempt_at FROM oncall_outbox o"
+    " WHERE o.target = v.target AND o.key = v.key AND o.state = 'pending' ORDER BY o.seq LIMIT 1) h ON true"
     " WHERE q.target = v.target AND q.key = v.key"
 )
-_REFRESH_MANY = "SELECT oncall_refresh(v.target, v.key) FROM unnest(%s::text[], %s::text[]) AS v(target, key)"
 
 
 def finish_rows(
@@ -90,15 +97,16 @@ def finish_rows(
     if silenced:  # held by a silence; the release job tells the latest state
         cur.executemany(FINISH_SILENCED, silenced)
     final = [o for o in live if o.state not in ("pending", "suppressed", "silenced")]
-    if final:
-        _finish_final(cur, final, replica_id, now)
-    cur.execute(_REFRESH_MANY, ([o.head.target for o in live], [o.head.key for o in live]))
+    sent = {h.seq for h in _finish_final(cur, final, replica_id, now)} if final else set()
+    heads = [o.head for o in live]
+    cur.execute(_REFRESH_MANY, ([h.target for h in heads], [h.key for h in heads], [h.seq in sent for h in heads],
+                                [h.level for h in heads], [h.received_at for h in heads]))
     return results
 
 
-def _finish_final(cur: "psycopg.Cursor[Any]", final: List[Outcome], replica_id: str, now: float) -> None:
-    """Final states in one statement; the deliveries among them update the forwarded event
-    and the ledger, one statement each (the batch has at most one outcome per key)."""
+def _finish_final(cur: "psycopg.Cursor[Any]", final: List[Outcome], replica_id: str, now: float) -> List[Head]:
+    """Final states in one statement; the deliveries among them update the ledger in one
+    more (the batch has at most one outcome per key). Returns the heads delivered."""
     done = {
         int(seq) for (seq,) in cur.execute(
             _FINISH_FINAL_MANY,
@@ -110,10 +118,9 @@ def _finish_final(cur: "psycopg.Cursor[Any]", final: List[Outcome], replica_id: 
     delivered = list({(o.head.target, o.head.key): o.head for o in final
                       if o.state == "delivered" and o.head.seq in done}.values())
     if not delivered:
-        return
+        return delivered
     targets = [h.target for h in delivered]
     keys = [h.key for h in delivered]
-    cur.execute(_FORWARDED_MANY, (targets, keys, [h.level for h in delivered], [h.received_at for h in delivered]))
     found = {(t, k): (is_open, fired, opened) for t, k, is_open, fired, opened in cur.execute(
         _LEDGER_ROWS, (targets, keys)).fetchall()}
     opens: List[bool] = []
@@ -129,3 +136,4 @@ def _finish_final(cur: "psycopg.Cursor[Any]", final: List[Outcome], replica_id: 
         opened_at.append(opened)
     cur.execute(_LEDGER_MANY, (now, targets, keys, opens, [h.level for h in delivered], fired_levels, opened_at,
                                [h.seq for h in delivered]))
+    return delivered
