@@ -49,6 +49,7 @@ from concurrent.futures import Future
 from typing import Any, Callable, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 from . import supervise
+from .batching import run_batches
 from .errors import StoreError
 from .log import get_logger
 from .outbox_index import HeadIndex
@@ -190,22 +191,7 @@ class Outbox(HeadIndex, OutboxReads, SqliteOperator):
         self._queue.put(op)
 
     def _run(self) -> None:
-        stop = False
-        while not stop:
-            op = self._queue.get()
-            if op is _STOP:
-                break
-            batch = [op]
-            while len(batch) < MAX_BATCH:
-                try:
-                    nxt = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if nxt is _STOP:
-                    stop = True
-                    break
-                batch.append(nxt)
-            self._commit(batch)
+        run_batches(self._queue, lambda batch: self._commit(batch), _STOP, MAX_BATCH)
         # Anything queued after the stop marker is refused, never silently dropped.
         while True:
             try:

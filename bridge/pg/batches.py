@@ -8,6 +8,7 @@ import queue
 import threading
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from ..batching import run_batches
 from ..errors import StoreError
 from ..store import Outcome, OutcomeDone, Row
 from . import sql
@@ -73,22 +74,7 @@ class _Batches(_PgBase):
             finisher.join(timeout)
 
     def _run_finisher(self) -> None:
-        stop = False
-        while not stop:
-            first = self._finishing.get()
-            if first is _STOP:
-                break
-            batch = [first]
-            while True:
-                try:
-                    nxt = self._finishing.get_nowait()
-                except queue.Empty:
-                    break
-                if nxt is _STOP:
-                    stop = True
-                    break
-                batch.append(nxt)
-            self._finish_batch(batch)
+        run_batches(self._finishing, self._finish_batch, _STOP)
 
     def _finish_batch(self, batch: List[Tuple[List[Outcome], OutcomeDone]], retries: int = 2) -> None:
         # Keys locked in (target, key) order, like the writer's batches: no deadlock between them.

@@ -23,7 +23,9 @@ __all__ = ["PgOperator", "RELEASE_JOB"]
 
 #: The singleton job that releases silenced rows.
 RELEASE_JOB = "silences"
-#: Seconds a read for the page, the API or the silencer waits for a pooled connection.
+#: Seconds a read for the page, the API or the silencer, or an operator's change (a silence,
+#: a dropped dead letter), waits for a pooled connection: with the database down, a person
+#: gets "store unavailable" in seconds, not after the whole commit timeout.
 READ_TIMEOUT = 5.0
 
 
@@ -58,12 +60,12 @@ class PgOperator:
 
     def add_silence(self, silence: Silence) -> Silence:
         """Store a silence made by :func:`bridge.silences.new_silence` (every replica sees it)."""
-        with self._tx(durable=True) as cur:
+        with self._tx(READ_TIMEOUT, durable=True) as cur:
             return pg_silences.insert(cur, silence)
 
     def expire_silence(self, silence_id: str, now: Optional[float] = None) -> Silence:
         """End a silence now; raises :class:`~bridge.silences.SilenceError` for an unknown or ended one."""
-        with self._tx(durable=True) as cur:
+        with self._tx(READ_TIMEOUT, durable=True) as cur:
             return pg_silences.expire(cur, silence_id, self._clock() if now is None else now)
 
     def release_silences(self, now: Optional[float] = None) -> List[Released]:
@@ -94,5 +96,5 @@ class PgOperator:
 
     def drop_dead(self, seq: int) -> bool:
         """Delete dead letter ``seq``; False if it is not (or no longer) a dead letter."""
-        with self._tx(durable=True) as cur:
+        with self._tx(READ_TIMEOUT, durable=True) as cur:
             return cur.execute("DELETE FROM oncall_outbox WHERE seq = %s AND state = 'dead'", (seq,)).rowcount > 0

@@ -11,6 +11,7 @@ from typing import Any, List, Optional, Sequence, Tuple
 
 import psycopg
 
+from ..batching import run_batches
 from ..errors import StoreError
 from ..outbox_ops import Ticket, resolver
 from . import sql
@@ -86,22 +87,7 @@ class _Writer(_PgBase):
         return future
 
     def _run_writer(self) -> None:
-        stop = False
-        while not stop:
-            first = self._queue.get()
-            if first is _STOP:
-                break
-            batch: List[_Insert] = [first]
-            while len(batch) < MAX_BATCH:
-                try:
-                    nxt = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if nxt is _STOP:
-                    stop = True
-                    break
-                batch.append(nxt)
-            self._commit(batch)
+        run_batches(self._queue, self._commit, _STOP, MAX_BATCH)
         while True:  # refused, never silently dropped
             try:
                 op = self._queue.get_nowait()
