@@ -6,9 +6,12 @@ key is no longer ours (another replica took it after the lease) is left alone
 ``done_at`` and who delivered; a delivery updates the key's last-forwarded event
 and the incident ledger (:func:`bridge.ledger.extend`, shared by both backends);
 a silenced row is kept on file; the key's queue head is refreshed. Per outcome that was six round trips and six
-statements' worth of driver CPU; here it is one statement per kind of work for the
-whole batch (``executemany`` runs pipelined), which is what lets one replica's
-drain follow the delivery engine.
+statements' worth of driver CPU; here a delivered batch is five statements whatever its
+size (lock the keys, final states, read the ledger, upsert the ledger, refresh the heads
+with the forwarded event), each over arrays (``unnest``): per-row statements, even
+pipelined, cost driver CPU in the bridge and executor CPU in PostgreSQL per row, and
+the drain of one replica is bound by that CPU. Retries, suppressions and silences are
+rare and stay ``executemany``.
 """
 
 from __future__ import annotations
