@@ -224,7 +224,8 @@ def _failover_gap(pg: Any, root: Path) -> float:
         hang.server_close()
 
 
-def measure(runs: int = 3, alerts: int = 5_000, log: Log = print) -> Section:
+def measure(runs: int = 3, alerts: int = 5_000, log: Log = print,
+            setups: Sequence[Tuple[str, int]] = SETUPS, failover: bool = True) -> Section:
     sys.path.insert(0, str(REPO_ROOT))
     from tests.pgserver import PgServer
 
@@ -241,7 +242,7 @@ def measure(runs: int = 3, alerts: int = 5_000, log: Log = print) -> Section:
     receiver = FastReceiver()
     try:
         for _ in range(runs):
-            for backend, n in SETUPS:
+            for backend, n in setups:
                 name = f"{backend} × {n}"
                 with tempfile.TemporaryDirectory(prefix="bench-replicas-") as tmp:
                     got = _one_run(backend, n, alerts, receiver, pg, Path(tmp))
@@ -275,6 +276,8 @@ def measure(runs: int = 3, alerts: int = 5_000, log: Log = print) -> Section:
                     f"accept ceiling if bridges, postgres and generator had all {cores} cores (CPU per alert), {name}",
                     "alerts/s").values.append(round(cores * 1e6 / per_alert, 1))
                 loads.append(os.getloadavg()[0])
+            if not failover:
+                continue
             with tempfile.TemporaryDirectory(prefix="bench-failover-") as tmp:
                 gap = _failover_gap(pg, Path(tmp))
             log(f"  failover gap {gap:.2f}s (lease {LEASE}s)")
@@ -283,7 +286,7 @@ def measure(runs: int = 3, alerts: int = 5_000, log: Log = print) -> Section:
     finally:
         receiver.close()
         pg.close()
-    notes = {"clients": CLIENTS, "alerts_per_run": alerts, "lease": LEASE, "setups": [list(s) for s in SETUPS],
+    notes = {"clients": CLIENTS, "alerts_per_run": alerts, "lease": LEASE, "setups": [list(s) for s in setups],
              "load": [round(x, 2) for x in loads]}
     return Section(list(figs.values()), notes)
 
@@ -292,8 +295,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(prog=CMD, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--alerts", type=int, default=5_000)
+    p.add_argument("--only", metavar="BACKEND:N", action="append", default=[],
+                   help="measure only these setups (e.g. postgres:1), without the failover gap: "
+                        "a quick loop while tuning one figure")
     args = p.parse_args(argv)
-    sec = measure(args.runs, args.alerts)
+    setups = tuple((b, int(n)) for b, n in (o.split(":") for o in args.only)) or SETUPS
+    sec = measure(args.runs, args.alerts, setups=setups, failover=not args.only)
     for f in sec.figures:
         print(f"{f.label}: median {f.median} {f.unit} (runs {f.values})")
     return 0

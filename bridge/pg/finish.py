@@ -6,19 +6,22 @@ key is no longer ours (another replica took it after the lease) is left alone
 ``done_at`` and who delivered; a delivery updates the key's last-forwarded event
 and the incident ledger (:func:`bridge.ledger.extend`, shared by both backends);
 a silenced row is kept on file; the key's queue head is refreshed. Per outcome that was six round trips and six
-statements' worth of driver CPU; here it is one statement per kind of work for the
-whole batch (``executemany`` runs pipelined), which is what lets one replica's
-drain follow the delivery engine.
+statements' worth of driver CPU; here a delivered batch is five statements whatever its
+size (lock the keys, final states, read the ledger, upsert the ledger, refresh the heads
+with the forwarded event), each over arrays (``unnest``): per-row statements, even
+pipelined, cost driver CPU in the bridge and executor CPU in PostgreSQL per row, and
+the drain of one replica is bound by that CPU. Retries, suppressions and silences are
+rare and stay ``executemany``.
 """
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, List, Sequence, Tuple
 
 import psycopg
 
 from ..ledger import extend
-from ..store import Outcome
+from ..store import Head, Outcome
 from . import sql
 from .silences import FINISH_SILENCED
 
@@ -33,26 +36,41 @@ _FINISH_FINAL_MANY = (
     "UPDATE oncall_outbox o SET state = v.state, attempts = COALESCE(v.attempts, o.attempts),"
     " last_error = v.error, last_status = v.status, done_at = %s, delivered_by = %s"
     " FROM unnest(%s::bigint[], %s::text[], %s::int[], %s::text[], %s::int[]) AS v(seq, state, attempts, error, status)"
-    " WHERE o.seq = v.seq AND o.state = 'inflight' RETURNING o.seq, o.body"
+    " WHERE o.seq = v.seq AND o.state = 'inflight' RETURNING o.seq"
 )
 _LEDGER_ROWS = (
     "SELECT l.target, l.key, l.open, l.fired_levels, l.opened_at FROM oncall_ledger l"
     " JOIN unnest(%s::text[], %s::text[]) AS v(target, key) ON l.target = v.target AND l.key = v.key"
 )
-_LEDGER_OK = (
-    "INSERT INTO oncall_ledger (target, key, open, level, fired_levels, body, opened_at, told_at, seq)"
-    " VALUES (%s, %s, false, 'OK', '', %s, %s, %s, %s)"
-    " ON CONFLICT (target, key) DO UPDATE SET open = false, level = 'OK', fired_levels = '',"
-    " body = excluded.body, told_at = excluded.told_at, seq = excluded.seq"
-)
-_LEDGER_OPEN = (
-    "INSERT INTO oncall_ledger (target, key, open, level, fired_levels, body, opened_at, told_at, seq)"
-    " VALUES (%s, %s, true, %s, %s, %s, %s, %s, %s)"
-    " ON CONFLICT (target, key) DO UPDATE SET open = true, level = excluded.level,"
-    " fired_levels = excluded.fired_levels, body = excluded.body, opened_at = excluded.opened_at,"
+#: The ledger rows of a batch's deliveries in one statement (one element per key): a resolve
+#: closes the incident and keeps ``opened_at``; a trigger opens or extends it (``fired_levels``
+#: and ``opened_at`` computed by :func:`bridge.ledger.extend`). The body is read from the
+#: outbox row, not sent back and forth.
+_LEDGER_MANY = (
+    "INSERT INTO oncall_ledger AS l (target, key, open, level, fired_levels, body, opened_at, told_at, seq)"
+    " SELECT v.target, v.key, v.open, v.level, v.fired, o.body, v.opened_at, %s, v.seq"
+    " FROM unnest(%s::text[], %s::text[], %s::boolean[], %s::text[], %s::text[], %s::float8[], %s::bigint[])"
+    " AS v(target, key, open, level, fired, opened_at, seq) JOIN oncall_outbox o ON o.seq = v.seq"
+    " ORDER BY v.target, v.key"
+    " ON CONFLICT (target, key) DO UPDATE SET open = excluded.open, level = excluded.level,"
+    " fired_levels = excluded.fired_levels, body = excluded.body,"
+    " opened_at = CASE WHEN excluded.open THEN excluded.opened_at ELSE l.opened_at END,"
     " told_at = excluded.told_at, seq = excluded.seq"
 )
-_REFRESH_MANY = "SELECT oncall_refresh(v.target, v.key) FROM unnest(%s::text[], %s::text[]) AS v(target, key)"
+#: Every key of the batch: its queue head refreshed (what ``oncall_refresh`` does for one key:
+#: the oldest pending row becomes the head, nothing in flight) and, for a delivery, its last
+#: forwarded event (repeat suppression) set, one statement and one new row version per key.
+_REFRESH_MANY = (
+    "UPDATE oncall_queue q SET head_seq = h.seq, due = h.next_attempt_at, inflight_seq = NULL, owner = NULL,"
+    " lease_until = NULL,"
+    " fwd_level = CASE WHEN v.sent THEN v.level ELSE q.fwd_level END,"
+    " fwd_received_at = CASE WHEN v.sent THEN v.received_at ELSE q.fwd_received_at END"
+    " FROM unnest(%s::text[], %s::text[], %s::boolean[], %s::text[], %s::float8[])"
+    " AS v(target, key, sent, level, received_at)"
+    " LEFT JOIN LATERAL (SELECT o.seq, o.next_attempt_at FROM oncall_outbox o"
+    " WHERE o.target = v.target AND o.key = v.key AND o.state = 'pending' ORDER BY o.seq LIMIT 1) h ON true"
+    " WHERE q.target = v.target AND q.key = v.key"
+)
 
 
 def finish_rows(
@@ -82,40 +100,43 @@ def finish_rows(
     if silenced:  # held by a silence; the release job tells the latest state
         cur.executemany(FINISH_SILENCED, silenced)
     final = [o for o in live if o.state not in ("pending", "suppressed", "silenced")]
-    if final:
-        _finish_final(cur, final, replica_id, now)
-    cur.execute(_REFRESH_MANY, ([o.head.target for o in live], [o.head.key for o in live]))
+    sent = {h.seq for h in _finish_final(cur, final, replica_id, now)} if final else set()
+    heads = [o.head for o in live]
+    cur.execute(_REFRESH_MANY, ([h.target for h in heads], [h.key for h in heads], [h.seq in sent for h in heads],
+                                [h.level for h in heads], [h.received_at for h in heads]))
     return results
 
 
-def _finish_final(cur: "psycopg.Cursor[Any]", final: List[Outcome], replica_id: str, now: float) -> None:
-    """Final states in one statement; the deliveries among them update the ledger."""
-    bodies: Dict[int, bytes] = {
-        int(seq): bytes(body)
-        for seq, body in cur.execute(
+def _finish_final(cur: "psycopg.Cursor[Any]", final: List[Outcome], replica_id: str, now: float) -> List[Head]:
+    """Final states in one statement; the deliveries among them update the ledger in one
+    more (the batch has at most one outcome per key). Returns the heads delivered."""
+    done = {
+        int(seq) for (seq,) in cur.execute(
             _FINISH_FINAL_MANY,
             (now, replica_id, [o.head.seq for o in final], [o.state for o in final], [o.attempts for o in final],
              [o.error for o in final], [o.status for o in final]),
         ).fetchall()
     }
-    delivered = [o for o in final if o.state == "delivered" and o.head.seq in bodies]
+    # One per key (an outcome handed twice must not make the upsert touch a row twice).
+    delivered = list({(o.head.target, o.head.key): o.head for o in final
+                      if o.state == "delivered" and o.head.seq in done}.values())
     if not delivered:
-        return
-    cur.executemany(sql.SET_FORWARDED, [(o.head.level, o.head.received_at, o.head.target, o.head.key)
-                                         for o in delivered])
+        return delivered
+    targets = [h.target for h in delivered]
+    keys = [h.key for h in delivered]
     found = {(t, k): (is_open, fired, opened) for t, k, is_open, fired, opened in cur.execute(
-        _LEDGER_ROWS, ([o.head.target for o in delivered], [o.head.key for o in delivered])).fetchall()}
-    closes = []
-    opens = []
-    for o in delivered:
-        h = o.head
-        body = bodies[h.seq]
+        _LEDGER_ROWS, (targets, keys)).fetchall()}
+    opens: List[bool] = []
+    fired_levels: List[str] = []
+    opened_at: List[float] = []
+    for h in delivered:
         if h.level == "OK":
-            closes.append((h.target, h.key, body, now, now, h.seq))
+            fired, opened = "", now
         else:
-            fired, opened_at = extend(found.get((h.target, h.key)), h.level, now)
-            opens.append((h.target, h.key, h.level, fired, body, opened_at, now, h.seq))
-    if closes:
-        cur.executemany(_LEDGER_OK, closes)
-    if opens:
-        cur.executemany(_LEDGER_OPEN, opens)
+            fired, opened = extend(found.get((h.target, h.key)), h.level, now)
+        opens.append(h.level != "OK")
+        fired_levels.append(fired)
+        opened_at.append(opened)
+    cur.execute(_LEDGER_MANY, (now, targets, keys, opens, [h.level for h in delivered], fired_levels, opened_at,
+                               [h.seq for h in delivered]))
+    return delivered
