@@ -110,7 +110,12 @@ def _states(bridge: BridgeProcess) -> Dict[str, str]:
 
 
 def _text(browser: webdriver.Chrome, css: str) -> str:
-    return browser.find_element(By.CSS_SELECTOR, css).text
+    """The element's text; "" when the live refresh replaced it between finding and reading
+    (pollers call this again)."""
+    try:
+        return browser.find_element(By.CSS_SELECTOR, css).text
+    except StaleElementReferenceException:
+        return ""
 
 
 def _sign_in(browser: webdriver.Chrome, bridge: BridgeProcess, token: str = TOKEN) -> None:
