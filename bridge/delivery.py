@@ -184,14 +184,16 @@ class Delivery:
                     wake_at = min(wake_at, now + max(0.0, retry_at - time.monotonic()))
             self._rotation = (self._rotation + 1) % max(1, len(names))
             jobs: List[Job] = []
-            for name in names[self._rotation :] + names[: self._rotation]:
-                try:
-                    when = self._fill(name, now, jobs)
-                except StoreError:
-                    when = now + 1.0
-                if when is not None:
-                    wake_at = min(wake_at, when)
-            self.engine.submit(jobs)
+            try:
+                for name in names[self._rotation :] + names[: self._rotation]:
+                    try:
+                        when = self._fill(name, now, jobs)
+                    except StoreError:
+                        when = now + 1.0
+                    if when is not None:
+                        wake_at = min(wake_at, when)
+            finally:  # jobs already prepared hold claimed rows and slots: they go even if a fill crashed
+                self.engine.submit(jobs)
             self._kick.wait(max(0.0, wake_at - self._clock()))
             self._kick.clear()
 
@@ -203,45 +205,49 @@ class Delivery:
         claimed: List[Head] = []
         verdicts: List[Verdict] = []
         when: Optional[float] = None
-        while not self._stopping.is_set():
-            if self._free <= 0 or self._inflight[target] >= self._cap:
-                break
-            head, due = self.outbox.peek(target, now, resolves_first=limited)
-            if head is None:
-                when = due
-                break
-            if self._backlogged(head, now):
-                # This head may have history to coalesce: scan now, before it is claimed.
-                self._coalesce(target, force=True)
+        try:
+            while not self._stopping.is_set():
+                if self._free <= 0 or self._inflight[target] >= self._cap:
+                    break
                 head, due = self.outbox.peek(target, now, resolves_first=limited)
                 if head is None:
                     when = due
                     break
-            suppress = self._suppressed(head)
-            if not suppress:
-                wait = self.limiters.wait_time(target)
-                if wait > 0:
-                    when = self._clock() + wait
-                    break
-            if not self.outbox.claim(head):
-                continue
-            if suppress:
-                verdicts.append(Verdict(Outcome(head, "suppressed"), "suppressed", "delivery.suppressed"))
-                continue
-            self.limiters.try_acquire(target)
-            self._free -= 1
-            self._inflight[target] += 1
-            if limited:
-                # Sent at once: the token is stamped now, so the platform sees the limit held
-                # (a batch would move the first sends' arrival away from their tokens).
-                now_jobs: List[Job] = []
-                self._prepare([head], now_jobs, verdicts)
-                self.engine.submit(now_jobs)
-                continue
-            claimed.append(head)
-        if claimed:
-            self._prepare(claimed, jobs, verdicts)
-        self.recorder.record(verdicts)
+                if self._backlogged(head, now):
+                    # This head may have history to coalesce: scan now, before it is claimed.
+                    self._coalesce(target, force=True)
+                    head, due = self.outbox.peek(target, now, resolves_first=limited)
+                    if head is None:
+                        when = due
+                        break
+                suppress = self._suppressed(head)
+                if not suppress:
+                    wait = self.limiters.wait_time(target)
+                    if wait > 0:
+                        when = self._clock() + wait
+                        break
+                if not self.outbox.claim(head):
+                    continue
+                if suppress:
+                    verdicts.append(Verdict(Outcome(head, "suppressed"), "suppressed", "delivery.suppressed"))
+                    continue
+                self.limiters.try_acquire(target)
+                self._free -= 1
+                self._inflight[target] += 1
+                if limited:
+                    # Sent at once: the token is stamped now, so the platform sees the limit held
+                    # (a batch would move the first sends' arrival away from their tokens).
+                    now_jobs: List[Job] = []
+                    self._prepare([head], now_jobs, verdicts)
+                    self.engine.submit(now_jobs)
+                    continue
+                claimed.append(head)
+        finally:
+            # A store error mid-round (a PostgreSQL claim or read) must not strand what this
+            # round already claimed: those rows and their slots go out or come back as usual.
+            if claimed:
+                self._prepare(claimed, jobs, verdicts)
+            self.recorder.record(verdicts)
         return when
 
     def _prepare(self, heads: List[Head], jobs: List[Job], verdicts: List[Verdict]) -> None:

@@ -229,3 +229,43 @@ def test_rows_whose_load_failed_are_given_back(tmp_path: Path, receiver: Receive
     finally:
         delivery.stop(1)
         box.close()
+
+
+class FailingPeek:
+    """A real :class:`Outbox` whose second ``peek`` fails like a store error, after the
+    first head of the round was claimed (a PostgreSQL claim losing its connection)."""
+
+    def __init__(self, box: Outbox) -> None:
+        self.box = box
+        self.peeks = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.box, name)
+
+    def peek(self, *args: Any, **kwargs: Any) -> Any:
+        self.peeks += 1
+        if self.peeks == 2:
+            raise StoreError("injected: claim failed")
+        return self.box.peek(*args, **kwargs)
+
+
+def test_store_error_mid_round_strands_nothing(tmp_path: Path, receiver: Receiver) -> None:
+    """Heads claimed before a store error in the same round are still delivered (their ids
+    do not stay busy, their slots are not lost)."""
+    cfg_path = tmp_path / "b.toml"
+    cfg_path.write_text(webhook_config(receiver.url + "/hook") + f'\n[store]\npath = "{tmp_path / "d.db"}"\n')
+    config = load(str(cfg_path))
+    box = Outbox(config.store.path).open()
+    store = FailingPeek(box)
+    delivery = Delivery(config, store)  # type: ignore[arg-type]
+    try:
+        for i in range(3):
+            _post(box, "hook", f"cpu:host=h{i}")
+        delivery.start()
+        got = receiver.wait_for(3, timeout=10)
+        assert store.peeks >= 2 and sorted(r.json()["id"] for r in got) == [f"cpu:host=h{i}" for i in range(3)]
+        assert delivery.stop(10)
+        assert [r.state for r in box.load_many([1, 2, 3]).values()] == ["delivered"] * 3
+    finally:
+        delivery.stop(1)
+        box.close()
