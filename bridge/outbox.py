@@ -72,7 +72,7 @@ from .outbox_ops import (
 )
 from .outbox_upkeep import _Coalesce, _FireExpiries, _Probe, _Prune, _Rebuild, _Replay
 from .store_ops import Replayed, serving_lock
-from .store import Head, Outcome, OutcomeDone, _store_error, open_store
+from .store import Head, Outcome, OutcomeDone, _store_error, check_outcome, open_store
 
 __all__ = ["Outbox", "Ticket"]
 
@@ -381,31 +381,19 @@ class Outbox(HeadIndex, OutboxReads, SqliteOperator):
         next_at: Optional[float] = None,
         error: Optional[str] = None,
         status: Optional[int] = None,
-        wait: bool = True,
-        done: Optional[Done] = None,
     ) -> None:
-        """Record the outcome of a claimed row: delivered, dead, suppressed, silenced (held by
-        a silence, see :mod:`bridge.silences`), or pending again (with ``attempts`` and
-        ``next_at`` so a restart resumes the schedule).
-
-        With ``done`` the call returns at once and ``done(None, None)`` runs (in the writer
-        thread) once the outcome is durable, ``done(None, error)`` if it was not committed:
-        the key stays busy either way until an outcome commits."""
-        _check_final(state, next_at)
-        op = _Finish(head, state, attempts, next_at, error, status, None)
-        if done is not None:
-            op.done = done
-            self._submit(op)
-        elif wait:
-            self._run_sync(op)
-        else:
-            self._submit(op)
+        """Record the outcome of a claimed row and wait until it is durable: delivered, dead,
+        suppressed, silenced (held by a silence, see :mod:`bridge.silences`), or pending again
+        (with ``attempts`` and ``next_at`` so a restart resumes the schedule). Delivery uses
+        :meth:`finish_many`, which does not wait."""
+        check_outcome(state, next_at)
+        self._run_sync(_Finish(head, state, attempts, next_at, error, status, None))
 
     def finish_many(self, outcomes: Sequence[Outcome], done: OutcomeDone) -> None:
         """Record several outcomes (see :meth:`finish`); returns at once, ``done(outcome, error)``
         runs per outcome in the writer thread. The writer folds them into its group commits."""
         for o in outcomes:
-            _check_final(o.state, o.next_at)
+            check_outcome(o.state, o.next_at)
         for o in outcomes:
             op = _Finish(o.head, o.state, o.attempts, o.next_at, o.error, o.status, None)
             op.done = _bind(done, o)
@@ -479,13 +467,6 @@ class Outbox(HeadIndex, OutboxReads, SqliteOperator):
             return bool(self._run_sync(_Probe(None), timeout))
         except Exception:  # noqa: BLE001 - any failure means "not writable"
             return False
-
-
-def _check_final(state: str, next_at: Optional[float]) -> None:
-    if state not in ("delivered", "dead", "suppressed", "silenced", "pending"):
-        raise ValueError(f"bad final state {state!r}")
-    if state == "pending" and next_at is None:
-        raise ValueError("a retry needs next_at")
 
 
 def _bind(done: OutcomeDone, outcome: Outcome) -> Done:

@@ -193,6 +193,18 @@ class Outcome:
     status: Optional[int] = None
 
 
+#: The states an outcome may record.
+OUTCOME_STATES = ("delivered", "dead", "suppressed", "silenced", "pending")
+
+
+def check_outcome(state: str, next_at: Optional[float]) -> None:
+    """Refuse an outcome no store can record (a bug in the caller, not a store failure)."""
+    if state not in OUTCOME_STATES:
+        raise ValueError(f"bad final state {state!r}")
+    if state == "pending" and next_at is None:
+        raise ValueError("a retry needs next_at")
+
+
 #: Called once per outcome of ``Store.finish_many``: error None once it is durable.
 OutcomeDone = Callable[[Outcome, Optional[BaseException]], None]
 

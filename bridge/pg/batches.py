@@ -1,29 +1,21 @@
-"""The delivery engine's batches on PostgreSQL: rows of a batch of claimed heads in one
-read, and a batch of outcomes committed by a finisher thread in one set-based transaction
+"""Outcomes on PostgreSQL, and the delivery engine's batches: rows of a batch of claimed heads
+in one read, and a batch of outcomes committed by a finisher thread in one set-based transaction
 (:mod:`.finish`), so the dispatcher never waits on the database for an outcome."""
 
 from __future__ import annotations
 
-import queue
 import threading
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from ..batching import run_batches
 from ..errors import StoreError
-from ..store import Outcome, OutcomeDone, Row
+from ..store import Head, Outcome, OutcomeDone, Row, check_outcome
 from . import sql
 from .base import _PgBase, log
 from .finish import finish_rows
 from .writer import _STOP
 
-#: The states :meth:`_Batches.finish_many` records (those of ``finish``).
-_STATES = ("delivered", "dead", "suppressed", "silenced", "pending")
-
-
 class _Batches(_PgBase):
-    _finishing: "queue.SimpleQueue[Any]"
-    _finisher: Optional[threading.Thread]
-
     def load_many(self, seqs: Sequence[int]) -> Dict[int, Row]:
         """Rows of claimed heads come with the claim; others are read in one query."""
         out: Dict[int, Row] = {}
@@ -43,15 +35,23 @@ class _Batches(_PgBase):
                     out[row.seq] = row
         return out
 
+    def finish(self, head: Head, state: str, *, attempts: Optional[int] = None, next_at: Optional[float] = None,
+               error: Optional[str] = None, status: Optional[int] = None) -> None:
+        """Record a claimed row's outcome and wait for its commit: one outcome through the
+        same set-based rules as :meth:`finish_many` (:func:`.finish.finish_rows`); a row whose
+        lease another replica took is left alone."""
+        outcome = Outcome(head, state, attempts, next_at, error, status)
+        check_outcome(state, next_at)
+        with self._tx() as cur:
+            results = finish_rows(cur, [outcome], self.replica_id, self._clock())
+        self._finished(results)
+
     def finish_many(self, outcomes: Sequence[Outcome], done: OutcomeDone) -> None:
         """Record several outcomes; returns at once. A finisher thread commits everything
         queued meanwhile in one transaction and calls ``done(outcome, error)`` for each
         after the commit or its failure."""
         for o in outcomes:
-            if o.state not in _STATES:
-                raise ValueError(f"bad final state {o.state!r}")
-            if o.state == "pending" and o.next_at is None:
-                raise ValueError("a retry needs next_at")
+            check_outcome(o.state, o.next_at)
         if not outcomes:
             return
         with self._lock:
@@ -85,10 +85,13 @@ class _Batches(_PgBase):
         try:
             with self._tx() as cur:
                 results = finish_rows(cur, ordered, self.replica_id, now)
-        except (StoreError, TimeoutError) as exc:
+        except StoreError as exc:
             if retries and "deadlock" in str(exc):
                 self._finish_batch(batch, retries - 1)
                 return
+            error = exc
+        except Exception as exc:  # noqa: BLE001 - a bug must answer the batch, not end the finisher silently
+            log.error("pg.finish_failed", exc_info=True)
             error = exc
         if error is None:
             self._finished(results)
@@ -104,6 +107,7 @@ class _Batches(_PgBase):
         with self._lock:
             for o, stale in results:
                 self._busy.pop(o.head.seq, None)
+                self._no_resolves_until.pop(o.head.target, None)  # the key's next head may be a resolve
                 if o.state == "pending" and not stale:  # a failed head makes its key's queue a backlog
                     self._coalescible_cache.pop((o.head.target, False), None)
         for o, stale in results:

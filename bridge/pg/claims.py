@@ -8,12 +8,10 @@ import time
 from collections import deque
 from typing import Any, List, Optional, Tuple
 
-from ..errors import StoreError
 from ..store import Forwarded, Head, Row
 from . import sql
-from .base import Done, _PgBase, log
+from .base import _PgBase
 from .coalesce import coalesce_keys, coalescible_keys
-from .silences import FINISH_SILENCED
 from .rows import _Claimed
 
 #: Seconds the dispatcher's "which keys are coalescible" answer is reused (one query per round
@@ -151,51 +149,3 @@ class _Claims(_PgBase):
                                 (target, key)).fetchone()
         return None if found is None or found[0] is None else Forwarded(found[0], float(found[1]))
 
-    def finish(self, head: Head, state: str, *, attempts: Optional[int] = None, next_at: Optional[float] = None,
-               error: Optional[str] = None, status: Optional[int] = None, wait: bool = True,
-               done: Optional[Done] = None) -> None:
-        """Record a claimed row's outcome; a row whose lease another replica took is left alone.
-        ``done`` (see :meth:`bridge.backend.Store.finish`) is called here, after the commit."""
-        if state not in ("delivered", "dead", "suppressed", "silenced", "pending"):
-            raise ValueError(f"bad final state {state!r}")
-        if state == "pending" and next_at is None:
-            raise ValueError("a retry needs next_at")
-        if done is not None:
-            try:
-                self.finish(head, state, attempts=attempts, next_at=next_at, error=error, status=status)
-            except (StoreError, TimeoutError) as exc:
-                done(None, exc)
-            else:
-                done(None, None)
-            return
-        now = self._clock()
-        retried = False
-        with self._tx() as cur:
-            found = cur.execute(sql.LOCK_KEY, (head.target, head.key)).fetchone()
-            if found is None or found[0] != head.seq or found[1] != self.replica_id:
-                stale = True
-            else:
-                stale = False
-                if state == "pending":
-                    cur.execute(sql.FINISH_PENDING, (attempts, next_at, error, status, head.seq))
-                    retried = True
-                elif state == "suppressed":
-                    cur.execute(sql.FINISH_SUPPRESSED, (now, head.seq))
-                elif state == "silenced":  # held by a silence; the release job tells the latest state
-                    cur.execute(FINISH_SILENCED, (now, head.seq))
-                else:
-                    body = cur.execute(sql.FINISH_FINAL, (state, attempts, error, status, now, self.replica_id,
-                                                          head.seq)).fetchone()
-                    if state == "delivered" and body is not None:
-                        cur.execute(sql.SET_FORWARDED, (head.level, head.received_at, head.target, head.key))
-                        sql.record_delivery(cur, head.target, head.key, head.level, bytes(body[0]), head.seq, now)
-                cur.execute(sql.REFRESH, (head.target, head.key))
-        with self._lock:
-            self._busy.pop(head.seq, None)
-            self._no_resolves_until.pop(head.target, None)  # the key's next head may be a resolve
-            if retried:  # a failed head makes its key's queue a backlog: look again next round
-                self._coalescible_cache.pop((head.target, False), None)
-        if stale:
-            log.warning("outbox.stale_finish", target=head.target, id=head.key, seq=head.seq, state=state,
-                        hint="the lease ran out and another replica took the row")
-        self._on_change()

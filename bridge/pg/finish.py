@@ -1,6 +1,7 @@
 """A batch of outcomes in one transaction, set-based: a handful of statements per batch.
 
-The rules are :meth:`bridge.pg.PgOutbox.finish`'s, one outcome at a time: a row whose
+Both ``PgOutbox.finish`` (one outcome) and the finisher (a batch) record outcomes here,
+so there is one set of rules: a row whose
 key is no longer ours (another replica took it after the lease) is left alone
 (stale); a retry goes back to pending with its schedule; a final state records
 ``done_at`` and who delivered; a delivery updates the key's last-forwarded event

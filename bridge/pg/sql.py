@@ -12,7 +12,7 @@ from typing import Any, List, Optional, Sequence
 import psycopg
 
 from ..ledger import COLUMNS as INCIDENT_COLUMNS
-from ..ledger import Incident, LastTold, extend, incident_of
+from ..ledger import Incident, LastTold, incident_of
 from ..store import Row
 
 ROW_COLUMNS = (
@@ -60,18 +60,11 @@ CLAIM_RESOLVES = _CLAIM.format(pick=_PICK_RESOLVES, columns=ROW_COLUMNS)
 
 NEXT_DUE = "SELECT min(due) FROM oncall_queue WHERE target = %s AND head_seq IS NOT NULL"
 
-LOCK_KEY = "SELECT inflight_seq, owner FROM oncall_queue WHERE target = %s AND key = %s FOR UPDATE"
-
 FINISH_PENDING = (
     "UPDATE oncall_outbox SET state = 'pending', attempts = COALESCE(%s, attempts), next_attempt_at = %s,"
     " last_error = %s, last_status = %s WHERE seq = %s AND state = 'inflight'"
 )
 FINISH_SUPPRESSED = "UPDATE oncall_outbox SET state = 'suppressed', done_at = %s WHERE seq = %s AND state = 'inflight'"
-FINISH_FINAL = (
-    "UPDATE oncall_outbox SET state = %s, attempts = COALESCE(%s, attempts), last_error = %s, last_status = %s,"
-    " done_at = %s, delivered_by = %s WHERE seq = %s AND state = 'inflight' RETURNING body"
-)
-SET_FORWARDED = "UPDATE oncall_queue SET fwd_level = %s, fwd_received_at = %s WHERE target = %s AND key = %s"
 REFRESH = "SELECT oncall_refresh(%s, %s)"
 
 RENEW = (
@@ -162,32 +155,6 @@ def load_row(conn: "psycopg.Connection[Any]", seq: int) -> Optional[Row]:
 
 
 # -- the incident ledger: the same rules as bridge.ledger, in PostgreSQL -------------------
-
-
-def record_delivery(cur: "psycopg.Cursor[Any]", target: str, key: str, level: str, body: bytes, seq: int,
-                    now: float) -> None:
-    """See :func:`bridge.ledger.record_delivery`: OK closes (the row stays), others open or extend."""
-    found = cur.execute(
-        "SELECT open, fired_levels, opened_at FROM oncall_ledger WHERE target = %s AND key = %s", (target, key)
-    ).fetchone()
-    if level == "OK":
-        cur.execute(
-            "INSERT INTO oncall_ledger (target, key, open, level, fired_levels, body, opened_at, told_at, seq)"
-            " VALUES (%s, %s, false, 'OK', '', %s, %s, %s, %s)"
-            " ON CONFLICT (target, key) DO UPDATE SET open = false, level = 'OK', fired_levels = '',"
-            " body = excluded.body, told_at = excluded.told_at, seq = excluded.seq",
-            (target, key, body, now, now, seq),
-        )
-        return
-    fired, opened_at = extend(found, level, now)
-    cur.execute(
-        "INSERT INTO oncall_ledger (target, key, open, level, fired_levels, body, opened_at, told_at, seq)"
-        " VALUES (%s, %s, true, %s, %s, %s, %s, %s, %s)"
-        " ON CONFLICT (target, key) DO UPDATE SET open = true, level = excluded.level,"
-        " fired_levels = excluded.fired_levels, body = excluded.body, opened_at = excluded.opened_at,"
-        " told_at = excluded.told_at, seq = excluded.seq",
-        (target, key, level, fired, body, opened_at, now, seq),
-    )
 
 
 def open_incidents(conn: "psycopg.Connection[Any]", target: Optional[str] = None) -> List[Incident]:

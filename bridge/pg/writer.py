@@ -72,11 +72,13 @@ class _Writer(_PgBase):
         now = self._clock() if received_at is None else received_at
         expire_at = None if expire_after is None else now + expire_after
         op = _Insert(target, key, level, body, now, expire_at, synthetic, done, also)
-        if self._closed:
+        with self._lock:  # close() sets _closed under it, then queues the writer's stop: nothing lands after that
+            closed = self._closed
+            if not closed:
+                self._queue.put(op)
+        if closed:
             op.withdraw()
             done(None, StoreError("store postgres: closed"))
-            return op
-        self._queue.put(op)
         return op
 
     def enqueue(self, target: str, key: str, level: str, body: bytes, *, expire_after: Optional[float] = None,
