@@ -22,6 +22,9 @@ __all__ = ["SqliteOperator"]
 class SqliteOperator:
     """Mixed into :class:`bridge.outbox.Outbox`."""
 
+    #: The held rows' mark after a check that found nothing to release (see ``held_mark``).
+    _release_idle: Optional[silences_sqlite.Mark] = None
+
     if TYPE_CHECKING:
         path: str
         _clock: Callable[[], float]
@@ -56,8 +59,14 @@ class SqliteOperator:
         """Release the ids no silence holds any more (the write lock only when there are some)."""
         now = self._clock() if now is None else now
         try:
-            if not silences_sqlite.pending_release(self._reader(), now):
+            reader = self._reader()
+            mark = silences_sqlite.held_mark(reader, now)
+            if mark == self._release_idle:
+                return []  # nothing changed since a check that found nothing: skip reading every body
+            if not silences_sqlite.pending_release(reader, now):
+                self._release_idle = mark
                 return []
+            self._release_idle = None
         except sqlite3.Error as exc:
             raise StoreError(f"store {self.path}: reading silences failed ({exc})") from None
         released: List[Released] = self.transact(lambda cur: silences_sqlite.release(cur, now))

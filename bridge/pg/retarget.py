@@ -16,7 +16,6 @@ import psycopg
 
 from ..errors import StoreError
 from ..store_ops import Dropped, Moved
-from . import sql
 from .rows import _store_error
 
 __all__ = ["drop_target", "move_target"]
@@ -24,6 +23,21 @@ __all__ = ["drop_target", "move_target"]
 _LOCK = (
     "SELECT target, key, inflight_seq, owner FROM oncall_queue WHERE target = ANY(%s)"
     " ORDER BY target, key FOR UPDATE"
+)
+
+
+_ENSURE_LOCKED = (
+    "INSERT INTO oncall_queue AS x (target, key) SELECT %s, k FROM unnest(%s::text[]) AS k ORDER BY k"
+    " ON CONFLICT (target, key) DO UPDATE SET target = x.target"
+)
+#: What the old name last forwarded (repeat suppression) where the new name knows nothing.
+_CARRY_FORWARDED = (
+    "UPDATE oncall_queue n SET fwd_level = o.fwd_level, fwd_received_at = o.fwd_received_at"
+    " FROM oncall_queue o WHERE n.target = %s AND o.target = %s AND o.key = n.key AND n.fwd_level IS NULL"
+)
+_REFRESH_IDLE = (
+    "SELECT oncall_refresh(target, key) FROM oncall_queue"
+    " WHERE target = %s AND key = ANY(%s) AND inflight_seq IS NULL"
 )
 
 
@@ -56,18 +70,17 @@ def move_target(conn: "psycopg.Connection[Any]", old: str, new: str) -> Moved:
         with conn.transaction():
             cur = conn.cursor()
             locked = _lock_idle(cur, sorted({old, new}), old)
+            keys = sorted(k for t, k in locked if t == old)
             rows = _counts(cur, old)
+            # The new name's queue row of every moved key, created or locked (a replica serving
+            # the new name may be inserting one right now): every key is then a merge.
+            cur.execute(_ENSURE_LOCKED, (new, keys))
+            cur.execute(_CARRY_FORWARDED, (new, old))
             cur.execute("UPDATE oncall_outbox SET target = %s WHERE target = %s", (new, old))
-            both = sorted({k for t, k in locked if t == old} & {k for t, k in locked if t == new})
-            # Keys only the old target had keep their queue row (head, due and what was told).
-            cur.execute(
-                "UPDATE oncall_queue SET target = %s WHERE target = %s AND NOT (key = ANY(%s))", (new, old, both))
             cur.execute("DELETE FROM oncall_queue WHERE target = %s", (old,))
-            for key in both:  # the new target's row stays; its head is the oldest pending of both
-                found = cur.execute(
-                    "SELECT inflight_seq FROM oncall_queue WHERE target = %s AND key = %s", (new, key)).fetchone()
-                if found is not None and found[0] is None:
-                    cur.execute(sql.REFRESH, (new, key))
+            # The head of each is the oldest pending row of both histories (not while in flight:
+            # the outcome refreshes it).
+            cur.execute(_REFRESH_IDLE, (new, keys))
             incidents = _carry(cur, "oncall_ledger", old, new)
             timers = _carry(cur, "oncall_expiry", old, new)
             cur.execute("NOTIFY oncall_enqueue")

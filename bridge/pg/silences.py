@@ -108,18 +108,21 @@ _INFLIGHT = "SELECT inflight_seq FROM oncall_queue WHERE target = %s AND key = %
 
 
 #: What a release pass depends on: the silenced rows (count, sum of seqs) and the active silences.
-Mark = Tuple[int, int, FrozenSet[str]]
+Mark = Tuple[int, int, int, FrozenSet[str]]
 
 
 def held_mark(cur: "psycopg.Cursor[Any]", now: float) -> Mark:
     """A cheap fingerprint of what a release would look at (no bodies read): while it stays the
-    same after a pass that released nothing, the next pass would release nothing either."""
+    same after a pass that released nothing, the next pass would release nothing either. The
+    targets count too: ``move`` (while replicas serve) changes a held row's target, which
+    matchers may test, and nothing else."""
     found = cur.execute(
-        "SELECT count(*), COALESCE(sum(seq), 0) FROM oncall_outbox WHERE state = 'silenced'"
+        "SELECT count(*), COALESCE(sum(seq), 0), COALESCE(sum(hashtext(target)), 0) FROM oncall_outbox"
+        " WHERE state = 'silenced'"
     ).fetchone()
     assert found is not None
     active = frozenset(s.id for s in list_silences(cur, now=now) if s.active(now))
-    return int(found[0]), int(found[1]), active
+    return int(found[0]), int(found[1]), int(found[2]), active
 
 
 def release(cur: "psycopg.Cursor[Any]", now: Optional[float] = None) -> List[Released]:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any, List, Tuple
 
+import psycopg
 import pytest
 
 from bridge.errors import StoreError
@@ -91,6 +93,38 @@ class TestStore:
             assert [s for k, s in delivered if k == "a"] == [seqs[0], seqs[1], seqs[2]]
             assert [s for k, s in delivered if k == "b"] == [seqs[3]]
             assert box.peek("old", time.time()) == (None, None)
+        finally:
+            box.close()
+
+
+    def test_move_while_the_new_name_is_being_inserted(self, dsn: str) -> None:
+        """A replica serving the new name creates the key's queue row while the move runs: the
+        move waits for it and merges, instead of failing on the duplicate row."""
+        box = PgOutbox(dsn, replica_id="r1", lease=30.0).open()
+        try:
+            seq = put(box, "old", "a", "CRITICAL", 1)
+            inserting = psycopg.connect(dsn)
+            inserting.execute("INSERT INTO oncall_queue (target, key) VALUES ('new', 'a')")  # not committed yet
+            outcome: List[Any] = []
+
+            def move() -> None:
+                conn = admin.open_admin(dsn)
+                try:
+                    outcome.append(retarget.move_target(conn, "old", "new"))
+                except Exception as exc:  # noqa: BLE001 - reported below
+                    outcome.append(exc)
+                finally:
+                    conn.close()
+
+            mover = threading.Thread(target=move)
+            mover.start()
+            time.sleep(0.5)
+            inserting.commit()
+            inserting.close()
+            mover.join(10)
+            assert len(outcome) == 1 and not isinstance(outcome[0], Exception), outcome
+            assert outcome[0].rows == {"pending": 1}
+            assert drain(box, "new", 1) == [("a", seq)]
         finally:
             box.close()
 
