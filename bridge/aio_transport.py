@@ -21,42 +21,30 @@ never contain the URL (platform URLs carry tokens).
 from __future__ import annotations
 
 import asyncio
-import errno
-import os
 import ssl
 import time
 from typing import Dict, Mapping, Optional, Tuple
-from urllib.parse import urlsplit
 
 import aiohttp
 import certifi
-import requests.utils
 from yarl import URL
 
 from .errors import PermanentError, RetryableError
 from .targets.base import HttpRequest
-from .transport import MAX_BODY_CHARS, USER_AGENT, Response, _env_ca_bundle, check_status
+from .transport import (
+    MAX_BODY_CHARS,
+    READ_LIMIT,
+    USER_AGENT,
+    EnvironProxies,
+    Response,
+    _env_ca_bundle,
+    check_status,
+    os_reason,
+)
 
-__all__ = ["AsyncTransport", "READ_LIMIT"]
-
-#: Read at most this much of an answer; a larger body is cut and its connection dropped.
-READ_LIMIT = 65536
+__all__ = ["AsyncTransport"]
 
 _Proxy = Tuple[Optional[str], Optional[aiohttp.BasicAuth]]
-
-
-def _os_reason(exc: BaseException) -> str:
-    """The OS-level reason ("Connection refused") of a connection failure, never a URL
-    or an address: aiohttp's own messages name host and port."""
-    seen = set()
-    current: Optional[BaseException] = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        code = getattr(current, "errno", None)
-        if isinstance(code, int) and code in errno.errorcode:
-            return os.strerror(code)
-        current = getattr(current, "os_error", None) or current.__cause__ or current.__context__
-    return type(exc).__name__
 
 
 class AsyncTransport:
@@ -73,9 +61,10 @@ class AsyncTransport:
         # Made now (loading a CA bundle takes tens of ms), not on the first delivery.
         self._ssl = ssl.create_default_context(cafile=self.ca_certs)
         self._session: Optional[aiohttp.ClientSession] = None
-        self._timeouts: Dict[float, aiohttp.ClientTimeout] = {}
-        # HTTP(S)_PROXY / NO_PROXY are read once per origin, not on every request.
-        self._proxy_for: Dict[str, _Proxy] = {}
+        self._deadline = aiohttp.ClientTimeout(total=timeout)
+        self._proxy_for = EnvironProxies()
+        #: A proxy URL's credentials go in ``proxy_auth`` (aiohttp wants them apart), split once.
+        self._proxy_auth: Dict[str, _Proxy] = {}
 
     def _open(self) -> aiohttp.ClientSession:
         connector = aiohttp.TCPConnector(limit=self._limit, limit_per_host=0, ssl=self._ssl)
@@ -88,37 +77,28 @@ class AsyncTransport:
         return self._session
 
     def _proxy(self, url: str) -> _Proxy:
-        parts = urlsplit(url)
-        origin = f"{parts.scheme}://{parts.netloc}"
-        found = self._proxy_for.get(origin)
+        proxy = self._proxy_for(url)
+        if proxy is None:
+            return None, None
+        found = self._proxy_auth.get(proxy)
         if found is None:
-            proxies = requests.utils.get_environ_proxies(origin)  # honours NO_PROXY
-            proxy = proxies.get(parts.scheme) or proxies.get("all")
-            auth = None
-            if proxy:
-                parsed = URL(proxy)
-                if parsed.user is not None:
-                    auth = aiohttp.BasicAuth(parsed.user, parsed.password or "")
-                    proxy = str(parsed.with_user(None))
-            found = self._proxy_for[origin] = (proxy or None, auth)
+            parsed = URL(proxy)
+            if parsed.user is None:
+                found = (proxy, None)
+            else:
+                found = (str(parsed.with_user(None)), aiohttp.BasicAuth(parsed.user, parsed.password or ""))
+            self._proxy_auth[proxy] = found
         return found
 
-    def _deadline(self, limit: float) -> aiohttp.ClientTimeout:
-        found = self._timeouts.get(limit)
-        if found is None:
-            found = self._timeouts[limit] = aiohttp.ClientTimeout(total=limit)
-        return found
-
-    async def send(self, request: HttpRequest, timeout: Optional[float] = None) -> Response:
-        """One attempt of at most ``timeout`` seconds in total, connect to last byte."""
-        limit = self.timeout if timeout is None else timeout
+    async def send(self, request: HttpRequest) -> Response:
+        """One attempt of at most the target's ``timeout`` in total, connect to last byte."""
         started = time.monotonic()
-        status, raw, headers = await self._exchange(request, limit)
+        status, raw, headers = await self._exchange(request)
         body = raw[:READ_LIMIT].decode("utf-8", "replace")
         check_status(status, body, headers, request.ok)
         return Response(status=status, body=body[:MAX_BODY_CHARS], elapsed=time.monotonic() - started)
 
-    async def _exchange(self, request: HttpRequest, limit: float) -> Tuple[int, bytes, Mapping[str, str]]:
+    async def _exchange(self, request: HttpRequest) -> Tuple[int, bytes, Mapping[str, str]]:
         session = self._session or self._open()
         try:
             proxy, proxy_auth = self._proxy(request.url)
@@ -128,7 +108,7 @@ class AsyncTransport:
                 data=request.body,
                 headers=request.headers,
                 allow_redirects=False,
-                timeout=self._deadline(limit),
+                timeout=self._deadline,
                 proxy=proxy,
                 proxy_auth=proxy_auth,
             ) as resp:
@@ -137,20 +117,20 @@ class AsyncTransport:
                     resp.close()  # the rest is left unread: the connection cannot be reused
                 return resp.status, raw, resp.headers
         except (asyncio.TimeoutError, TimeoutError):
-            raise RetryableError(f"timeout: no complete answer within {limit:g}s") from None
+            raise RetryableError(f"timeout: no complete answer within {self.timeout:g}s") from None
         except aiohttp.ClientConnectorCertificateError:
             raise RetryableError("TLS error: certificate verification failed (set ca_file for a private CA)") from None
         except (aiohttp.ClientSSLError, ssl.SSLError):
             raise RetryableError("TLS error: TLS handshake failed (set ca_file for a private CA)") from None
         except aiohttp.ClientConnectorError as exc:
-            raise RetryableError(f"connection failed: {_os_reason(exc)}") from None
+            raise RetryableError(f"connection failed: {os_reason(exc)}") from None
         except (aiohttp.InvalidURL, ValueError):
             raise PermanentError("invalid target url") from None
         except aiohttp.ClientResponseError as exc:
             # A malformed answer (bad status line or headers): aiohttp's message may quote the URL.
             raise RetryableError(f"connection failed: invalid answer ({type(exc).__name__})") from None
         except (aiohttp.ClientError, OSError) as exc:
-            raise RetryableError(f"connection failed: {_os_reason(exc)}") from None
+            raise RetryableError(f"connection failed: {os_reason(exc)}") from None
 
     async def close(self) -> None:
         """Close the pooled connections; TLS ones finish closing over the next ~0.25 s of the

@@ -1,6 +1,6 @@
 """One delivery attempt as values: what goes out (:class:`Job`) and what it came to (:class:`Verdict`).
 
-Pure translation, no I/O: :func:`before_send` decides what a claimed row becomes
+Pure translation, no I/O: :func:`expired` and :func:`dead` give what a claimed row becomes
 without a send (max_age passed, unparsable or unrenderable event), :func:`judge`
 turns an attempt's answer or error into the outcome to record, the metric to
 count and the log line to write. :mod:`bridge.delivery` does the I/O around them.
@@ -28,7 +28,6 @@ class Job:
     request: Request
     attempt: int
     deadline: float
-    timeout: float
 
 
 @dataclass(frozen=True)

@@ -300,7 +300,7 @@ class Delivery:
         except Exception as exc:  # noqa: BLE001 - a formatter bug must dead-letter, not loop
             log.error("delivery.render_failed", target=head.target, id=head.key, exc_info=True)
             return None, dead(head, row.attempts, f"render failed: {type(exc).__name__}: {exc}", None, "")
-        job = Job(head, request, row.attempts + 1, row.queued_at + cfg.max_age, target.timeout or cfg.timeout)
+        job = Job(head, request, row.attempts + 1, row.queued_at + cfg.max_age)
         return job, None
 
     def _release(self, head: Head) -> None:

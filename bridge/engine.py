@@ -165,7 +165,7 @@ class Engine:
         target = self._targets[job.head.target]
         request = job.request
         if isinstance(request, HttpRequest):
-            return await self._transport(target).send(request, job.timeout)
+            return await self._transport(target).send(request)
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(None, self._sender.send, target, request)
 

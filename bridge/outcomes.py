@@ -43,7 +43,7 @@ class Recorder:
         self._lock = threading.Lock()
         self._outstanding = 0
         self._settled = threading.Condition(self._lock)
-        self._failed: List[Tuple[float, Outcome, float]] = []
+        self._failed: List[Tuple[float, Outcome]] = []
         self._delays: Dict[int, float] = {}
         self._counters: Dict[Tuple[str, str], Any] = {}
 
@@ -111,7 +111,7 @@ class Recorder:
             self._outstanding -= 1
             delay = self._delays.get(head.seq, 0.2)
             self._delays[head.seq] = min(delay * 2, 5.0)
-            self._failed.append((time.monotonic() + delay, outcome, delay))
+            self._failed.append((time.monotonic() + delay, outcome))
         self._kick()
 
     def resubmit(self, stopping: bool = False) -> Optional[float]:
@@ -119,7 +119,7 @@ class Recorder:
         when the next one is due (monotonic), or None."""
         now = time.monotonic()
         with self._lock:
-            due = [o for at, o, _d in self._failed if stopping or at <= now]
+            due = [o for at, o in self._failed if stopping or at <= now]
             self._failed = [f for f in self._failed if not (stopping or f[0] <= now)]
             nxt = min((f[0] for f in self._failed), default=None)
         if due:

@@ -22,6 +22,7 @@ attempt still running at its deadline (:class:`_Deadlines`).
 from __future__ import annotations
 
 import email.utils
+import errno
 import heapq
 import http.client
 import itertools
@@ -31,7 +32,7 @@ import socket
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 from urllib.parse import urlsplit
 
 import certifi
@@ -53,10 +54,13 @@ from .targets.base import HttpRequest
 
 __all__ = [
     "MAX_BODY_CHARS",
+    "READ_LIMIT",
     "Response",
     "Transport",
     "USER_AGENT",
     "check_status",
+    "EnvironProxies",
+    "os_reason",
     "parse_retry_after",
 ]
 
@@ -64,7 +68,7 @@ USER_AGENT = "kapacitor-oncall-bridge/0.1"
 #: What we keep of a platform's answer: enough to read the error, not a whole HTML page.
 MAX_BODY_CHARS = 2048
 #: Read at most this much of a response; a larger body is cut and its connection dropped.
-_READ_LIMIT = 65536
+READ_LIMIT = 65536
 #: A Retry-After beyond a day is a misconfigured platform, not a plan.
 MAX_RETRY_AFTER = 86400.0
 _RETRYABLE_STATUS = frozenset({408, 425, 429})
@@ -118,8 +122,11 @@ def check_status(
     raise PermanentError(f"HTTP {status}", status=status, body=body)
 
 
-def _reason(exc: BaseException) -> str:
-    """The innermost OS-level reason ("Connection refused"), never a URL."""
+def os_reason(exc: BaseException) -> str:
+    """The OS-level reason of a connection failure ("Connection refused"), never a URL or an
+    address: taken from the errno where there is one (asyncio's and aiohttp's own texts name
+    host and port), else the error's ``strerror`` (resolver errors), else its type. Walks the
+    wrapped errors of urllib3 (``reason``), aiohttp (``os_error``) and exception chaining."""
     seen = set()
     stack = [exc]
     while stack:
@@ -127,12 +134,32 @@ def _reason(exc: BaseException) -> str:
         if id(current) in seen:
             continue
         seen.add(id(current))
-        if isinstance(current, OSError) and current.strerror:
-            return str(current.strerror)
-        for nxt in (getattr(current, "reason", None), current.__cause__, current.__context__, *current.args):
-            if isinstance(nxt, BaseException):
-                stack.append(nxt)
+        if isinstance(current, OSError):
+            if isinstance(current.errno, int) and current.errno in errno.errorcode:
+                return os.strerror(current.errno)
+            if current.strerror:
+                return str(current.strerror)
+        wrapped = (getattr(current, "os_error", None), getattr(current, "reason", None), current.__cause__,
+                   current.__context__, *current.args)
+        stack.extend(nxt for nxt in reversed(wrapped) if isinstance(nxt, BaseException))
     return type(exc).__name__
+
+
+class EnvironProxies:
+    """The proxy for a URL from HTTP(S)_PROXY / ALL_PROXY, NO_PROXY honoured (requests' rules),
+    read once per origin: the environment does not change under a running bridge, and this
+    is on every delivery's path."""
+
+    def __init__(self) -> None:
+        self._by_origin: Dict[str, Optional[str]] = {}
+
+    def __call__(self, url: str) -> Optional[str]:
+        parts = urlsplit(url)
+        origin = f"{parts.scheme}://{parts.netloc}"
+        if origin not in self._by_origin:
+            proxies = requests.utils.get_environ_proxies(origin)
+            self._by_origin[origin] = proxies.get(parts.scheme) or proxies.get("all") or None
+        return self._by_origin[origin]
 
 
 class _Watch:
@@ -280,7 +307,7 @@ class Transport:
         self.pool = self._manager(None)
         self._proxied: Dict[str, urllib3.PoolManager] = {}
         # HTTP(S)_PROXY / NO_PROXY are read once per origin, not on every request.
-        self._proxy_for: Dict[str, Optional[str]] = {}
+        self._proxy_for = EnvironProxies()
 
     def _manager(self, proxy: Optional[str]) -> urllib3.PoolManager:
         options = dict(
@@ -299,12 +326,7 @@ class Transport:
         return manager
 
     def _manager_for(self, url: str) -> urllib3.PoolManager:
-        parts = urlsplit(url)
-        origin = f"{parts.scheme}://{parts.netloc}"
-        if origin not in self._proxy_for:
-            proxies = requests.utils.get_environ_proxies(origin)
-            self._proxy_for[origin] = proxies.get(parts.scheme) or proxies.get("all")
-        proxy = self._proxy_for[origin]
+        proxy = self._proxy_for(url)
         if not proxy:
             return self.pool
         manager = self._proxied.get(proxy)
@@ -328,7 +350,7 @@ class Transport:
         finally:
             _attempt.current = None
             attempt.finish()
-        body = raw[:_READ_LIMIT].decode("utf-8", "replace")
+        body = raw[:READ_LIMIT].decode("utf-8", "replace")
         check_status(status, body, answer_headers, request.ok)
         return Response(status=status, body=body[:MAX_BODY_CHARS], elapsed=time.monotonic() - started)
 
@@ -346,7 +368,7 @@ class Transport:
                 preload_content=False,
             )
             try:
-                raw = resp.read(_READ_LIMIT + 1)
+                raw = resp.read(READ_LIMIT + 1)
             except BaseException:
                 resp.close()
                 raise
@@ -354,7 +376,7 @@ class Transport:
                 # Cut while reading a body without a length: what arrived may be partial.
                 resp.close()
                 raise ReadTimeoutError(None, request.url, "deadline")  # type: ignore[arg-type]
-            if len(raw) > _READ_LIMIT:
+            if len(raw) > READ_LIMIT:
                 resp.close()  # body left unread: the connection cannot be reused
             else:
                 resp.release_conn()
@@ -366,7 +388,7 @@ class Transport:
             what = "certificate verification failed" if "CERTIFICATE_VERIFY_FAILED" in text else "TLS handshake failed"
             raise RetryableError(f"TLS error: {what} (set ca_file for a private CA)") from None
         except NewConnectionError as exc:
-            raise RetryableError(f"connection failed: {_reason(exc)}") from None
+            raise RetryableError(f"connection failed: {os_reason(exc)}") from None
         except ConnectTimeoutError:
             raise RetryableError(f"connect timeout after {limit:g}s") from None
         except ReadTimeoutError:
@@ -378,7 +400,7 @@ class Transport:
         except HTTPError as exc:
             if attempt.overran:
                 raise
-            raise RetryableError(f"connection failed: {_reason(exc)}") from None
+            raise RetryableError(f"connection failed: {os_reason(exc)}") from None
         except OSError as exc:
             if attempt.overran:
                 raise

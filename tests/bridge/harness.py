@@ -369,6 +369,35 @@ class Receiver:
 # -- the bridge as a subprocess -------------------------------------------------------
 
 
+class RawServer:
+    """A raw TCP server on loopback for platforms that misbehave below HTTP (trickling bytes,
+    tunnelling a proxy): a thread per connection runs :meth:`handle`; ``stop()`` ends it."""
+
+    def __init__(self) -> None:
+        self._stop = threading.Event()
+        self._sock = socket.create_server(("127.0.0.1", 0))
+        self._sock.settimeout(0.2)
+        self.port = self._sock.getsockname()[1]
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def handle(self, conn: socket.socket) -> None:
+        raise NotImplementedError
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._sock.accept()
+            except socket.timeout:
+                continue
+            threading.Thread(target=self.handle, args=(conn,), daemon=True).start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self._sock.close()
+
+
 def bridge_command() -> List[str]:
     """The installed console script next to this interpreter, else ``python -m bridge``."""
     script = Path(sys.executable).parent / "kapacitor-oncall-bridge"

@@ -16,7 +16,7 @@ from bridge.errors import PermanentError, RetryableError
 from bridge.targets.base import HttpRequest
 from bridge.transport import MAX_BODY_CHARS, Transport, check_status, parse_retry_after
 
-from .harness import Receiver, Reply, self_signed_certificate
+from .harness import RawServer, Receiver, Reply, self_signed_certificate
 
 SECRET_PATH = "/integrations/v1/kapacitor/PathTok3nPathTok3n/"
 NOW = 1_767_225_600.0  # 2026-01-01T00:00:00Z
@@ -114,7 +114,7 @@ class TestTransport:
         assert len(receiver.requests) == 1
 
 
-class Trickler:
+class Trickler(RawServer):
     """A platform that answers one byte at a time, forever: each byte well inside the
     per-read timeout, the whole answer never. Records when each client hung up."""
 
@@ -122,26 +122,14 @@ class Trickler:
         self.head = head
         self.interval = interval
         self.closed: List[float] = []
-        self._stop = threading.Event()
-        self._sock = socket.create_server(("127.0.0.1", 0))
-        self._sock.settimeout(0.2)
         self._tls = None
         if tls is not None:
             self._tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             self._tls.load_cert_chain(str(tls[0]), str(tls[1]))
-        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self._sock.getsockname()[1]}/in"
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
+        super().__init__()
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}/in"
 
-    def _serve(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self._sock.accept()
-            except socket.timeout:
-                continue
-            threading.Thread(target=self._trickle, args=(conn,), daemon=True).start()
-
-    def _trickle(self, conn: socket.socket) -> None:
+    def handle(self, conn: socket.socket) -> None:
         try:
             if self._tls is not None:
                 conn = self._tls.wrap_socket(conn, server_side=True)
@@ -156,11 +144,6 @@ class Trickler:
             self.closed.append(time.monotonic())
         finally:
             conn.close()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(5)
-        self._sock.close()
 
 
 def send_in_thread(transport: Transport, url: str, timeout: float) -> Tuple[Optional[BaseException], float]:

@@ -14,12 +14,12 @@ from typing import Iterator, List, Optional, Tuple, Union
 
 import pytest
 
-from bridge.aio_transport import READ_LIMIT, AsyncTransport
+from bridge.aio_transport import AsyncTransport
 from bridge.errors import PermanentError, RetryableError
 from bridge.targets.base import HttpRequest
-from bridge.transport import MAX_BODY_CHARS, Response
+from bridge.transport import MAX_BODY_CHARS, READ_LIMIT, Response
 
-from .harness import Receiver, Reply, self_signed_certificate
+from .harness import RawServer, Receiver, Reply, self_signed_certificate
 from .test_transport import SECRET_PATH, Trickler
 
 Outcome = Union[Response, BaseException]
@@ -227,28 +227,16 @@ class TestTls:
             server.stop()
 
 
-class Proxy:
+class Proxy(RawServer):
     """A minimal forward proxy on loopback: absolute-form requests for http (one per
     connection) and CONNECT tunnels for https. Records each request line."""
 
     def __init__(self) -> None:
         self.lines: List[str] = []
-        self._sock = socket.create_server(("127.0.0.1", 0))
-        self._sock.settimeout(0.2)
-        self.url = f"http://127.0.0.1:{self._sock.getsockname()[1]}"
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
+        super().__init__()
+        self.url = f"http://127.0.0.1:{self.port}"
 
-    def _serve(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self._sock.accept()
-            except socket.timeout:
-                continue
-            threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
-
-    def _handle(self, conn: socket.socket) -> None:
+    def handle(self, conn: socket.socket) -> None:
         try:
             data = b""
             while b"\r\n\r\n" not in data:
@@ -293,11 +281,6 @@ class Proxy:
                     (b if s is a else a).sendall(data)
         finally:
             b.close()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(5)
-        self._sock.close()
 
 
 @pytest.fixture
