@@ -42,6 +42,7 @@ from .engine import Engine, Finished
 from .outcomes import Recorder
 from .errors import StoreError
 from .event import AlertEvent, EventError, parse
+from .ledger import Incident
 from .log import get_logger
 from .metrics import Metrics
 from .ratelimit import RateLimiters
@@ -255,6 +256,7 @@ class Delivery:
         without a send (silenced, max_age passed, unrenderable); those free their slot."""
         try:
             rows = self.outbox.load_many([h.seq for h in heads])
+            told = self._told(heads)
         except Exception as exc:  # noqa: BLE001 - give the rows back, or their keys would stay busy
             log.error("store.error", op="load", rows=len(heads), error=str(exc))
             retry_at = self._clock() + 1.0
@@ -264,7 +266,7 @@ class Delivery:
             return
         for head in heads:
             try:
-                job, verdict = self._job(head, rows.get(head.seq))
+                job, verdict = self._job(head, rows.get(head.seq), told.get((head.target, head.key)))
             except Exception:  # noqa: BLE001 - one bad row must not stop the others
                 log.error("delivery.crashed", target=head.target, id=head.key, exc_info=True)
                 # Give the row back (same attempt count), or its key would stay blocked.
@@ -278,7 +280,17 @@ class Delivery:
                 if verdict is not None:
                     verdicts.append(verdict)
 
-    def _job(self, head: Head, row: Optional[Row]) -> Tuple[Optional[Job], Optional[Verdict]]:
+    def _told(self, heads: List[Head]) -> Dict[Tuple[str, str], Incident]:
+        """What each platform was told of these ids, for targets that render with it
+        (``render_told``, seam 3): one ledger read per target of the batch."""
+        out: Dict[Tuple[str, str], Incident] = {}
+        for name in {h.target for h in heads}:
+            if getattr(self.targets[name].target, "render_told", None) is not None:
+                found = self.outbox.told_many(name, [h.key for h in heads if h.target == name])
+                out.update(((name, key), incident) for key, incident in found.items())
+        return out
+
+    def _job(self, head: Head, row: Optional[Row], told: Optional[Incident]) -> Tuple[Optional[Job], Optional[Verdict]]:
         if row is None:
             return None, dead(head, 0, "row vanished from the store", None, "")
         if self.hold is not None:
@@ -294,7 +306,7 @@ class Delivery:
             return None, gone
         target = self.targets[head.target]
         try:
-            request = self._render(head, target, parse(row.body))
+            request = self._render(target, parse(row.body), told)
         except EventError as exc:
             return None, dead(head, row.attempts, f"stored event is invalid: {exc}", None, "")
         except Exception as exc:  # noqa: BLE001 - a formatter bug must dead-letter, not loop
@@ -378,13 +390,14 @@ class Delivery:
             self.metrics.auto_resolves.labels(target).inc()
         return resolved
 
-    def _render(self, head: Head, target: TargetConfig, event: AlertEvent) -> Request:
+    @staticmethod
+    def _render(target: TargetConfig, event: AlertEvent, told: Optional[Incident]) -> Request:
         """``render_told`` (seam 3) when the target has it: the request depends on what the
         platform was told (Alertmanager resolves exactly the severities that fired)."""
         render_told = getattr(target.target, "render_told", None)
         if render_told is None:
             return target.target.render(event)  # type: ignore[no-any-return]
-        return render_told(event, self.outbox.told(head.target, head.key))  # type: ignore[no-any-return]
+        return render_told(event, told)  # type: ignore[no-any-return]
 
     # -- outcomes ----------------------------------------------------------------
 

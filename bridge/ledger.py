@@ -34,6 +34,7 @@ __all__ = [
     "open_incidents",
     "record_delivery",
     "told",
+    "told_many",
 ]
 
 
@@ -145,10 +146,21 @@ def open_incidents(conn: sqlite3.Connection, target: Optional[str] = None) -> Li
 
 def told(conn: sqlite3.Connection, target: str, key: str) -> Optional[Incident]:
     """The open incident of one id, if the platform believes it is firing."""
-    found = conn.execute(
-        f"SELECT {COLUMNS} FROM ledger WHERE open = 1 AND target = ? AND key = ?", (target, key)
-    ).fetchone()
-    return None if found is None else incident_of(found)
+    return told_many(conn, target, [key]).get(key)
+
+
+def told_many(conn: sqlite3.Connection, target: str, keys: Sequence[str]) -> Dict[str, Incident]:
+    """The open incidents of several ids of one target, by id (a delivery batch's, in one read)."""
+    out: Dict[str, Incident] = {}
+    for i in range(0, len(keys), 500):
+        chunk = list(keys[i : i + 500])
+        marks = ",".join("?" * len(chunk))
+        for found in conn.execute(
+            f"SELECT {COLUMNS} FROM ledger WHERE open = 1 AND target = ? AND key IN ({marks})", (target, *chunk)
+        ):
+            incident = incident_of(found)
+            out[incident.key] = incident
+    return out
 
 
 def last_told(conn: sqlite3.Connection, target: str, key: str) -> Optional[LastTold]:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Set,
 from .ledger import Incident, LastTold, open_counts, open_incidents
 from .ledger import last_told as _last_told
 from .ledger import told as _told
+from .ledger import told_many as _told_many
 from .store import _ROW_COLUMNS, Row, Stats, _row, _store_error
 
 __all__ = ["OutboxReads"]
@@ -44,6 +45,10 @@ class OutboxReads:
     def told(self, target: str, key: str) -> Optional[Incident]:
         """The open incident of ``key`` on ``target``, or None if the platform believes it is OK."""
         return _told(self._reader(), target, key)
+
+    def told_many(self, target: str, keys: Sequence[str]) -> Dict[str, Incident]:
+        """The open incidents of several ids of ``target``, by id (one read for a batch)."""
+        return _told_many(self._reader(), target, keys)
 
     def last_told(self, target: str, key: str) -> Optional[LastTold]:
         """What the platform was last told of ``key`` (open or closed incident), or None."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from typing import Dict, Iterable, Iterator, List, Optional, Set
+from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Set
 
 from ..errors import StoreError
 from ..ledger import Incident, LastTold
@@ -25,6 +25,11 @@ class _Reads(_PgBase):
         with self._tx() as cur:
             assert cur.connection is not None
             return sql.told(cur.connection, target, key)
+
+    def told_many(self, target: str, keys: Sequence[str]) -> Dict[str, Incident]:
+        with self._tx() as cur:
+            assert cur.connection is not None
+            return sql.told_many(cur.connection, target, keys)
 
     def last_told(self, target: str, key: str) -> Optional[LastTold]:
         with self._tx() as cur:

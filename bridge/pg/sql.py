@@ -7,7 +7,7 @@ functions they call (``oncall_enqueue``, ``oncall_refresh``,
 
 from __future__ import annotations
 
-from typing import Any, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import psycopg
 
@@ -168,10 +168,16 @@ def open_incidents(conn: "psycopg.Connection[Any]", target: Optional[str] = None
 
 
 def told(conn: "psycopg.Connection[Any]", target: str, key: str) -> Optional[Incident]:
-    found = conn.execute(
-        f"SELECT {INCIDENT_COLUMNS} FROM oncall_ledger WHERE open AND target = %s AND key = %s", (target, key)
-    ).fetchone()
-    return None if found is None else incident_of(found)
+    return told_many(conn, target, [key]).get(key)
+
+
+def told_many(conn: "psycopg.Connection[Any]", target: str, keys: Sequence[str]) -> Dict[str, Incident]:
+    """The open incidents of several ids of one target, by id, in one query."""
+    rows = conn.execute(
+        f"SELECT {INCIDENT_COLUMNS} FROM oncall_ledger WHERE open AND target = %s AND key = ANY(%s)",
+        (target, list(keys)),
+    )
+    return {incident.key: incident for incident in map(incident_of, rows)}
 
 
 def last_told(conn: "psycopg.Connection[Any]", target: str, key: str) -> Optional[LastTold]:

@@ -331,6 +331,9 @@ class TestBatches:
         told = box.told("t", "a")
         assert told is not None and told.level == "CRITICAL"
         assert box.told("t", "b") is None and box.told("t", "d") is None
+        # A delivery batch reads what was told of its ids in one call: only open incidents.
+        many = box.told_many("t", ["a", "b", "d", "unknown"])
+        assert list(many) == ["a"] and many["a"] == told and box.told_many("other", ["a"]) == {}
         # Each finished id's next row is its head now; "c" retries its first row later.
         assert sorted((h.key, h.level) for h in drain(box, clock)) == [("a", "OK"), ("b", "OK"), ("d", "OK"),
                                                                        ("e", "OK")]
