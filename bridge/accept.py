@@ -76,10 +76,6 @@ class _CommitUnknown(Exception):
     """The insert was sealed into a transaction that did not finish within two commit timeouts."""
 
 
-def _error(status: int, message: str, **extra: Any) -> web.Response:
-    return json_error(status, message, **extra)
-
-
 
 class Accept:
     """``POST /alerts/<target>``: checks, then one durable insert (all of an HA target's rows)."""
@@ -137,7 +133,7 @@ class Accept:
         label = name if known else ""
         if self.service.draining:
             self._received(label, "draining")
-            return _error(503, "bridge is shutting down; retry against the restarted bridge")
+            return json_error(503, "bridge is shutting down; retry against the restarted bridge")
         if self.token is not None:
             given = request.headers.get("Authorization", "")
             scheme, _, credential = given.partition(" ")
@@ -147,7 +143,7 @@ class Accept:
                 # Which part was wrong helps after a token rotation; the credential itself never shows.
                 auth = "missing" if not given else "not a bearer token" if scheme.lower() != "bearer" else "wrong token"
                 self.rejections.record(request, 401, "missing or wrong bearer token", name, auth=auth)
-                return _error(
+                return json_error(
                     401,
                     "missing or wrong bearer token",
                     headers={"WWW-Authenticate": 'Bearer realm="kapacitor-oncall-bridge"'},
@@ -192,7 +188,7 @@ class Accept:
         except _CommitUnknown:
             self._received(name, "store_unknown")
             log.error("alert.store_unknown", target=name, id=event.id, waited=2 * self.commit_timeout)
-            return _error(
+            return json_error(
                 504,
                 "alert outcome UNKNOWN: the store was committing it when the deadline passed; it is "
                 "probably stored and will be delivered; a retry may deliver it twice",
@@ -200,11 +196,11 @@ class Accept:
         except StoreError as exc:
             self._received(name, "store_error")
             log.error("alert.store_failed", target=name, id=event.id, error=str(exc))
-            return _error(503, "alert NOT stored: the store cannot commit (see bridge log); retry later")
+            return json_error(503, "alert NOT stored: the store cannot commit (see bridge log); retry later")
         except Exception:  # noqa: BLE001 - a bug, not the client's fault; still never a 202
             self._received(name, "store_error")
             log.error("alert.store_crashed", target=name, id=event.id, exc_info=True)
-            return _error(500, "alert NOT stored: internal error (see bridge log)")
+            return json_error(500, "alert NOT stored: internal error (see bridge log)")
         self._received(name, "accepted")
         self.metrics.accept_seconds.observe(time.perf_counter() - started)
         log.info("alert.accepted", target=name, id=event.id, alert_level=event.level, seq=seq)
@@ -214,4 +210,4 @@ class Accept:
     def _reject(self, request: web.Request, status: int, message: str, target: str, **extra: Any) -> web.Response:
         """Answer a refusal in JSON and log it (rate-limited): Kapacitor's log rarely shows why."""
         self.rejections.record(request, status, message, target)
-        return _error(status, message, **extra)
+        return json_error(status, message, **extra)

@@ -7,7 +7,9 @@ serves; on PostgreSQL they run beside the replicas (:mod:`bridge.pg.retarget`).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import sqlite3
 import time
 from datetime import datetime, timezone
 from typing import Any, Callable, Dict, List, Protocol, TypeVar
@@ -71,16 +73,10 @@ def run_replay(args: argparse.Namespace, config: Config, out: Out, err: Out) -> 
     """Order-safe replay; ``--force`` re-sends superseded dead letters and says what that does."""
     if args.target and args.target not in config.targets:
         err.line(f"warning: target {args.target!r} is not configured; its rows will not be delivered")
-    if config.store.backend == "postgres":
-        from .pg import admin
+    from .pg import admin
 
-        result = _on_pg(config, lambda pg: admin.replay(pg, args.target, args.alert_id, force=args.force))
-    else:
-        conn = open_store(config.store.path, create=False)
-        try:
-            result = replay(conn, args.target, args.alert_id, force=args.force)
-        finally:
-            conn.close()
+    result = _on_store(config, pg=lambda c: admin.replay(c, args.target, args.alert_id, force=args.force),
+                       sqlite=lambda c: replay(c, args.target, args.alert_id, force=args.force))
     _print_replay(result, out, err)
     return EXIT_OK
 
@@ -100,33 +96,36 @@ def _print_replay(result: Replayed, out: Out, err: Out) -> None:
         err.line(f"forced #{f.row.seq} {f.row.target} id={f.row.key!r} level={f.row.level} as #{f.new_seq}: {f.effect}")
 
 
-def _on_pg(config: Config, run: Callable[[Any], T]) -> T:
-    """``run(connection)`` on the PostgreSQL store (replicas keep serving meanwhile)."""
-    from .pg import admin
+def _on_store(config: Config, *, pg: Callable[[Any], T], sqlite: Callable[[sqlite3.Connection], T],
+              exclusive: bool = False) -> T:
+    """Run a command on the configured store, on a connection of its own: ``pg(connection)``
+    beside serving replicas, or ``sqlite(connection)`` on the file (``exclusive``: only while
+    no bridge serves from it)."""
+    if config.store.backend == "postgres":
+        from .pg import admin
 
-    assert config.store.dsn is not None
-    pg = admin.open_admin(config.store.dsn)
-    try:
-        return run(pg)
-    finally:
-        pg.close()
+        assert config.store.dsn is not None
+        conn = admin.open_admin(config.store.dsn)
+        try:
+            return pg(conn)
+        finally:
+            conn.close()
+    with exclusive_lock(config.store.path) if exclusive else contextlib.nullcontext():
+        db = open_store(config.store.path, create=False)
+        try:
+            return sqlite(db)
+        finally:
+            db.close()
 
 
 def move(args: argparse.Namespace, config: Config, out: Out, err: Out) -> int:
     """``move --from OLD --to NEW``."""
     if args.new not in config.targets:
         err.line(f"warning: target {args.new!r} is not configured; its rows will not be delivered")
-    if config.store.backend == "postgres":
-        from .pg import retarget
+    from .pg import retarget
 
-        moved = _on_pg(config, lambda pg: retarget.move_target(pg, args.old, args.new))
-    else:
-        with exclusive_lock(config.store.path):
-            conn = open_store(config.store.path, create=False)
-            try:
-                moved = move_target(conn, args.old, args.new)
-            finally:
-                conn.close()
+    moved = _on_store(config, pg=lambda c: retarget.move_target(c, args.old, args.new),
+                      sqlite=lambda c: move_target(c, args.old, args.new), exclusive=True)
     if not moved.rows and not moved.incidents and not moved.timers:
         out.line(f"nothing to move: the store has no rows for target {args.old!r}")
         return EXIT_OK
@@ -145,17 +144,10 @@ def drop(args: argparse.Namespace, config: Config, out: Out, err: Out) -> int:
             f"warning: target {args.target!r} is configured: its queued alerts and dead letters are being "
             "deleted, not delivered"
         )
-    if config.store.backend == "postgres":
-        from .pg import retarget
+    from .pg import retarget
 
-        dropped = _on_pg(config, lambda pg: retarget.drop_target(pg, args.target))
-    else:
-        with exclusive_lock(config.store.path):
-            conn = open_store(config.store.path, create=False)
-            try:
-                dropped = drop_target(conn, args.target)
-            finally:
-                conn.close()
+    dropped = _on_store(config, pg=lambda c: retarget.drop_target(c, args.target),
+                        sqlite=lambda c: drop_target(c, args.target), exclusive=True)
     if not dropped.rows and not dropped.incidents and not dropped.timers:
         out.line(f"nothing to drop: the store has no rows for target {args.target!r}")
         return EXIT_OK
@@ -182,17 +174,10 @@ def _incident_json(i: Incident, now: float) -> Dict[str, Any]:
 
 def incidents(args: argparse.Namespace, config: Config, out: Out, err: Out) -> int:
     """``incidents [--target T] [--json]``: open incidents with age and last delivery."""
-    found: List[Incident]
-    if config.store.backend == "postgres":
-        from .pg.sql import open_incidents as pg_open_incidents
+    from .pg.sql import open_incidents as pg_open_incidents
 
-        found = _on_pg(config, lambda pg: pg_open_incidents(pg, args.target))
-    else:
-        conn = open_store(config.store.path, create=False)
-        try:
-            found = open_incidents(conn, args.target)
-        finally:
-            conn.close()
+    found: List[Incident] = _on_store(config, pg=lambda c: pg_open_incidents(c, args.target),
+                                      sqlite=lambda c: open_incidents(c, args.target))
     now = time.time()
     if args.json:
         out.line(json.dumps([_incident_json(i, now) for i in found], indent=2))

@@ -32,7 +32,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Dict, Iterable, List, Mapping, Optional, Protocol, Sequence, Tuple
 
-from .errors import ConfigError, StoreError
+from .errors import StoreError
 from .event import AlertEvent, EventError, parse
 from .log import get_logger
 
@@ -226,7 +226,7 @@ def decode(row: Sequence[object]) -> Silence:
     lines = str(row[1]).split("\n")
     return Silence(
         id=str(row[0]),
-        matchers=tuple(parse_matcher(line) for line in lines if line),
+        matchers=tuple(parse_matchers(lines)),
         starts_at=float(row[2]),  # type: ignore[arg-type]
         ends_at=float(row[3]),  # type: ignore[arg-type]
         comment=str(row[4]),
@@ -372,11 +372,6 @@ class Silencer:
                 log.error("silence.crashed", exc_info=True)
             self._wake.wait(self.interval)
             self._wake.clear()
-
-
-def config_error(exc: SilenceError) -> ConfigError:
-    """For CLI paths that report errors as config errors (field ``silence``)."""
-    return ConfigError("silence", str(exc))
 
 
 def dumps(silences: Iterable[Silence], now: float) -> str:

@@ -136,8 +136,8 @@ class _CommandStore:
     """The silences of a store file on a connection of a command's own (autocommit: each
     change is one statement; a serving bridge re-reads within a second)."""
 
-    def __init__(self, conn: sqlite3.Connection, path: str) -> None:
-        self.conn, self.path = conn, path
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
 
     def list_silences(self, *, include_ended: bool = False, now: Optional[float] = None) -> List[Silence]:
         return list_silences(self.conn, include_ended=include_ended, now=now)
@@ -154,7 +154,7 @@ def silence_store(path: str, *, create: bool = False) -> Iterator[_CommandStore]
     """For the ``silence`` command: store errors become :class:`~bridge.errors.StoreError`."""
     conn = open_store(path, create=create)
     try:
-        yield _CommandStore(conn, path)
+        yield _CommandStore(conn)
     except sqlite3.Error as exc:
         raise StoreError(f"store {path}: silence command failed ({exc})") from None
     finally:

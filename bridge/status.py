@@ -213,10 +213,6 @@ def connect(path: str) -> sqlite3.Connection:
     return conn
 
 
-def _tables(conn: sqlite3.Connection) -> set[str]:
-    return {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-
-
 def _per_target(conn: sqlite3.Connection) -> Dict[str, Dict[str, Any]]:
     out: Dict[str, Dict[str, Any]] = {}
 
@@ -252,20 +248,13 @@ def _per_target(conn: sqlite3.Connection) -> Dict[str, Dict[str, Any]]:
     return out
 
 
-def _incidents(conn: sqlite3.Connection, tables: set[str]) -> List[Incident]:
-    """Open incidents: the ledger when the store has one, else the last level told per id."""
-    if "ledger" in tables:
-        rows = conn.execute("SELECT target, key, level, opened_at FROM ledger WHERE open = 1 ORDER BY opened_at")
-    else:
-        rows = conn.execute(
-            "SELECT target, key, level, sent_at FROM last_forwarded WHERE level != 'OK' ORDER BY sent_at"
-        )
+def _incidents(conn: sqlite3.Connection) -> List[Incident]:
+    """Open incidents, from the ledger (the store is migrated: it is the running bridge's)."""
+    rows = conn.execute("SELECT target, key, level, opened_at FROM ledger WHERE open = 1 ORDER BY opened_at")
     return [Incident(t, k, level, since) for t, k, level, since in rows]
 
 
-def _silences(conn: sqlite3.Connection, tables: set[str], now: float) -> List[Silence]:
-    if "silences" not in tables:
-        return []
+def _silences(conn: sqlite3.Connection, now: float) -> List[Silence]:
     return held_counts(list_silences(conn, now=now), held_rows(conn, MAX_HELD_SCAN), now)
 
 
@@ -339,8 +328,7 @@ def snapshot(
 
 
 def _read(conn: sqlite3.Connection, targets: Mapping[str, str], *, path: str, listen: str, now: float) -> Snapshot:
-    tables = _tables(conn)
-    incidents = _incidents(conn, tables)
+    incidents = _incidents(conn)
     statuses = target_statuses(targets, _per_target(conn), open_per_target(incidents))
     queued = [
         Queued(*r)
@@ -378,7 +366,7 @@ def _read(conn: sqlite3.Connection, targets: Mapping[str, str], *, path: str, li
         dead=tuple(dead),
         deliveries=tuple(deliveries),
         incidents=tuple(incidents),
-        silences=tuple(_silences(conn, tables, now)),
+        silences=tuple(_silences(conn, now)),
     )
 
 

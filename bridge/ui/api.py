@@ -13,7 +13,7 @@ import asyncio
 import hmac
 import json
 import time
-from typing import TYPE_CHECKING, Any, Awaitable, Callable, Optional, TypeVar
+from typing import TYPE_CHECKING, Awaitable, Callable, Optional, TypeVar
 
 from aiohttp import web
 
@@ -21,6 +21,7 @@ from .. import silences
 from ..backend import Store
 from ..errors import StoreError
 from ..log import get_logger
+from ..rejections import json_error
 
 if TYPE_CHECKING:
     from ..server import Service
@@ -29,10 +30,6 @@ __all__ = ["SilenceAPI", "write_silence"]
 
 log = get_logger("bridge.api")
 T = TypeVar("T")
-
-
-def _error(status: int, message: str, **extra: Any) -> web.Response:
-    return web.json_response({"status": "error", "error": message, **extra}, status=status)
 
 
 async def write_silence(service: "Service", change: Callable[[Store], T]) -> T:
@@ -61,7 +58,7 @@ class SilenceAPI:
                     headers={"WWW-Authenticate": 'Bearer realm="kapacitor-oncall-bridge"'},
                 )
         if request.content_type != "application/json":
-            return _error(415, "send Content-Type: application/json")
+            return json_error(415, "send Content-Type: application/json")
         return None
 
     async def list(self, request: web.Request) -> web.Response:
@@ -82,19 +79,19 @@ class SilenceAPI:
         try:
             doc = json.loads(await request.read())
         except ValueError as exc:
-            return _error(400, f"body: not JSON ({exc})", field="body")
+            return json_error(400, f"body: not JSON ({exc})", field="body")
         if not isinstance(doc, dict):
-            return _error(400, "body: expected a JSON object", field="body")
+            return json_error(400, "body: expected a JSON object", field="body")
         raw = doc.get("matchers")
         if isinstance(raw, str):
             raw = [raw]
         if not isinstance(raw, list) or not all(isinstance(m, str) for m in raw):
-            return _error(400, "matchers: expected a list of strings like \"id=~cpu:host=web-.*\"", field="matchers")
+            return json_error(400, "matchers: expected a list of strings like \"id=~cpu:host=web-.*\"", field="matchers")
         duration, comment = doc.get("for"), doc.get("comment")
         if not isinstance(duration, str):
-            return _error(400, "for: expected a duration string like \"2h\"", field="for")
+            return json_error(400, "for: expected a duration string like \"2h\"", field="for")
         if not isinstance(comment, str):
-            return _error(400, "comment: expected a string saying why", field="comment")
+            return json_error(400, "comment: expected a string saying why", field="comment")
         by = doc.get("created_by")
         by = by if isinstance(by, str) and by.strip() else f"api ({request.remote})"
         try:
@@ -104,7 +101,7 @@ class SilenceAPI:
                 self.service, lambda store: store.add_silence(silences.new_silence(matchers, seconds, comment, by))
             )
         except silences.SilenceError as exc:
-            return _error(400, str(exc))
+            return json_error(400, str(exc))
         log.info("silence.added", silence=made.id, matchers=made.text, until=made.ends_at, by=made.created_by)
         return web.json_response({"status": "ok", "silence": made.as_json(time.time())}, status=201)
 
@@ -116,7 +113,7 @@ class SilenceAPI:
         try:
             ended = await write_silence(self.service, lambda store: store.expire_silence(silence_id))
         except silences.SilenceError as exc:
-            return _error(404, str(exc))
+            return json_error(404, str(exc))
         log.info("silence.expired", silence=ended.id)
         return web.json_response({"status": "ok", "silence": ended.as_json(time.time())})
 
@@ -137,6 +134,6 @@ def _unavailable(handler: Handler) -> Handler:
             return await handler(request)
         except StoreError as exc:
             log.error("api.store_error", path=request.path, error=str(exc))
-            return _error(503, f"store unavailable: {exc}")
+            return json_error(503, f"store unavailable: {exc}")
 
     return guarded

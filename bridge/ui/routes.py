@@ -19,6 +19,7 @@ from aiohttp import web
 from .. import silences
 from ..errors import StoreError
 from ..log import get_logger
+from ..rejections import json_error
 from ..status import Snapshot, summarise
 from .api import SilenceAPI, write_silence
 from .auth import COOKIE, SESSION_SECONDS, Auth
@@ -116,13 +117,13 @@ class _UI:
         cookie = request.cookies.get(COOKIE)
         if not self._same_origin(request):
             log.warning("ui.refused", reason="cross-origin", path=request.path)
-            return web.json_response({"status": "error", "error": "cross-origin form post refused"}, status=403)
+            return json_error(403, "cross-origin form post refused")
         if not self.auth.session_ok(cookie):
             return web.Response(status=303, headers={"Location": "/ui/login", **SECURITY_HEADERS})
         csrf = form.get("csrf")
         if not isinstance(csrf, str) or not self.auth.csrf_ok(cookie, csrf):
             log.warning("ui.refused", reason="csrf", path=request.path)
-            return web.json_response({"status": "error", "error": "missing or stale form token; reload"}, status=403)
+            return json_error(403, "missing or stale form token; reload")
         return None
 
     # -- pages -----------------------------------------------------------------------
@@ -131,8 +132,7 @@ class _UI:
         try:
             snap = await self._snapshot()
         except StoreError as exc:
-            return web.json_response({"status": "error", "error": f"store unreadable: {exc}"}, status=503,
-                                     headers=SECURITY_HEADERS)
+            return json_error(503, f"store unreadable: {exc}", headers=SECURITY_HEADERS)
         context = self._context(request, snap=snap, totals=summarise(snap.targets))
         response = self._html("page.html", context)
         if FLASH in request.cookies:
@@ -143,8 +143,7 @@ class _UI:
         try:
             snap = await self._snapshot()
         except StoreError as exc:
-            return web.json_response({"status": "error", "error": f"store unreadable: {exc}"}, status=503,
-                                     headers=SECURITY_HEADERS)
+            return json_error(503, f"store unreadable: {exc}", headers=SECURITY_HEADERS)
         return self._html("live.html", self._context(request, snap=snap, totals=summarise(snap.targets)))
 
     async def static_file(self, request: web.Request) -> web.Response:
@@ -161,7 +160,7 @@ class _UI:
 
     async def login(self, request: web.Request) -> web.Response:
         if not self._same_origin(request):
-            return web.json_response({"status": "error", "error": "cross-origin form post refused"}, status=403)
+            return json_error(403, "cross-origin form post refused")
         form = await request.post()
         given = form.get("token")
         if not isinstance(given, str) or not self.auth.check_token(given):
