@@ -31,6 +31,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+import psutil  # type: ignore[import-untyped]
 import psycopg
 
 from .bridge_load import FastReceiver, _client, kapacitor_alert
@@ -54,27 +55,19 @@ def _config(url: str, backend: str, throttled: bool, db: str, lease: float = LEA
 
 def _cpu_seconds(pid: int, children: bool = False) -> float:
     """User + system CPU of ``pid`` (with ``children``: also of its live and reaped children,
-    e.g. the postmaster's backends) from ``/proc``."""
-    tick = os.sysconf("SC_CLK_TCK")
-
-    def fields(p: int) -> List[str]:
-        text = Path(f"/proc/{p}/stat").read_text()
-        return text[text.rindex(")") + 2:].split()
-
-    own = fields(pid)
-    total = int(own[11]) + int(own[12])
+    e.g. the postmaster's backends)."""
+    process = psutil.Process(pid)
+    own = process.cpu_times()
+    total = own.user + own.system
     if children:
-        total += int(own[13]) + int(own[14])
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
+        total += own.children_user + own.children_system
+        for child in process.children():
             try:
-                f = fields(int(entry.name))
-            except (OSError, ValueError):
+                times = child.cpu_times()
+            except psutil.NoSuchProcess:
                 continue
-            if int(f[1]) == pid:
-                total += int(f[11]) + int(f[12])
-    return total / tick
+            total += times.user + times.system
+    return float(total)
 
 
 def _bridges(n: int, text: str, root: Path, env: Dict[str, str]) -> List[Any]:
@@ -112,6 +105,10 @@ def _bodies(count: int, ids: int) -> List[bytes]:
 def _one_run(backend: str, n: int, alerts: int, receiver: FastReceiver, pg: Any, root: Path) -> Dict[str, float]:
     env: Dict[str, str] = {}
     db = str(root / "outbox.db")
+
+    def pg_cpu() -> float:  # the SQLite setups leave postgres idle: none of its CPU is theirs
+        return _cpu_seconds(pg.proc.pid, children=True) if backend == "postgres" else 0.0
+
     if backend == "postgres":
         env["BRIDGE_PG_DSN"] = pg.create_database("bench")
     receiver.reset()
@@ -119,11 +116,10 @@ def _one_run(backend: str, n: int, alerts: int, receiver: FastReceiver, pg: Any,
     bodies = _bodies(alerts, 1000)
     try:
         pids = [b.proc.pid for b in bridges]
-        before_cpu = ([_cpu_seconds(p) for p in pids], _cpu_seconds(pg.proc.pid, children=True),
-                      time.process_time())
+        before_cpu = (sum(_cpu_seconds(p) for p in pids), pg_cpu(), time.process_time())
         secs, lat, statuses = asyncio.run(_post([b.port for b in bridges], bodies))
-        cpu_bridges = sum(_cpu_seconds(p) for p in pids) - sum(before_cpu[0])
-        cpu_pg = _cpu_seconds(pg.proc.pid, children=True) - before_cpu[1]
+        cpu_bridges = sum(_cpu_seconds(p) for p in pids) - before_cpu[0]
+        cpu_pg = pg_cpu() - before_cpu[1]
         cpu_gen = time.process_time() - before_cpu[2]
     finally:
         for b in bridges:
@@ -134,20 +130,19 @@ def _one_run(backend: str, n: int, alerts: int, receiver: FastReceiver, pg: Any,
     before = int(receiver.stats()["count"])
     receiver.reset()
     want = alerts - before
-    pg_before = _cpu_seconds(pg.proc.pid, children=True) if backend == "postgres" else 0.0
+    pg_before = pg_cpu()
     bridges = _bridges(n, _config(receiver.url, backend, False, db), root / "drain", env)
     # Rate and CPU of the drain from the moment every replica is up (not their start-up).
     drain_pids = [b.proc.pid for b in bridges]
     ready_at = time.monotonic()
-    mark = (int(receiver.stats()["count"]), sum(_cpu_seconds(p) for p in drain_pids),
-            _cpu_seconds(pg.proc.pid, children=True) if backend == "postgres" else 0.0)
+    mark = (int(receiver.stats()["count"]), sum(_cpu_seconds(p) for p in drain_pids), pg_cpu())
     try:
         deadline = time.monotonic() + 300
         while True:
             st = receiver.stats()
             if int(st["count"]) >= want:
                 drain_bridges = sum(_cpu_seconds(p) for p in drain_pids)
-                drain_pg = _cpu_seconds(pg.proc.pid, children=True) if backend == "postgres" else 0.0
+                drain_pg = pg_cpu()
                 break
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{backend} x{n}: drain got {st['count']}/{want}")
@@ -155,24 +150,21 @@ def _one_run(backend: str, n: int, alerts: int, receiver: FastReceiver, pg: Any,
     finally:
         for b in bridges:
             b.stop()
-    if want - mark[0] < 2:  # a tiny backlog went before every replica was up: whole-life CPU instead
+    count, first, last = int(st["count"]), float(st["first"]), float(st["last"])
+    before_ready = mark[0]
+    if want - mark[0] < 2:
+        # A tiny backlog went before every replica was up: every arrival and whole-life CPU.
         mark = (0, 0.0, pg_before)
+    if mark[0] == 0:
+        drain = (count - 1) / max(1e-6, last - first)
+    else:  # CLOCK_MONOTONIC in the receiver's process, as here
+        drain = (count - mark[0]) / max(1e-6, last - ready_at)
     return {"accept": alerts / secs, "p99": lat[int(0.99 * len(lat))] * 1000,
             "cpu_bridges": cpu_bridges / alerts * 1e6, "cpu_pg": cpu_pg / alerts * 1e6,
             "cpu_gen": cpu_gen / alerts * 1e6,
             "drain_cpu_bridges": (drain_bridges - mark[1]) / max(1, want - mark[0]) * 1e6,
             "drain_cpu_pg": (drain_pg - mark[2]) / max(1, want - mark[0]) * 1e6,
-            "drain": _drain_rate(int(st["count"]), float(st["first"]), float(st["last"]), mark[0], ready_at),
-            "drained_before_ready": mark[0] / max(1, want)}
-
-
-def _drain_rate(count: int, first: float, last: float, before_ready: int, ready_at: float) -> float:
-    """Deliveries/s once every replica was up: from that moment (or the first arrival, if none
-    came before it) to the last arrival. The receiver's clock is CLOCK_MONOTONIC, as ours."""
-    if before_ready == 0 or count - before_ready < 2 or last <= ready_at:
-        # None before (or nearly all before: a tiny backlog): time every arrival.
-        return (count - 1) / max(1e-6, last - first)
-    return (count - before_ready) / max(1e-6, last - ready_at)
+            "drain": drain, "drained_before_ready": before_ready / max(1, want)}
 
 
 class _HangFirst(BaseHTTPRequestHandler):
