@@ -7,6 +7,7 @@ import contextlib
 import queue
 import threading
 import time
+from dataclasses import dataclass, field
 from typing import Any, Callable, Deque, Dict, Iterator, List, Optional, Tuple
 
 import psycopg
@@ -25,6 +26,20 @@ Done = Callable[[Any, Optional[BaseException]], None]
 MakeResolve = Callable[[str, str, bytes, float], Optional[bytes]]
 #: Work that must happen on one replica at a time.
 SINGLETON_JOBS = ("expiry", "prune", "heartbeat", "keepalive", "reconcile", RELEASE_JOB)
+#: Writer threads per replica. Accepting waits on durable commits (a WAL flush each), so one
+#: writer leaves the CPU idle while a flush is under way; two let one batch gather while the
+#: other flushes, and PostgreSQL folds flushes that overlap into one.
+WRITER_LANES = 2
+
+
+@dataclass(eq=False)
+class _Lane:
+    """One writer thread's queue and its own autocommit connection (opened on first use, again
+    after a failure). An id always takes the same lane, so its posts commit in arrival order and
+    the lanes never wait on each other's rows."""
+
+    queue: "queue.SimpleQueue[Any]" = field(default_factory=queue.SimpleQueue)
+    conn: Optional["psycopg.Connection[Any]"] = None
 
 
 class _PgBase:
@@ -58,13 +73,12 @@ class _PgBase:
         self._silences_changed: Callable[[], None] = lambda: None
         self._pool_size = pool_size
         self._pool: Optional["psycopg_pool.ConnectionPool[Any]"] = None
-        #: The writer thread's own autocommit connection (opened on first use, again after a failure).
-        self._writer_conn: Optional["psycopg.Connection[Any]"] = None
-        self._queue: "queue.SimpleQueue[Any]" = queue.SimpleQueue()
+        self._lanes = [_Lane() for _ in range(WRITER_LANES)]
         self._lock = threading.Lock()
         self._ready: Dict[str, Deque[_Claimed]] = {}
         self._busy: Dict[int, _Claimed] = {}
         self._held: Dict[str, float] = {}
+        self._writers: List[threading.Thread] = []
         self._threads: List[threading.Thread] = []
         #: Outcome batches for the finisher thread (see :mod:`.batches`).
         self._finishing: "queue.SimpleQueue[Any]" = queue.SimpleQueue()

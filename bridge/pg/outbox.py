@@ -1,7 +1,7 @@
 """The outbox on PostgreSQL: the same promises as the SQLite store, for N replicas.
 
-* **Accepting**: a writer thread group-commits inserts (one transaction, one WAL
-  flush for every POST waiting), so ``done(seq)`` and the 202 come only after a
+* **Accepting**: two writer threads (an id always takes the same one) group-commit
+  inserts (one transaction, one WAL flush for every POST waiting), so ``done(seq)`` and the 202 come only after a
   durable commit. The same event posted to two replicas is stored once (a dedup
   key over target, id, level and the body, which carries the event time) and both
   get the seq. A ``NOTIFY`` wakes the other replicas' dispatchers.
@@ -87,11 +87,12 @@ class PgOutbox(_Writer, _Claims, _Batches, _Jobs, _Reads, _PgBase, PgOperator):
             log.warning("pg.keeper_failed", error=str(exc))
         self._closed = False
         self._stop.clear()
-        for name, run in (("pg-writer", self._run_writer), ("pg-keeper", self._run_keeper),
-                          ("pg-listener", self._run_listener)):
-            thread = threading.Thread(target=run, name=name, daemon=True)
+        self._writers = [threading.Thread(target=self._run_writer, args=(lane,), name=f"pg-writer-{n}", daemon=True)
+                         for n, lane in enumerate(self._lanes)]
+        self._threads = [threading.Thread(target=run, name=name, daemon=True)
+                         for name, run in (("pg-keeper", self._run_keeper), ("pg-listener", self._run_listener))]
+        for thread in self._writers + self._threads:
             thread.start()
-            self._threads.append(thread)
         return self
 
     def close(self, timeout: float = 10.0) -> None:
@@ -101,12 +102,14 @@ class PgOutbox(_Writer, _Claims, _Batches, _Jobs, _Reads, _PgBase, PgOperator):
         with self._lock:
             self._closed = True
         self._stop_finisher(timeout)  # outcomes queued before the close are committed first
-        self._queue.put(_STOP)
-        self._threads[0].join(timeout)
-        self._stop.set()
-        for thread in self._threads[1:]:
+        for lane in self._lanes:
+            lane.queue.put(_STOP)
+        for thread in self._writers:
             thread.join(timeout)
-        self._threads = []
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout)
+        self._writers, self._threads = [], []
         try:
             self._release_own()
             with self._tx() as cur:
@@ -125,4 +128,4 @@ class PgOutbox(_Writer, _Claims, _Batches, _Jobs, _Reads, _PgBase, PgOperator):
 
     @property
     def writer_alive(self) -> bool:
-        return bool(self._threads) and self._threads[0].is_alive()
+        return bool(self._writers) and all(thread.is_alive() for thread in self._writers)

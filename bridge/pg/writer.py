@@ -1,6 +1,7 @@
-"""Accepting on PostgreSQL: a writer thread group-commits queued inserts (one transaction, one
+"""Accepting on PostgreSQL: writer threads group-commit queued inserts (one transaction, one
 WAL flush for every POST waiting), so ``done(seq)`` and the 202 come only after a durable
-commit; the same event posted to two replicas is stored once."""
+commit; the same event posted to two replicas is stored once. Each id has its lane (see
+:data:`~.base.WRITER_LANES`), so one id's posts commit in the order they came."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from ..batching import run_batches
 from ..errors import StoreError
 from ..outbox_ops import Ticket, resolver
 from . import sql
-from .base import Done, _PgBase, log
+from .base import Done, _Lane, _PgBase, log
 from .rows import _Insert, _store_error
 
 MAX_BATCH = 1000
@@ -72,10 +73,11 @@ class _Writer(_PgBase):
         now = self._clock() if received_at is None else received_at
         expire_at = None if expire_after is None else now + expire_after
         op = _Insert(target, key, level, body, now, expire_at, synthetic, done, also)
-        with self._lock:  # close() sets _closed under it, then queues the writer's stop: nothing lands after that
+        lane = self._lanes[hash(key) % len(self._lanes)]
+        with self._lock:  # close() sets _closed under it, then queues the writers' stop: nothing lands after that
             closed = self._closed
             if not closed:
-                self._queue.put(op)
+                lane.queue.put(op)
         if closed:
             op.withdraw()
             done(None, StoreError("store postgres: closed"))
@@ -88,50 +90,51 @@ class _Writer(_PgBase):
                           synthetic=synthetic)
         return future
 
-    def _run_writer(self) -> None:
-        run_batches(self._queue, self._commit, _STOP, MAX_BATCH)
+    def _run_writer(self, lane: _Lane) -> None:
+        run_batches(lane.queue, lambda batch: self._commit(lane, batch), _STOP, MAX_BATCH)
         while True:  # refused, never silently dropped
             try:
-                op = self._queue.get_nowait()
+                op = lane.queue.get_nowait()
             except queue.Empty:
                 break
             if op is not _STOP:
                 op.done(None, StoreError("store postgres: closed"))
-        self._close_writer_conn()
+        self._close_writer_conn(lane)
 
-    def _enqueue_many(self, params: List[Tuple[Any, ...]]) -> List[Any]:
-        """The batch in one statement, its own transaction, on the writer's own connection: one
+    def _enqueue_many(self, lane: _Lane, params: List[Tuple[Any, ...]]) -> List[Any]:
+        """The batch in one statement, its own transaction, on the lane's own connection: one
         round trip (see oncall_enqueue_many: it locks the keys' queue rows in key order, makes the
         commit durable and NOTIFYs the others); a pooled transaction took four."""
         cols = [dump(list(col)) for dump, col in zip(_COLUMN_DUMPERS, zip(*params))]
         try:
-            if self._writer_conn is None or self._writer_conn.closed:
-                self._writer_conn = psycopg.connect(self._dsn, autocommit=True, connect_timeout=5)
-            found = self._writer_conn.execute(sql.ENQUEUE_MANY, [*cols, self.replica_id]).fetchall()
+            if lane.conn is None or lane.conn.closed:
+                lane.conn = psycopg.connect(self._dsn, autocommit=True, connect_timeout=5)
+            found = lane.conn.execute(sql.ENQUEUE_MANY, [*cols, self.replica_id]).fetchall()
         except psycopg.OperationalError as exc:
             self._reachable = False
-            self._close_writer_conn()
+            self._close_writer_conn(lane)
             raise _store_error(exc, "query") from None
         except psycopg.Error as exc:
             raise _store_error(exc, "query") from None
         self._reachable = True
         return found
 
-    def _close_writer_conn(self) -> None:
-        conn, self._writer_conn = self._writer_conn, None
+    @staticmethod
+    def _close_writer_conn(lane: _Lane) -> None:
+        conn, lane.conn = lane.conn, None
         if conn is not None:
             with contextlib.suppress(psycopg.Error):
                 conn.close()
 
-    def _commit(self, batch: List[_Insert], retries: int = 2) -> None:
+    def _commit(self, lane: _Lane, batch: List[_Insert], retries: int = 2) -> None:
         batch = [op for op in batch if op.seal()]
         if not batch:
             return
         params = [row for op in batch for row in op.params()]
         try:
-            rows = self._enqueue_many(params)
+            rows = self._enqueue_many(lane, params)
         except StoreError as exc:
-            self._failed(batch, exc, retries)
+            self._failed(lane, batch, exc, retries)
             return
         # Each op's first row answers for it (its ``also`` rows follow it, in the same commit).
         results: List[Tuple[int, bool]] = []
@@ -154,14 +157,14 @@ class _Writer(_PgBase):
                 log.error("pg.callback_error", exc_info=True)
         self._on_change()
 
-    def _failed(self, batch: List[_Insert], exc: StoreError, retries: int) -> None:
+    def _failed(self, lane: _Lane, batch: List[_Insert], exc: StoreError, retries: int) -> None:
         """A batch that did not commit: retried after a deadlock, one by one if several, else refused."""
         if retries and ("deadlock" in str(exc) or "could not serialize" in str(exc)):
-            self._commit(batch, retries - 1)
+            self._commit(lane, batch, retries - 1)
             return
         if len(batch) > 1 and self._reachable:
             for op in batch:  # one bad row must not fail its neighbours
-                self._commit([op], 0)
+                self._commit(lane, [op], 0)
             return
         self._writable = False
         self._last_error = str(exc)

@@ -343,6 +343,21 @@ class TestBatchedAccept:
             self._batch(conn, [("t", "k", "OK", b"3", 2.0, None)])
             assert [n.payload for n in listener.notifies(timeout=1.0)] == []
 
+    def test_an_id_commits_in_post_order_across_writer_lanes(self, dsn: str) -> None:
+        """Writer lanes commit side by side, but one id's posts, queued back to back without
+        waiting, get seqs in the order they were posted (an id has one lane)."""
+        keys = [f"id{i}" for i in range(24)]
+        box = PgOutbox(dsn, replica_id="r1").open()
+        try:
+            posted = [(k, n, box.enqueue("t", k, "CRITICAL", f"{k}/{n}".encode())) for n in range(30) for k in keys]
+            seqs = {(k, n): f.result(10) for k, n, f in posted}
+        finally:
+            box.close()
+        for k in keys:
+            mine = [seqs[(k, n)] for n in range(30)]
+            assert mine == sorted(mine), f"{k}: posts committed out of order"
+        assert len(set(seqs.values())) == len(seqs)
+
     def test_fan_out_member_refused_stores_no_row(self, dsn: str) -> None:
         """An HA target's rows are one statement: a member's row the database refuses (a trigger
         here) fails the whole post, primary included; nothing is stored, nothing half-done."""
