@@ -14,7 +14,8 @@ this order:
    id, received within ``repeat_interval``, is marked ``suppressed`` (level
    changes always go);
 2. the target's rate limiter: no token means the row stays pending (queued,
-   never dropped) and the dispatcher sleeps until a token is back;
+   never dropped) and the dispatcher sleeps until a token is back; a limited row
+   goes to the loop at once and its token is spent as it leaves, not at the claim;
 3. a per-target share of the ``workers`` attempt slots, so one dead platform
    cannot occupy every slot and starve the others.
 
@@ -232,15 +233,10 @@ class Delivery:
                 if suppress:
                     verdicts.append(Verdict(Outcome(head, "suppressed"), "suppressed", "delivery.suppressed"))
                     continue
-                self.limiters.try_acquire(target)
                 self._free -= 1
                 self._inflight[target] += 1
                 if limited:
-                    # Sent at once: the token is stamped now, so the platform sees the limit held
-                    # (a batch would move the first sends' arrival away from their tokens).
-                    now_jobs: List[Job] = []
-                    self._prepare([head], now_jobs, verdicts)
-                    self.engine.submit(now_jobs)
+                    self._send_limited(head, verdicts)
                     continue
                 claimed.append(head)
         finally:
@@ -250,6 +246,16 @@ class Delivery:
                 self._prepare(claimed, jobs, verdicts)
             self.recorder.record(verdicts)
         return when
+
+    def _send_limited(self, head: Head, verdicts: List[Verdict]) -> None:
+        """Send a rate-limited head at once and spend its token as it leaves: the platform counts
+        arrivals, so the token's time is the send's, not the claim's (a row load and a render
+        earlier, or a batch's worth). A row that is not sent (silenced, too old) spends none."""
+        jobs: List[Job] = []
+        self._prepare([head], jobs, verdicts)
+        self.engine.submit(jobs)
+        if jobs:
+            self.limiters.try_acquire(head.target)
 
     def _prepare(self, heads: List[Head], jobs: List[Job], verdicts: List[Verdict]) -> None:
         """Load the claimed rows in one query and turn each into a job, or into an outcome

@@ -6,10 +6,11 @@ of spent tokens is a table, and taking a token locks the target's row: three
 replicas together never exceed the platform's limit. Times are the database's
 clock, so replicas on skewed hosts agree.
 
-Delivery asks :meth:`wait_time` before claiming and calls :meth:`try_acquire`
-after; here ``wait_time`` already *takes* the token (a reservation kept for this
-replica's next send) so no other replica can take it in between, and
-``try_acquire`` stamps it with the send time.
+Delivery asks :meth:`wait_time` before claiming and calls :meth:`try_acquire` as
+the request is handed to the delivery loop; here ``wait_time`` already *takes* the
+token (a reservation kept for this replica's next send) so no other replica can
+take it in between, and ``try_acquire`` stamps it with the send time. A claimed
+row that is not sent (silenced, too old) leaves the reservation for the next one.
 """
 
 from __future__ import annotations

@@ -273,6 +273,21 @@ class TestBridge:
         time.sleep(1.5)  # two more release passes: nothing else may go out
         assert len(receiver.requests) == 4
 
+    def test_a_held_alert_spends_no_rate_token(self, make_bridge: Callable[..., BridgeProcess], receiver: Receiver) -> None:
+        """Under ``rate_limit = "1/1h"`` a silenced alert is kept, not sent, so the one token of
+        the hour is still there for the next alert (it used to go at the claim)."""
+        config = f'[server]\ntoken = "{TOKEN}"\n' + webhook_config(
+            receiver.url + "/hook", name="pager", target_extra='rate_limit = "1/1h"')
+        bridge = make_bridge(config)
+        bridge.token = TOKEN
+        assert _api(bridge, "/api/silences", {"matchers": ["id=cpu:host=web-01"], "for": "1h", "comment": "c"}).status_code == 201
+        _active(bridge, 1)
+        assert bridge.post_alert("pager", kapacitor_event("cpu:host=web-01", "CRITICAL"))[0] == 202
+        _wait_state(bridge, "cpu:host=web-01", "CRITICAL", "silenced")
+        assert bridge.post_alert("pager", kapacitor_event("cpu:host=db-1", "CRITICAL"))[0] == 202
+        receiver.wait_for(1, timeout=15)
+        assert _sent(receiver) == [("cpu:host=db-1", "CRITICAL")]
+
     def test_silence_ends_by_itself(self, make_bridge: Callable[..., BridgeProcess], receiver: Receiver) -> None:
         bridge = make_bridge(_config(receiver))
         bridge.token = TOKEN
