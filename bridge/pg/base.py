@@ -97,9 +97,9 @@ class _PgBase:
     def _tx(self, timeout: Optional[float] = None, durable: bool = False) -> Iterator["psycopg.Cursor[Any]"]:
         """One transaction on a pooled connection; database errors become StoreError.
 
-        ``durable``: the commit waits for the WAL flush (accepted alerts, operator actions,
-        rate-limit tokens, the health probe). Everything else is bookkeeping whose loss in a
-        *database* crash only means a row is delivered once more (claims, outcomes, leases).
+        ``durable``: the commit waits for the WAL flush (accepted alerts, outcomes, operator
+        actions, rate-limit tokens, the health probe). Everything else is bookkeeping whose
+        loss in a *database* crash only means a row is delivered once more (claims, leases).
         """
         if self._pool is None:
             raise StoreError("store postgres: not open")

@@ -42,7 +42,7 @@ class _Batches(_PgBase):
         lease another replica took is left alone."""
         outcome = Outcome(head, state, attempts, next_at, error, status)
         check_outcome(state, next_at)
-        with self._tx() as cur:
+        with self._tx(durable=True) as cur:
             results = finish_rows(cur, [outcome], self.replica_id, self._clock())
         self._finished(results)
 
@@ -83,7 +83,11 @@ class _Batches(_PgBase):
         error: Optional[BaseException] = None
         results: List[Tuple[Outcome, bool]] = []
         try:
-            with self._tx() as cur:
+            # Durable, like SQLite's: a delivery is committed (and flushed) before its key's next
+            # row can be claimed anywhere. An outcome lost in a database crash made the platform
+            # see a key's last two events again in order (CRITICAL, OK, CRITICAL, OK), not just
+            # the last one once more.
+            with self._tx(durable=True) as cur:
                 results = finish_rows(cur, ordered, self.replica_id, now)
         except StoreError as exc:
             if retries and "deadlock" in str(exc):

@@ -68,8 +68,8 @@ def dedup_key(target: str, key: str, level: str, body: bytes) -> bytes:
 
 def _bookkeeping_commits(conn: "psycopg.Connection[Any]") -> None:
     """New pool connections commit without waiting for the WAL flush unless a transaction
-    asks for it (``_tx(durable=True)``): a claim or an outcome lost in a database crash is
-    delivered once more, never lost; an accepted alert always waits for the flush."""
+    asks for it (``_tx(durable=True)``): a claim lost in a database crash is delivered once
+    more, never lost; an accepted alert and an outcome always wait for the flush."""
     conn.execute("SET synchronous_commit = off")
     conn.commit()
 

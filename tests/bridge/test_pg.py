@@ -20,7 +20,7 @@ from bridge.targets.base import RateLimit
 from tests.pgserver import PgServer
 
 from .conftest import webhook_config
-from .harness import BridgeProcess, Receiver, kapacitor_event, wait_until
+from .harness import Receiver, kapacitor_event, wait_until
 
 
 @pytest.fixture
@@ -438,6 +438,36 @@ class TestDatabaseDown:
                 assert sorted(keys) == ["after", "before"] and box.reachable()
             finally:
                 box.close()
+
+    @pytest.mark.parametrize("batched", [True, False])
+    def test_an_outcome_survives_a_database_crash(self, batched: bool) -> None:
+        """An outcome answered as committed is flushed: after a crash the key's next row is the
+        head, so the platform never sees a delivered event again after a newer one. (The WAL
+        writer is slowed to its maximum, so an unflushed commit would be lost here.)"""
+        with PgServer() as server:
+            dsn = server.create_database()
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                conn.execute("ALTER SYSTEM SET wal_writer_delay = '10s'")
+                conn.execute("SELECT pg_reload_conf()")
+            box = PgOutbox(dsn, replica_id="r", commit_timeout=2.0).open()
+            try:
+                first, second = put(box, "k", "CRITICAL", 1), put(box, "k", "OK", 2)
+                head = box.peek("t", time.time())[0]
+                assert head is not None and head.seq == first and box.claim(head)
+                if batched:
+                    answered = threading.Event()
+                    box.finish_many([Outcome(head, "delivered", attempts=1)], lambda _o, _e: answered.set())
+                    assert answered.wait(10)
+                else:
+                    box.finish(head, "delivered", attempts=1)
+                server.stop("immediate")
+            finally:
+                box.close(timeout=2.0)
+            server.start()
+            with psycopg.connect(dsn) as conn:
+                states = dict(conn.execute("SELECT seq, state FROM oncall_outbox").fetchall())
+                heads = conn.execute("SELECT head_seq FROM oncall_queue WHERE key = 'k'").fetchall()
+            assert states == {first: "delivered", second: "pending"} and heads == [(second,)]
 
 
 def pg_config(url: str, **delivery: str) -> str:
