@@ -24,6 +24,7 @@ import psycopg
 from ..ledger import extend
 from ..store import Head, Outcome
 from . import sql
+from .arrays import bools, floats, ints, texts
 from .silences import FINISH_SILENCED
 
 __all__ = ["finish_rows"]
@@ -81,7 +82,7 @@ def finish_rows(
     each comes back with True if it was stale (the row is no longer ours)."""
     targets = [o.head.target for o in outcomes]
     keys = [o.head.key for o in outcomes]
-    held = {(t, k): (seq, owner) for t, k, seq, owner in cur.execute(_LOCK_KEYS, (targets, keys)).fetchall()}
+    held = {(t, k): (seq, owner) for t, k, seq, owner in cur.execute(_LOCK_KEYS, (texts(targets), texts(keys))).fetchall()}
     live: List[Outcome] = []
     results: List[Tuple[Outcome, bool]] = []
     for o in outcomes:
@@ -103,8 +104,9 @@ def finish_rows(
     final = [o for o in live if o.state not in ("pending", "suppressed", "silenced")]
     sent = {h.seq for h in _finish_final(cur, final, replica_id, now)} if final else set()
     heads = [o.head for o in live]
-    cur.execute(_REFRESH_MANY, ([h.target for h in heads], [h.key for h in heads], [h.seq in sent for h in heads],
-                                [h.level for h in heads], [h.received_at for h in heads]))
+    cur.execute(_REFRESH_MANY, (texts([h.target for h in heads]), texts([h.key for h in heads]),
+                                bools([h.seq in sent for h in heads]), texts([h.level for h in heads]),
+                                floats([h.received_at for h in heads])))
     return results
 
 
@@ -114,8 +116,8 @@ def _finish_final(cur: "psycopg.Cursor[Any]", final: List[Outcome], replica_id: 
     done = {
         int(seq) for (seq,) in cur.execute(
             _FINISH_FINAL_MANY,
-            (now, replica_id, [o.head.seq for o in final], [o.state for o in final], [o.attempts for o in final],
-             [o.error for o in final], [o.status for o in final]),
+            (now, replica_id, ints([o.head.seq for o in final]), texts([o.state for o in final]),
+             ints([o.attempts for o in final]), texts([o.error for o in final]), ints([o.status for o in final])),
         ).fetchall()
     }
     # One per key (an outcome handed twice must not make the upsert touch a row twice).
@@ -126,7 +128,7 @@ def _finish_final(cur: "psycopg.Cursor[Any]", final: List[Outcome], replica_id: 
     targets = [h.target for h in delivered]
     keys = [h.key for h in delivered]
     found = {(t, k): (is_open, fired, opened) for t, k, is_open, fired, opened in cur.execute(
-        _LEDGER_ROWS, (targets, keys)).fetchall()}
+        _LEDGER_ROWS, (texts(targets), texts(keys))).fetchall()}
     opens: List[bool] = []
     fired_levels: List[str] = []
     opened_at: List[float] = []
@@ -138,6 +140,6 @@ def _finish_final(cur: "psycopg.Cursor[Any]", final: List[Outcome], replica_id: 
         opens.append(h.level != "OK")
         fired_levels.append(fired)
         opened_at.append(opened)
-    cur.execute(_LEDGER_MANY, (now, targets, keys, opens, [h.level for h in delivered], fired_levels, opened_at,
-                               [h.seq for h in delivered]))
+    cur.execute(_LEDGER_MANY, (now, texts(targets), texts(keys), bools(opens), texts([h.level for h in delivered]),
+                               texts(fired_levels), floats(opened_at), ints([h.seq for h in delivered])))
     return delivered

@@ -15,7 +15,7 @@ import psycopg
 from ..batching import run_batches
 from ..errors import StoreError
 from ..outbox_ops import Ticket, resolver
-from . import sql
+from . import arrays, sql
 from .base import Done, _Lane, _PgBase, log
 from .rows import _Insert, _store_error
 
@@ -23,31 +23,9 @@ MAX_BATCH = 1000
 _STOP = object()
 
 
-# Array parameters as PostgreSQL array literals built here with str methods (C): psycopg's list
-# dumpers are Python code per element and cost ~200 us per batch, most of the writer's CPU under
-# small batches. Every element is quoted, so commas, braces and spaces need no more care.
-def _quoted(text: str) -> str:
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def _texts(values: List[Any]) -> str:
-    return "{" + ",".join("NULL" if v is None else _quoted(v) for v in values) + "}"
-
-
-def _byteas(values: List[Any]) -> str:
-    return "{" + ",".join("NULL" if v is None else '"\\\\x' + v.hex() + '"' for v in values) + "}"
-
-
-def _floats(values: List[Any]) -> str:
-    return "{" + ",".join("NULL" if v is None else repr(float(v)) for v in values) + "}"
-
-
-def _bools(values: List[Any]) -> str:
-    return "{" + ",".join("t" if v else "f" for v in values) + "}"
-
-
 #: One per column of :meth:`_Insert.params` (target, key, level, body, now, expire_at, synthetic, dedup).
-_COLUMN_DUMPERS = (_texts, _texts, _texts, _byteas, _floats, _floats, _bools, _byteas)
+_COLUMN_DUMPERS = (arrays.texts, arrays.texts, arrays.texts, arrays.byteas, arrays.floats, arrays.floats,
+                   arrays.bools, arrays.byteas)
 
 
 class _Writer(_PgBase):
@@ -106,18 +84,25 @@ class _Writer(_PgBase):
         round trip (see oncall_enqueue_many: it locks the keys' queue rows in key order, makes the
         commit durable and NOTIFYs the others); a pooled transaction took four."""
         cols = [dump(list(col)) for dump, col in zip(_COLUMN_DUMPERS, zip(*params))]
-        try:
-            if lane.conn is None or lane.conn.closed:
-                lane.conn = psycopg.connect(self._dsn, autocommit=True, connect_timeout=5)
-            found = lane.conn.execute(sql.ENQUEUE_MANY, [*cols, self.replica_id]).fetchall()
-        except psycopg.OperationalError as exc:
-            self._reachable = False
-            self._close_writer_conn(lane)
-            raise _store_error(exc, "query") from None
-        except psycopg.Error as exc:
-            raise _store_error(exc, "query") from None
-        self._reachable = True
-        return found
+        while True:
+            fresh = lane.conn is None or lane.conn.closed
+            try:
+                if fresh:
+                    lane.conn = psycopg.connect(self._dsn, autocommit=True, connect_timeout=5)
+                assert lane.conn is not None
+                found = lane.conn.execute(sql.ENQUEUE_MANY, [*cols, self.replica_id]).fetchall()
+            except psycopg.OperationalError as exc:
+                self._close_writer_conn(lane)
+                if not fresh:
+                    # An idle connection may predate a database restart: once more on a new one.
+                    # Should the lost one have committed, the rows' dedup keys find them stored.
+                    continue
+                self._reachable = False
+                raise _store_error(exc, "query") from None
+            except psycopg.Error as exc:
+                raise _store_error(exc, "query") from None
+            self._reachable = True
+            return found
 
     @staticmethod
     def _close_writer_conn(lane: _Lane) -> None:

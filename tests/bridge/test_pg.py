@@ -439,6 +439,21 @@ class TestDatabaseDown:
             finally:
                 box.close()
 
+    def test_accepting_after_a_restart_while_idle(self) -> None:
+        """The writer lanes' connections died with the database while nothing was posted: the
+        first posts after the restart are stored, not refused (each lane reconnects once)."""
+        with PgServer() as server:
+            box = PgOutbox(server.create_database(), replica_id="r", commit_timeout=2.0).open()
+            try:
+                keys = [f"k{i}" for i in range(8)]  # enough ids to use every lane
+                for key in keys:
+                    put(box, key)
+                server.restart("immediate")
+                wait_until(box.probe, timeout=20)
+                assert all(put(box, key, "OK", 1) > 0 for key in keys)
+            finally:
+                box.close()
+
     @pytest.mark.parametrize("batched", [True, False])
     def test_an_outcome_survives_a_database_crash(self, batched: bool) -> None:
         """An outcome answered as committed is flushed: after a crash the key's next row is the
