@@ -180,6 +180,7 @@ def open_backend(config: "Config", *, on_change: Callable[[], None] = lambda: No
             replica_id=config.store.replica_id or _default_replica_id(config),
             lease=config.store.lease,
             pool_size=config.store.pool_size,
+            writers=config.store.writers,
             on_change=on_change,
             # One claim transaction per batch of ready heads: about what the delivery engine
             # can have in flight for one target (its share of the workers).

@@ -26,9 +26,10 @@ Done = Callable[[Any, Optional[BaseException]], None]
 MakeResolve = Callable[[str, str, bytes, float], Optional[bytes]]
 #: Work that must happen on one replica at a time.
 SINGLETON_JOBS = ("expiry", "prune", "heartbeat", "keepalive", "reconcile", RELEASE_JOB)
-#: Writer threads per replica. Accepting waits on durable commits (a WAL flush each), so one
-#: writer leaves the CPU idle while a flush is under way; two let one batch gather while the
-#: other flushes, and PostgreSQL folds flushes that overlap into one.
+#: Writer threads per replica unless ``[store] writers`` says otherwise. Accepting waits on
+#: durable commits (a WAL flush each), so one writer leaves the CPU idle while a flush is under
+#: way; two let one batch gather while the other flushes, and PostgreSQL folds flushes that
+#: overlap into one. Each costs more, smaller transactions.
 WRITER_LANES = 2
 
 
@@ -56,6 +57,7 @@ class _PgBase:
         on_change: Callable[[], None] = lambda: None,
         commit_timeout: float = 10.0,
         claim_batch: int = 8,
+        writers: int = WRITER_LANES,
     ) -> None:
         self._dsn = dsn
         self.replica_id = replica_id
@@ -73,7 +75,7 @@ class _PgBase:
         self._silences_changed: Callable[[], None] = lambda: None
         self._pool_size = pool_size
         self._pool: Optional["psycopg_pool.ConnectionPool[Any]"] = None
-        self._lanes = [_Lane() for _ in range(WRITER_LANES)]
+        self._lanes = [_Lane() for _ in range(max(1, writers))]
         self._lock = threading.Lock()
         self._ready: Dict[str, Deque[_Claimed]] = {}
         self._busy: Dict[int, _Claimed] = {}

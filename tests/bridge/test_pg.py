@@ -343,11 +343,12 @@ class TestBatchedAccept:
             self._batch(conn, [("t", "k", "OK", b"3", 2.0, None)])
             assert [n.payload for n in listener.notifies(timeout=1.0)] == []
 
-    def test_an_id_commits_in_post_order_across_writer_lanes(self, dsn: str) -> None:
-        """Writer lanes commit side by side, but one id's posts, queued back to back without
-        waiting, get seqs in the order they were posted (an id has one lane)."""
+    @pytest.mark.parametrize("writers", [1, 3])
+    def test_an_id_commits_in_post_order_across_writer_lanes(self, dsn: str, writers: int) -> None:
+        """Writer lanes (``[store] writers``) commit side by side, but one id's posts, queued
+        back to back without waiting, get seqs in the order they were posted (an id has one lane)."""
         keys = [f"id{i}" for i in range(24)]
-        box = PgOutbox(dsn, replica_id="r1").open()
+        box = PgOutbox(dsn, replica_id="r1", writers=writers).open()
         try:
             posted = [(k, n, box.enqueue("t", k, "CRITICAL", f"{k}/{n}".encode())) for n in range(30) for k in keys]
             seqs = {(k, n): f.result(10) for k, n, f in posted}

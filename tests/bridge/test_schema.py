@@ -134,7 +134,7 @@ class TestUnknownKeys:
         """Nothing close: no guess, still the list."""
         [(_, message)] = errors_of({"store": {"zzz": 1}})
         assert message == (
-            "unknown key `zzz`; valid keys for [store]: backend, dsn, keep_delivered, lease, path, pool_size, replica_id"
+            "unknown key `zzz`; valid keys for [store]: backend, dsn, keep_delivered, lease, path, pool_size, replica_id, writers"
         )
 
     def test_unknown_section_and_type(self) -> None:
