@@ -88,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
 
     provenance: Dict[str, Dict[str, Any]] = {}
 
-    def section(name: str, fn: Callable[[], None]) -> None:
+    def section(name: str, fn: Callable[[], None], section_runs: Optional[int] = None) -> None:
         t = time.perf_counter()
         _log(f"== {name}")
         # Each section keeps its own run: merged results (--sections) must not borrow
@@ -96,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
         origin: Dict[str, Any] = {
             "command": shown,
             "when": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
-            "runs": runs,
+            "runs": runs if section_runs is None else section_runs,
             "quick": bool(args.quick),
         }
         try:
@@ -150,10 +150,11 @@ def run(args: argparse.Namespace) -> int:
         def replicas() -> None:
             from .replicas import measure
 
-            sec = measure(runs=min(runs, 3), alerts=300 if args.quick else 5_000, log=_log)
+            sec = measure(runs=replica_runs, alerts=300 if args.quick else 5_000, log=_log)
             figures.extend(sec.figures)
             notes["replicas"] = sec.notes
-        section("replicas", replicas)
+        replica_runs = min(runs, 3)  # each run starts ten bridges and a database
+        section("replicas", replicas, replica_runs)
     if "coalesce" in sections:
         def coalesce() -> None:
             from .coalesce_drain import measure
