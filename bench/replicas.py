@@ -2,6 +2,7 @@
 
     .venv/bin/python -m bench --sections replicas      (with the other sections: make bench)
     .venv/bin/python -m bench.replicas --runs 3 --alerts 5000
+    .venv/bin/python -m bench.replicas --runs 4 --only postgres:1 --writers 1   (A/B of [store] writers)
 
 * **Accept**: 50 keep-alive clients post ``alerts`` Kapacitor events (1,000 ids)
   spread over the replicas' ports, the target throttled (``1/1h``) so only the
@@ -45,9 +46,12 @@ LEASE = 3.0
 SETUPS: Tuple[Tuple[str, int], ...] = (("sqlite", 1), ("postgres", 1), ("postgres", 3))
 
 
-def _config(url: str, backend: str, throttled: bool, db: str, lease: float = LEASE, timeout: str = "10s") -> str:
+def _config(url: str, backend: str, throttled: bool, db: str, lease: float = LEASE, timeout: str = "10s",
+            writers: Optional[int] = None) -> str:
     store = (f'backend = "postgres"\ndsn = "env:BRIDGE_PG_DSN"\nlease = "{lease}s"\n' if backend == "postgres"
              else f'path = "{db}"\n')
+    if writers is not None and backend == "postgres":
+        store += f"writers = {writers}\n"
     limit = '"1/1h"' if throttled else '"off"'
     return (f'[store]\n{store}\n[delivery]\nrepeat_interval = "0s"\ncoalesce = "off"\ntimeout = "{timeout}"\n\n'
             f'[[target]]\nname = "load"\ntype = "webhook"\nurl = "{url}/alerts"\nrate_limit = {limit}\n')
@@ -102,7 +106,8 @@ def _bodies(count: int, ids: int) -> List[bytes]:
     return out
 
 
-def _one_run(backend: str, n: int, alerts: int, receiver: FastReceiver, pg: Any, root: Path) -> Dict[str, float]:
+def _one_run(backend: str, n: int, alerts: int, receiver: FastReceiver, pg: Any, root: Path,
+             writers: Optional[int] = None) -> Dict[str, float]:
     env: Dict[str, str] = {}
     db = str(root / "outbox.db")
 
@@ -112,7 +117,7 @@ def _one_run(backend: str, n: int, alerts: int, receiver: FastReceiver, pg: Any,
     if backend == "postgres":
         env["BRIDGE_PG_DSN"] = pg.create_database("bench")
     receiver.reset()
-    bridges = _bridges(n, _config(receiver.url, backend, True, db), root, env)
+    bridges = _bridges(n, _config(receiver.url, backend, True, db, writers=writers), root, env)
     bodies = _bodies(alerts, 1000)
     try:
         pids = [b.proc.pid for b in bridges]
@@ -131,7 +136,7 @@ def _one_run(backend: str, n: int, alerts: int, receiver: FastReceiver, pg: Any,
     receiver.reset()
     want = alerts - before
     pg_before = pg_cpu()
-    bridges = _bridges(n, _config(receiver.url, backend, False, db), root / "drain", env)
+    bridges = _bridges(n, _config(receiver.url, backend, False, db, writers=writers), root / "drain", env)
     # Rate and CPU of the drain from the moment every replica is up (not their start-up).
     drain_pids = [b.proc.pid for b in bridges]
     ready_at = time.monotonic()
@@ -231,11 +236,12 @@ def _failover_gap(pg: Any, root: Path) -> float:
 
 
 def measure(runs: int = 3, alerts: int = 5_000, log: Log = print,
-            setups: Sequence[Tuple[str, int]] = SETUPS, failover: bool = True) -> Section:
+            setups: Sequence[Tuple[str, int]] = SETUPS, failover: bool = True,
+            writers: Optional[int] = None) -> Section:
     sys.path.insert(0, str(REPO_ROOT))
     from tests.pgserver import PgServer
 
-    cmd = f"{CMD} --runs {runs} --alerts {alerts}"
+    cmd = f"{CMD} --runs {runs} --alerts {alerts}" + ("" if writers is None else f" --writers {writers}")
     figs: Dict[str, Figure] = {}
 
     def fig(key: str, label: str, unit: str, **kw: Any) -> Figure:
@@ -251,7 +257,7 @@ def measure(runs: int = 3, alerts: int = 5_000, log: Log = print,
             for backend, n in setups:
                 name = f"{backend} × {n}"
                 with tempfile.TemporaryDirectory(prefix="bench-replicas-") as tmp:
-                    got = _one_run(backend, n, alerts, receiver, pg, Path(tmp))
+                    got = _one_run(backend, n, alerts, receiver, pg, Path(tmp), writers)
                 log(f"  {name}: accept {got['accept']:.0f}/s p99 {got['p99']:.1f} ms, drain {got['drain']:.0f}/s;"
                     f" CPU µs/alert: bridges {got['cpu_bridges']:.0f}, postgres {got['cpu_pg']:.0f},"
                     f" generator {got['cpu_gen']:.0f}; drain CPU µs/delivery: bridges {got['drain_cpu_bridges']:.0f},"
@@ -301,12 +307,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(prog=CMD, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--alerts", type=int, default=5_000)
+    p.add_argument("--writers", type=int, help="PostgreSQL replicas: [store] writers (default: the bridge's)")
     p.add_argument("--only", metavar="BACKEND:N", action="append", default=[],
                    help="measure only these setups (e.g. postgres:1), without the failover gap: "
                         "a quick loop while tuning one figure")
     args = p.parse_args(argv)
     setups = tuple((b, int(n)) for b, n in (o.split(":") for o in args.only)) or SETUPS
-    sec = measure(args.runs, args.alerts, setups=setups, failover=not args.only)
+    sec = measure(args.runs, args.alerts, setups=setups, failover=not args.only, writers=args.writers)
     for f in sec.figures:
         print(f"{f.label}: median {f.median} {f.unit} (runs {f.values})")
     return 0
