@@ -8,7 +8,7 @@ import queue
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Deque, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Deque, Dict, Iterable, Iterator, List, Optional, Tuple
 
 import psycopg
 import psycopg_pool
@@ -93,7 +93,30 @@ class _PgBase:
         self._stats_cache: Optional[Tuple[float, Stats]] = None
         #: target -> monotonic time until which peek(resolves_first) skips the resolves query.
         self._no_resolves_until: Dict[str, float] = {}
+        #: target -> (monotonic time until which, its next due time): peek answers "nothing ready"
+        #: without a claim transaction (see :meth:`_wake` and ``claims.IDLE_RECHECK``).
+        self._idle: Dict[str, Tuple[float, Optional[float]]] = {}
+        #: Wakes so far, per target and for all: an answer read before a wake is not kept.
+        self._wakes: Dict[str, int] = {}
+        self._wakes_all = 0
         self._coalescible_cache: Dict[Tuple[str, bool], Tuple[float, List[str]]] = {}
+
+    def _wake(self, targets: Optional[Iterable[str]] = None) -> None:
+        """Something may have become claimable for ``targets`` (all when None): forget their
+        "nothing ready" answers and wake the dispatcher. Not under ``_lock`` (it takes it)."""
+        with self._lock:
+            if targets is None:
+                self._wakes_all += 1
+                self._idle.clear()
+            else:
+                for target in targets:
+                    self._wakes[target] = self._wakes.get(target, 0) + 1
+                    self._idle.pop(target, None)
+        self._on_change()
+
+    def _wake_mark(self, target: str) -> Tuple[int, int]:
+        """Under ``_lock``: the wakes so far that concern ``target``."""
+        return self._wakes_all, self._wakes.get(target, 0)
 
     @contextlib.contextmanager
     def _tx(self, timeout: Optional[float] = None, durable: bool = False) -> Iterator["psycopg.Cursor[Any]"]:

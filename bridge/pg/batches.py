@@ -118,4 +118,4 @@ class _Batches(_PgBase):
             if stale:
                 log.warning("outbox.stale_finish", target=o.head.target, id=o.head.key, seq=o.head.seq,
                             state=o.state, hint="the lease ran out and another replica took the row")
-        self._on_change()
+        self._wake({o.head.target for o, _stale in results})

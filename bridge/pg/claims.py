@@ -21,6 +21,11 @@ COALESCE_RECHECK = 1.0
 #: every round, and under a storm a round follows every commit). A resolve this replica commits,
 #: or a head it refreshes, asks again at once; one another replica commits waits at most this.
 RESOLVES_RECHECK = 0.25
+#: Seconds a "nothing ready" answer for a target is reused. The dispatcher peeks at every target
+#: each round, and under a storm a round follows every commit: an idle target cost a claim
+#: transaction per round. Rows this replica commits, finishes, coalesces, replays or resumes,
+#: and another replica's accepts (NOTIFY), ask again at once; anything else waits at most this.
+IDLE_RECHECK = 0.25
 
 
 class _Claims(_PgBase):
@@ -42,6 +47,9 @@ class _Claims(_PgBase):
                         return item.head, None
             elif ready:
                 return ready[0].head, None
+            idle = self._idle.get(target)
+            if not ready and idle is not None and time.monotonic() < idle[0] and (idle[1] is None or now < idle[1]):
+                return None, idle[1]
         if resolves_first and time.monotonic() >= self._no_resolves_until.get(target, 0.0):
             rows, _due = self._claim(sql.CLAIM_RESOLVES, target, now, 1, due=False)
             if rows:
@@ -53,8 +61,13 @@ class _Claims(_PgBase):
                 ready = self._ready.get(target)
                 if ready:
                     return ready[0].head, None
+        with self._lock:
+            mark = self._wake_mark(target)
         rows, due = self._claim(sql.CLAIM, target, now, 1 if resolves_first else self.claim_batch, due=True)
         if not rows:
+            with self._lock:
+                if self._wake_mark(target) == mark:  # no wake during the query: the answer still holds
+                    self._idle[target] = (time.monotonic() + IDLE_RECHECK, due)
             return None, due
         return self._keep_claimed(target, rows), None
 
@@ -114,7 +127,7 @@ class _Claims(_PgBase):
         with self._lock:
             self._coalescible_cache.pop((target, limited), None)
         if gone:
-            self._on_change()
+            self._wake([target])
         return gone
 
     def claim(self, head: Head) -> bool:

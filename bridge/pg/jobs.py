@@ -48,7 +48,7 @@ class _Jobs(_PgBase):
                 assert seq is not None
                 fired.append((int(seq[0]), target, key))
         if fired:
-            self._on_change()
+            self._wake({target for _seq, target, _key in fired})
         return fired
 
     def prune(self, keep: int, forget_before: Optional[float] = None, wait: bool = False) -> None:
@@ -71,7 +71,7 @@ class _Jobs(_PgBase):
         :func:`bridge.pg.rows.replay_rows`)."""
         with self._tx(durable=True) as cur:
             result = replay_rows(cur, target, key, self._clock(), force=force)
-        self._on_change()
+        self._wake()
         return result
 
     def probe(self, timeout: float = 5.0) -> bool:
@@ -115,7 +115,7 @@ class _Jobs(_PgBase):
             self.resumed += n
         if n:
             log.warning("pg.resumed", rows=n, hint="another replica's lease ran out; delivering its rows")
-            self._on_change()
+            self._wake()
 
     def _run_listener(self) -> None:
         """Wake the dispatcher when another replica accepts alerts, and the silencer when
@@ -133,10 +133,10 @@ class _Jobs(_PgBase):
                     while not self._stop.is_set():
                         if not self._others_accepted(conn.notifies(timeout=0.5, stop_after=1)):
                             continue
-                        self._on_change()
+                        self._wake()
                         # Accepts arriving in the next WAKE_GAP seconds are one more wake at its end.
                         if self._others_accepted(conn.notifies(timeout=WAKE_GAP)):
-                            self._on_change()
+                            self._wake()
             except psycopg.Error:
                 self._stop.wait(1.0)
 

@@ -10,7 +10,7 @@ replicas never release the same id twice, and the job moves when its replica die
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, ContextManager, Dict, List, Mapping, Optional
+from typing import TYPE_CHECKING, Any, Callable, ContextManager, Dict, Iterable, List, Mapping, Optional
 
 import psycopg
 
@@ -38,8 +38,9 @@ class PgOperator:
     if TYPE_CHECKING:
         replica_id: str
         _clock: Callable[[], float]
-        _on_change: Callable[[], None]
         _silences_changed: Callable[[], None]
+
+        def _wake(self, targets: Optional[Iterable[str]] = None) -> None: ...
 
         def _tx(self, timeout: Optional[float] = None,
                 durable: bool = False) -> ContextManager["psycopg.Cursor[Any]"]: ...
@@ -80,8 +81,9 @@ class PgOperator:
                 return []  # nothing changed since a pass that found nothing: skip reading every body
             released = pg_silences.release(cur, now)
         self._release_idle = None if released else mark
-        if any(outcome == "sent" for _t, _k, outcome in released):
-            self._on_change()
+        sent = {t for t, _k, outcome in released if outcome == "sent"}
+        if sent:
+            self._wake(sent)
         return released
 
     # -- the status page -----------------------------------------------------------

@@ -56,7 +56,7 @@ class _Reads(_PgBase):
             if held:
                 with self._tx() as cur:
                     cur.execute(sql.RELEASE_HOLD, (target, held, self.replica_id))
-            self._on_change()
+            self._wake([target])
 
     # -- statistics -----------------------------------------------------------------------
 

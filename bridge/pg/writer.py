@@ -130,6 +130,7 @@ class _Writer(_PgBase):
         self._writable, self._last_error = True, None
         dups = sum(1 for _seq, dup in results if dup)
         resolves = {p[0] for p, r in zip(params, rows) if r[3] and p[2] == "OK"}
+        heads = {p[0] for p, r in zip(params, rows) if r[3]}
         if dups or resolves:
             with self._lock:
                 self.duplicates += dups
@@ -140,7 +141,7 @@ class _Writer(_PgBase):
                 op.done(seq, None)
             except Exception:  # noqa: BLE001 - the writer thread must outlive a bad callback
                 log.error("pg.callback_error", exc_info=True)
-        self._on_change()
+        self._wake(heads)
 
     def _failed(self, lane: _Lane, batch: List[_Insert], exc: StoreError, retries: int) -> None:
         """A batch that did not commit: retried after a deadlock, one by one if several, else refused."""

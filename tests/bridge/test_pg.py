@@ -13,6 +13,7 @@ import pytest
 
 from bridge.errors import StoreError
 from bridge.pg import SCHEMA_VERSION, PgOutbox, SharedRateLimiters
+from bridge.pg.claims import IDLE_RECHECK
 from bridge.pg.schema import MIGRATIONS
 from bridge.ratelimit import RateLimiter
 from bridge.store import Outcome
@@ -105,8 +106,9 @@ class TestReplicas:
         assert head is not None and a.claim(head)
         assert b.peek("t", time.time())[0] is None
         a.finish(head, "delivered", attempts=1)
-        nxt, _ = b.peek("t", time.time())
-        assert nxt is not None and nxt.level == "OK" and nxt.seq > head.seq
+        # b learns of the head a's finish made when its "nothing ready" answer expires.
+        nxt = wait_until(lambda: b.peek("t", time.time())[0], timeout=IDLE_RECHECK + 1.0)
+        assert nxt.level == "OK" and nxt.seq > head.seq
 
     def test_coalescing_leaves_a_key_in_flight_on_another_replica_alone(self, replicas: List[PgOutbox]) -> None:
         """Replica b never supersedes rows of a key whose head replica a is delivering; once a's
@@ -164,6 +166,29 @@ class TestReplicas:
                 delivered.append(head.seq)
                 box.finish(head, "delivered", attempts=1)
         assert delivered == sorted(set(committed))
+
+    def test_an_idle_target_is_not_asked_every_round(self, replicas: List[PgOutbox], monkeypatch: pytest.MonkeyPatch) -> None:
+        """The dispatcher peeks at every target each round (a round per commit under a storm):
+        an empty target answers from memory until something could have changed, and this
+        replica's own accept, or one on another replica, is claimable at once."""
+        a, b = replicas
+        queries: List[str] = []
+        claim = a._claim
+
+        def counted(statement: str, *args: Any, **kwargs: Any) -> Any:
+            queries.append(statement)
+            return claim(statement, *args, **kwargs)
+
+        monkeypatch.setattr(a, "_claim", counted)
+        for _ in range(50):
+            assert a.peek("t", time.time())[0] is None
+        assert len(queries) == 1
+        seq = put(a, "k")
+        head = a.peek("t", time.time())[0]
+        assert head is not None and head.seq == seq and len(queries) == 2
+        assert a.peek("u", time.time())[0] is None
+        other = b.enqueue("u", "j", "CRITICAL", b'{"id":"j"}').result(10)
+        wait_until(lambda: (h := a.peek("u", time.time())[0]) is not None and h.seq == other, timeout=5)
 
     def test_lease_expiry_moves_rows_to_another_replica(self, dsn: str) -> None:
         """A replica that stops renewing loses its in-flight row after the lease; its late finish is ignored."""
@@ -455,36 +480,39 @@ class TestDatabaseDown:
             finally:
                 box.close()
 
-    @pytest.mark.parametrize("batched", [True, False])
-    def test_an_outcome_survives_a_database_crash(self, batched: bool) -> None:
-        """An outcome answered as committed is flushed: after a crash the key's next row is the
-        head, so the platform never sees a delivered event again after a newer one. (The WAL
-        writer is slowed to its maximum, so an unflushed commit would be lost here.)"""
+    def test_an_outcome_survives_a_database_crash(self) -> None:
+        """An outcome answered as committed is flushed, by the finisher (batch) and by
+        ``finish`` (one): after a crash each key's next row is its head, so the platform never
+        sees a delivered event again after a newer one. (The WAL writer is slowed to its
+        maximum, so an unflushed commit would be lost here.)"""
         with PgServer() as server:
             dsn = server.create_database()
             with psycopg.connect(dsn, autocommit=True) as conn:
                 conn.execute("ALTER SYSTEM SET wal_writer_delay = '10s'")
                 conn.execute("SELECT pg_reload_conf()")
             box = PgOutbox(dsn, replica_id="r", commit_timeout=2.0).open()
+            rows = {}
             try:
-                first, second = put(box, "k", "CRITICAL", 1), put(box, "k", "OK", 2)
-                head = box.peek("t", time.time())[0]
-                assert head is not None and head.seq == first and box.claim(head)
-                if batched:
-                    answered = threading.Event()
-                    box.finish_many([Outcome(head, "delivered", attempts=1)], lambda _o, _e: answered.set())
-                    assert answered.wait(10)
-                else:
-                    box.finish(head, "delivered", attempts=1)
+                for key in ("batched", "single"):
+                    rows[key] = (put(box, key, "CRITICAL", 1), put(box, key, "OK", 2))
+                heads = {}
+                while (head := box.peek("t", time.time())[0]) is not None:
+                    assert box.claim(head)
+                    heads[head.key] = head
+                assert {k: h.seq for k, h in heads.items()} == {k: first for k, (first, _) in rows.items()}
+                answered = threading.Event()
+                box.finish_many([Outcome(heads["batched"], "delivered", attempts=1)], lambda _o, _e: answered.set())
+                assert answered.wait(10)
+                box.finish(heads["single"], "delivered", attempts=1)
                 server.stop("immediate")
             finally:
                 box.close(timeout=2.0)
             server.start()
             with psycopg.connect(dsn) as conn:
                 states = dict(conn.execute("SELECT seq, state FROM oncall_outbox").fetchall())
-                heads = conn.execute("SELECT head_seq FROM oncall_queue WHERE key = 'k'").fetchall()
-            assert states == {first: "delivered", second: "pending"} and heads == [(second,)]
-
+                queue = dict(conn.execute("SELECT key, head_seq FROM oncall_queue").fetchall())
+            for key, (first, second) in rows.items():
+                assert (states[first], states[second], queue[key]) == ("delivered", "pending", second), key
 
 def pg_config(url: str, **delivery: str) -> str:
     return webhook_config(url, **delivery) + '\n[store]\nbackend = "postgres"\ndsn = "env:BRIDGE_PG_DSN"\nlease = "2s"\n'
