@@ -11,6 +11,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
+import pytest
+
 from bridge.config import load
 from bridge.delivery import Delivery
 from bridge.errors import StoreError
@@ -191,81 +193,51 @@ def test_one_target_may_use_every_slot(tmp_path: Path) -> None:
         slow.stop()
 
 
-class FailingLoads:
-    """A real :class:`Outbox` whose first ``load_many`` fails like a store error."""
+class FailsOnce:
+    """A real :class:`Outbox` whose ``method`` fails like a store error on its ``call``-th call."""
 
-    def __init__(self, box: Outbox) -> None:
+    def __init__(self, box: Outbox, method: str, call: int) -> None:
         self.box = box
-        self.failed = 0
+        self.method = method
+        self.call = call
+        self.calls = 0
 
     def __getattr__(self, name: str) -> Any:
-        return getattr(self.box, name)
+        real = getattr(self.box, name)
+        if name != self.method:
+            return real
 
-    def load_many(self, seqs: Sequence[int]) -> Any:
-        if not self.failed:
-            self.failed += 1
-            raise StoreError("injected: read failed")
-        return self.box.load_many(seqs)
+        def failing(*args: Any, **kwargs: Any) -> Any:
+            self.calls += 1
+            if self.calls == self.call:
+                raise StoreError(f"injected: {name} failed")
+            return real(*args, **kwargs)
+
+        return failing
 
 
-def test_rows_whose_load_failed_are_given_back(tmp_path: Path, receiver: Receiver) -> None:
-    """Claimed rows that could not be read go back to pending (same attempt count) and are
-    delivered on a later round, instead of keeping their ids busy."""
+@pytest.mark.parametrize("method, call", [
+    ("load_many", 1),  # the claimed rows could not be read: given back, delivered on a later round
+    ("peek", 2),       # a claim failed after the round's first head was claimed (PostgreSQL losing its connection)
+])
+def test_a_store_error_in_a_round_strands_nothing(tmp_path: Path, receiver: Receiver, method: str, call: int) -> None:
+    """Heads a round claimed before a store error are delivered (their ids do not stay busy,
+    their slots are not lost), on their first attempt."""
     cfg_path = tmp_path / "b.toml"
     cfg_path.write_text(webhook_config(receiver.url + "/hook") + f'\n[store]\npath = "{tmp_path / "d.db"}"\n')
     config = load(str(cfg_path))
     box = Outbox(config.store.path).open()
-    store = FailingLoads(box)
+    store = FailsOnce(box, method, call)
     delivery = Delivery(config, store)  # type: ignore[arg-type]
     try:
         for i in range(3):
             _post(box, "hook", f"cpu:host=h{i}")
         delivery.start()
         got = receiver.wait_for(3, timeout=10)
-        assert store.failed == 1 and sorted(r.json()["id"] for r in got) == [f"cpu:host=h{i}" for i in range(3)]
+        assert store.calls >= call and sorted(r.json()["id"] for r in got) == [f"cpu:host=h{i}" for i in range(3)]
         assert delivery.stop(10)
         rows = box.load_many([1, 2, 3])
         assert [(r.state, r.attempts) for r in rows.values()] == [("delivered", 1)] * 3
-    finally:
-        delivery.stop(1)
-        box.close()
-
-
-class FailingPeek:
-    """A real :class:`Outbox` whose second ``peek`` fails like a store error, after the
-    first head of the round was claimed (a PostgreSQL claim losing its connection)."""
-
-    def __init__(self, box: Outbox) -> None:
-        self.box = box
-        self.peeks = 0
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.box, name)
-
-    def peek(self, *args: Any, **kwargs: Any) -> Any:
-        self.peeks += 1
-        if self.peeks == 2:
-            raise StoreError("injected: claim failed")
-        return self.box.peek(*args, **kwargs)
-
-
-def test_store_error_mid_round_strands_nothing(tmp_path: Path, receiver: Receiver) -> None:
-    """Heads claimed before a store error in the same round are still delivered (their ids
-    do not stay busy, their slots are not lost)."""
-    cfg_path = tmp_path / "b.toml"
-    cfg_path.write_text(webhook_config(receiver.url + "/hook") + f'\n[store]\npath = "{tmp_path / "d.db"}"\n')
-    config = load(str(cfg_path))
-    box = Outbox(config.store.path).open()
-    store = FailingPeek(box)
-    delivery = Delivery(config, store)  # type: ignore[arg-type]
-    try:
-        for i in range(3):
-            _post(box, "hook", f"cpu:host=h{i}")
-        delivery.start()
-        got = receiver.wait_for(3, timeout=10)
-        assert store.peeks >= 2 and sorted(r.json()["id"] for r in got) == [f"cpu:host=h{i}" for i in range(3)]
-        assert delivery.stop(10)
-        assert [r.state for r in box.load_many([1, 2, 3]).values()] == ["delivered"] * 3
     finally:
         delivery.stop(1)
         box.close()
