@@ -101,9 +101,10 @@ class _PgBase:
         self._wakes_all = 0
         self._coalescible_cache: Dict[Tuple[str, bool], Tuple[float, List[str]]] = {}
 
-    def _wake(self, targets: Optional[Iterable[str]] = None) -> None:
+    def _wake(self, targets: Optional[Iterable[str]] = None, resolves: Iterable[str] = ()) -> None:
         """Something may have become claimable for ``targets`` (all when None): forget their
-        "nothing ready" answers and wake the dispatcher. Not under ``_lock`` (it takes it)."""
+        "nothing ready" answers, and the "no resolve ready" ones of ``resolves`` (targets that
+        may have a resolve head now), then wake the dispatcher. Not under ``_lock`` (it takes it)."""
         with self._lock:
             if targets is None:
                 self._wakes_all += 1
@@ -112,6 +113,8 @@ class _PgBase:
                 for target in targets:
                     self._wakes[target] = self._wakes.get(target, 0) + 1
                     self._idle.pop(target, None)
+            for target in resolves:
+                self._no_resolves_until.pop(target, None)
         self._on_change()
 
     def _wake_mark(self, target: str) -> Tuple[int, int]:

@@ -111,11 +111,11 @@ class _Batches(_PgBase):
         with self._lock:
             for o, stale in results:
                 self._busy.pop(o.head.seq, None)
-                self._no_resolves_until.pop(o.head.target, None)  # the key's next head may be a resolve
                 if o.state == "pending" and not stale:  # a failed head makes its key's queue a backlog
                     self._coalescible_cache.pop((o.head.target, False), None)
         for o, stale in results:
             if stale:
                 log.warning("outbox.stale_finish", target=o.head.target, id=o.head.key, seq=o.head.seq,
                             state=o.state, hint="the lease ran out and another replica took the row")
-        self._wake({o.head.target for o, _stale in results})
+        targets = {o.head.target for o, _stale in results}
+        self._wake(targets, resolves=targets)  # a key's next head may be a resolve

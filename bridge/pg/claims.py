@@ -50,23 +50,24 @@ class _Claims(_PgBase):
             idle = self._idle.get(target)
             if not ready and idle is not None and time.monotonic() < idle[0] and (idle[1] is None or now < idle[1]):
                 return None, idle[1]
+            # An answer read across a wake is stale (the wake may have come from the rows asked for).
+            mark = self._wake_mark(target)
         if resolves_first and time.monotonic() >= self._no_resolves_until.get(target, 0.0):
             rows, _due = self._claim(sql.CLAIM_RESOLVES, target, now, 1, due=False)
             if rows:
                 return self._keep_claimed(target, rows, front=True), None
             with self._lock:
-                self._no_resolves_until[target] = time.monotonic() + RESOLVES_RECHECK
+                if self._wake_mark(target) == mark:
+                    self._no_resolves_until[target] = time.monotonic() + RESOLVES_RECHECK
         if resolves_first:
             with self._lock:
                 ready = self._ready.get(target)
                 if ready:
                     return ready[0].head, None
-        with self._lock:
-            mark = self._wake_mark(target)
         rows, due = self._claim(sql.CLAIM, target, now, 1 if resolves_first else self.claim_batch, due=True)
         if not rows:
             with self._lock:
-                if self._wake_mark(target) == mark:  # no wake during the query: the answer still holds
+                if self._wake_mark(target) == mark:
                     self._idle[target] = (time.monotonic() + IDLE_RECHECK, due)
             return None, due
         return self._keep_claimed(target, rows), None

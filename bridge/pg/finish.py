@@ -127,8 +127,10 @@ def _finish_final(cur: "psycopg.Cursor[Any]", final: List[Outcome], replica_id: 
         return delivered
     targets = [h.target for h in delivered]
     keys = [h.key for h in delivered]
+    triggers = [h for h in delivered if h.level != "OK"]  # a resolve's ledger row needs nothing it held
     found = {(t, k): (is_open, fired, opened) for t, k, is_open, fired, opened in cur.execute(
-        _LEDGER_ROWS, (texts(targets), texts(keys))).fetchall()}
+        _LEDGER_ROWS, (texts([h.target for h in triggers]), texts([h.key for h in triggers]))).fetchall()
+    } if triggers else {}
     opens: List[bool] = []
     fired_levels: List[str] = []
     opened_at: List[float] = []

@@ -129,19 +129,16 @@ class _Writer(_PgBase):
             at += 1 + len(op.also)
         self._writable, self._last_error = True, None
         dups = sum(1 for _seq, dup in results if dup)
-        resolves = {p[0] for p, r in zip(params, rows) if r[3] and p[2] == "OK"}
-        heads = {p[0] for p, r in zip(params, rows) if r[3]}
-        if dups or resolves:
+        if dups:
             with self._lock:
                 self.duplicates += dups
-                for target in resolves:  # a resolve became a head: peek asks the database again
-                    self._no_resolves_until.pop(target, None)
         for op, (seq, _dup) in zip(batch, results):
             try:
                 op.done(seq, None)
             except Exception:  # noqa: BLE001 - the writer thread must outlive a bad callback
                 log.error("pg.callback_error", exc_info=True)
-        self._wake(heads)
+        made = [(p[0], p[2]) for p, r in zip(params, rows) if r[3]]  # (target, level) of each new head
+        self._wake({t for t, _level in made}, resolves={t for t, level in made if level == "OK"})
 
     def _failed(self, lane: _Lane, batch: List[_Insert], exc: StoreError, retries: int) -> None:
         """A batch that did not commit: retried after a deadlock, one by one if several, else refused."""
