@@ -18,6 +18,12 @@ def _quoted(text: str) -> str:
 
 
 def texts(values: Sequence[Any]) -> str:
+    if None not in values:
+        # Common case, in C: no element holds a quote or a backslash, so none needs escaping
+        # (the joined text then holds exactly the separators' quotes).
+        joined = '","'.join(values)
+        if "\\" not in joined and joined.count('"') == 2 * (len(values) - 1):
+            return '{"' + joined + '"}'
     return "{" + ",".join("NULL" if v is None else _quoted(v) for v in values) + "}"
 
 

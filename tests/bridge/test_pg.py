@@ -12,7 +12,7 @@ import psycopg
 import pytest
 
 from bridge.errors import StoreError
-from bridge.pg import SCHEMA_VERSION, PgOutbox, SharedRateLimiters
+from bridge.pg import SCHEMA_VERSION, PgOutbox, SharedRateLimiters, arrays
 from bridge.pg.claims import IDLE_RECHECK
 from bridge.pg.schema import MIGRATIONS
 from bridge.ratelimit import RateLimiter
@@ -355,6 +355,22 @@ class TestBatchedAccept:
                 assert row is not None and (row.key, row.body) == (k, bytes(range(256)) + k.encode())
         finally:
             box.close()
+
+    @pytest.mark.parametrize("values", [
+        ["cpu:host=web-1", "NULL", "", "é✓ \t,{x}", " lead and trail "],  # nothing to escape
+        ["plain", 'a","b'],  # a quote that looks like the separator
+        ["plain", "back\\slash", None],
+        ["only"],
+        [""],
+        [None],
+        [],
+    ])
+    def test_text_array_literals_round_trip(self, dsn: str, values: List[Optional[str]]) -> None:
+        """``arrays.texts`` (the writer's and the finisher's text columns) reads back in
+        PostgreSQL as exactly the values given, on its unescaped path and its escaping one."""
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            found = conn.execute("SELECT %s::text[]", (arrays.texts(values),)).fetchone()
+        assert found is not None and found[0] == values
 
     def test_other_replicas_woken_only_for_new_heads(self, dsn: str) -> None:
         """A batch that makes a head NOTIFYs once, naming the writer; a row queued behind a head
