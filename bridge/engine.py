@@ -7,8 +7,8 @@ up answers arriving from platforms. Jobs come in batches from the dispatcher
 attempt finished in one pass of the loop is reported by one call, so the thread
 hand-offs are per batch, not per delivery.
 
-HTTP goes through :class:`bridge.aio_transport.AsyncTransport` (one pooled session
-per target); e-mail keeps the blocking SMTP client, run in the loop's executor.
+HTTP goes through :class:`bridge.aio_transport.AsyncTransport` (libcurl, one pool of
+connections per target); e-mail keeps the blocking SMTP client, run in the loop's executor.
 """
 
 from __future__ import annotations
@@ -126,8 +126,6 @@ class Engine:
         transports, self._transports = list(self._transports.values()), {}
         for transport in transports:
             await transport.close()
-        if transports:
-            await asyncio.sleep(0.25)  # TLS connections finish their shutdown (see AsyncTransport.close)
 
     def _transport(self, target: TargetConfig) -> AsyncTransport:
         transport = self._transports.get(target.name)

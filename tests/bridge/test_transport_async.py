@@ -321,3 +321,55 @@ class TestProxy:
             assert len(server.requests) == 1
         finally:
             server.stop()
+
+
+class TestConcurrency:
+    def test_more_attempts_than_connections(self, receiver: Receiver) -> None:
+        """Attempts beyond the connection limit wait for a connection, then all arrive: at
+        most ``limit`` connections are opened, and each attempt gets its own answer."""
+
+        async def run() -> List[Outcome]:
+            transport = AsyncTransport(timeout=5.0, limit=4)
+            try:
+                return list(await asyncio.gather(
+                    *(transport.send(HttpRequest("POST", f"{receiver.url}/in/{i}", {}, b'{"n":%d}' % i))
+                      for i in range(40)), return_exceptions=True))
+            finally:
+                await transport.close()
+
+        got = asyncio.run(run())
+        assert all(isinstance(g, Response) and g.status == 202 for g in got), got
+        assert sorted(r.body for r in receiver.requests) == sorted(b'{"n":%d}' % i for i in range(40))
+        assert {r.path for r in receiver.requests} == {f"/in/{i}" for i in range(40)}
+        assert len({r.client[1] for r in receiver.requests}) <= 4
+        assert {r.header("Content-Type") for r in receiver.requests} == {"application/octet-stream"}, "not a form"
+
+    def test_close_with_an_attempt_in_flight(self) -> None:
+        """Closing while a platform has not answered ends that attempt as cancelled and
+        drops its connection; nothing is left registered in the loop."""
+        server = Trickler(b"HTTP/1.1 202 Accepted\r\nX-Slow: ")
+
+        async def run() -> Tuple[bool, int]:
+            transport = AsyncTransport(timeout=10.0)
+            attempt = asyncio.ensure_future(transport.send(post(server.url)))
+            await asyncio.sleep(0.5)
+            await transport.close()
+            try:
+                await attempt
+            except asyncio.CancelledError:
+                cancelled = True
+            else:
+                cancelled = False
+            loop = asyncio.get_running_loop()
+            return cancelled, len(loop._selector.get_map())  # type: ignore[attr-defined]
+
+        try:
+            cancelled, watched = asyncio.run(run())
+            assert cancelled
+            assert watched == 1, "only the loop's own wake-up pipe is still watched"
+            deadline = time.monotonic() + 5
+            while not server.closed and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert server.closed, "the connection outlived the transport"
+        finally:
+            server.stop()
