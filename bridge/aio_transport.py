@@ -6,8 +6,8 @@ deadline all run in C, outside the GIL. The delivery loop was the largest share 
 CPU, and aiohttp's client most of it: posting to the fast local receiver from an asyncio
 loop, an attempt cost ~115 µs of CPU with aiohttp and ~65 µs this way (the loop's own
 share included). The loop only watches the sockets libcurl names (``M_SOCKETFUNCTION``)
-and its one timer (``M_TIMERFUNCTION``), and resolves a future per attempt when libcurl
-reports it done.
+and its one timer (``M_TIMERFUNCTION``), and calls back once per attempt when libcurl
+reports it done (:meth:`AsyncTransport.start`; :meth:`~AsyncTransport.send` awaits that).
 
 The contract is :mod:`bridge.transport`'s, shared through its helpers: a
 :class:`~bridge.transport.Response` on success, :class:`~bridge.errors.RetryableError`
@@ -27,7 +27,7 @@ import errno
 import os
 import ssl
 import time
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple, Union
 
 import certifi
 import pycurl
@@ -44,7 +44,11 @@ from .transport import (
     check_status,
 )
 
-__all__ = ["AsyncTransport"]
+__all__ = ["AsyncTransport", "Done"]
+
+#: Called in the loop with an attempt's answer or error (``asyncio.CancelledError`` when the
+#: transport closed under it).
+Done = Callable[[Union[Response, BaseException]], None]
 
 _DEFAULT_TYPE = "Content-Type: application/octet-stream"
 _TLS_UNTRUSTED = "TLS error: certificate verification failed (set ca_file for a private CA)"
@@ -67,11 +71,13 @@ class _Slot:
     """One easy handle and what its current attempt gathered; reused across attempts (the
     callbacks are bound once, the pooled connections live in the multi handle)."""
 
-    __slots__ = ("easy", "future", "chunks", "size", "retry_after")
+    __slots__ = ("easy", "done", "ok", "started", "chunks", "size", "retry_after")
 
     def __init__(self, easy: pycurl.Curl) -> None:
         self.easy = easy
-        self.future: Optional["asyncio.Future[Tuple[int, bytes, Dict[str, str]]]"] = None
+        self.done: Optional[Done] = None
+        self.ok: Tuple[int, ...] = ()
+        self.started = 0.0
         self.chunks: List[bytes] = []
         self.size = 0
         self.retry_after: Optional[str] = None
@@ -181,7 +187,7 @@ class AsyncTransport:
         self._collect()
 
     def _collect(self) -> None:
-        """Resolve the future of every attempt libcurl finished."""
+        """Call back every attempt libcurl finished."""
         multi = self._multi
         assert multi is not None
         while True:
@@ -197,20 +203,28 @@ class AsyncTransport:
         assert self._multi is not None
         self._multi.remove_handle(easy)
         slot = self._busy.pop(easy)
-        future, slot.future = slot.future, None
+        done, slot.done = slot.done, None
         raw = b"".join(slot.chunks)
-        headers = {"Retry-After": slot.retry_after} if slot.retry_after is not None else {}
+        retry_after = slot.retry_after
         status = int(easy.getinfo(pycurl.RESPONSE_CODE))
         os_errno = int(easy.getinfo(pycurl.OS_ERRNO))
         slot.chunks, slot.size, slot.retry_after = [], 0, None
         easy.setopt(pycurl.POSTFIELDS, b"")  # let go of the body
         self._free.append(slot)
-        if future is None or future.done():  # cancelled meanwhile
+        if done is None:
             return
+        result: Union[Response, BaseException]
         if code == 0 or (code == pycurl.E_WRITE_ERROR and len(raw) > READ_LIMIT and status):
-            future.set_result((status, raw, headers))
+            body = raw[:READ_LIMIT].decode("utf-8", "replace")
+            try:
+                check_status(status, body, {"Retry-After": retry_after} if retry_after is not None else {}, slot.ok)
+            except (RetryableError, PermanentError) as exc:
+                result = exc
+            else:
+                result = Response(status=status, body=body[:MAX_BODY_CHARS], elapsed=time.monotonic() - slot.started)
         else:
-            future.set_exception(self._error(code, os_errno))
+            result = self._error(code, os_errno)
+        done(result)
 
     def _error(self, code: int, os_errno: int) -> Exception:
         if code == pycurl.E_OPERATION_TIMEDOUT:
@@ -256,15 +270,25 @@ class AsyncTransport:
 
     async def send(self, request: HttpRequest) -> Response:
         """One attempt of at most the target's ``timeout`` in total, connect to last byte."""
-        started = time.monotonic()
-        status, raw, headers = await self._exchange(request)
-        body = raw[:READ_LIMIT].decode("utf-8", "replace")
-        check_status(status, body, headers, request.ok)
-        return Response(status=status, body=body[:MAX_BODY_CHARS], elapsed=time.monotonic() - started)
+        future: "asyncio.Future[Response]" = asyncio.get_running_loop().create_future()
 
-    def _exchange(self, request: HttpRequest) -> "asyncio.Future[Tuple[int, bytes, Dict[str, str]]]":
+        def done(result: Union[Response, BaseException]) -> None:
+            if future.done():
+                return
+            if isinstance(result, asyncio.CancelledError):
+                future.cancel()
+            elif isinstance(result, BaseException):
+                future.set_exception(result)
+            else:
+                future.set_result(result)
+
+        self.start(request, done)
+        return await future
+
+    def start(self, request: HttpRequest, done: Done) -> None:
+        """:meth:`send` without a coroutine: ``done`` gets the answer or the error, in the loop
+        (the engine's path: no task and no future per attempt)."""
         multi = self._multi or self._open()
-        assert self._loop is not None
         slot = self._slot()
         easy = slot.easy
         try:
@@ -272,7 +296,8 @@ class AsyncTransport:
             easy.setopt(pycurl.PROXY, self._proxy_for(request.url) or "")  # "": no proxy, not even libcurl's own env lookup
         except (pycurl.error, UnicodeError, ValueError):
             self._free.append(slot)
-            raise PermanentError("invalid target url") from None
+            done(PermanentError("invalid target url"))
+            return
         headers = [f"{k}: {v}" for k, v in request.headers.items()]
         if not any(k.lower() == "content-type" for k in request.headers):
             headers.append(_DEFAULT_TYPE)  # libcurl would say a form was posted
@@ -283,11 +308,9 @@ class AsyncTransport:
             easy.unsetopt(pycurl.CUSTOMREQUEST)
         else:
             easy.setopt(pycurl.CUSTOMREQUEST, request.method)
-        future: "asyncio.Future[Tuple[int, bytes, Dict[str, str]]]" = self._loop.create_future()
-        slot.future = future
+        slot.done, slot.ok, slot.started = done, request.ok, time.monotonic()
         self._busy[easy] = slot
         multi.add_handle(easy)  # libcurl asks for a timer of 0 ms: the loop starts the transfer
-        return future
 
     async def close(self) -> None:
         """Drop the pooled connections; attempts still running end as cancelled."""
@@ -303,11 +326,13 @@ class AsyncTransport:
                 loop.remove_reader(fd)
                 loop.remove_writer(fd)
         self._watched.clear()
-        for easy, slot in list(self._busy.items()):
+        busy, self._busy = list(self._busy.items()), {}
+        for easy, slot in busy:
             multi.remove_handle(easy)
-            if slot.future is not None and not slot.future.done():
-                slot.future.cancel()
-        self._busy.clear()
+        for _easy, slot in busy:
+            done, slot.done = slot.done, None
+            if done is not None:
+                done(asyncio.CancelledError())
         multi.close()
         for slot in self._free:
             slot.easy.close()

@@ -3,7 +3,7 @@
 Two threads. The **dispatcher** does every store call: it decides *what* goes next,
 loads and renders the claimed rows (one query per batch), and records outcomes (one
 store call per batch). The **delivery loop** (:mod:`bridge.engine`) runs the attempts
-themselves as coroutines over pooled HTTP connections, ``workers`` at a time. Work
+themselves (libcurl transfers over pooled HTTP connections), ``workers`` at a time. Work
 crosses between them in batches, never one delivery at a time.
 
 The dispatcher only ever claims the head of a ``(target, key)`` queue, so per-id

@@ -1,4 +1,4 @@
-"""The delivery event loop: every attempt is a coroutine in one thread of its own.
+"""The delivery event loop: every attempt runs in one thread of its own.
 
 Not the HTTP server's loop, so a slow attempt or a burst of completions never
 delays a 202, and not the dispatcher's thread, so a slow store call never holds
@@ -7,8 +7,10 @@ up answers arriving from platforms. Jobs come in batches from the dispatcher
 attempt finished in one pass of the loop is reported by one call, so the thread
 hand-offs are per batch, not per delivery.
 
-HTTP goes through :class:`bridge.aio_transport.AsyncTransport` (libcurl, one pool of
-connections per target); e-mail keeps the blocking SMTP client, run in the loop's executor.
+An HTTP attempt is a libcurl transfer that calls back when done
+(:meth:`bridge.aio_transport.AsyncTransport.start`, one pool of connections per target):
+no task or coroutine per attempt. E-mail keeps the blocking SMTP client, run in the
+loop's executor from a coroutine.
 """
 
 from __future__ import annotations
@@ -141,31 +143,47 @@ class Engine:
     def _begin(self, jobs: List[Job]) -> None:
         assert self._loop is not None
         for job in jobs:
+            request = job.request
+            if isinstance(request, HttpRequest):
+                self._start_http(job, request)
+                continue
             task = self._loop.create_task(self._attempt(job))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
+    def _start_http(self, job: Job, request: HttpRequest) -> None:
+        """An HTTP attempt is a libcurl transfer with a callback: no task, no coroutine."""
+        started = time.monotonic()
+
+        def done(result: Union[Response, BaseException]) -> None:
+            if not isinstance(result, asyncio.CancelledError):  # the loop is closing: not reported
+                self._finish(job, result, started)
+
+        try:
+            self._transport(self._targets[job.head.target]).start(request, done)
+        except Exception as exc:  # noqa: BLE001 - e.g. an unreadable ca_file: the dispatcher retries it
+            log.error("delivery.send_failed", target=job.head.target, id=job.head.key, exc_info=True)
+            self._finish(job, exc, started)
+
     async def _attempt(self, job: Job) -> None:
+        """An e-mail attempt: the blocking SMTP client in the loop's executor."""
         started = time.monotonic()
         result: Union[Response, BaseException]
         try:
-            result = await self._send(job)
+            target = self._targets[job.head.target]
+            result = await asyncio.get_running_loop().run_in_executor(None, self._sender.send, target, job.request)
         except DeliveryError as exc:
             result = exc
         except Exception as exc:  # noqa: BLE001 - unknown failure: the dispatcher retries it
             log.error("delivery.send_failed", target=job.head.target, id=job.head.key, exc_info=True)
             result = exc
-        if not self._finished:
-            asyncio.get_running_loop().call_soon(self._flush)
-        self._finished.append((job, result, time.monotonic() - started))
+        self._finish(job, result, started)
 
-    async def _send(self, job: Job) -> Response:
-        target = self._targets[job.head.target]
-        request = job.request
-        if isinstance(request, HttpRequest):
-            return await self._transport(target).send(request)
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(None, self._sender.send, target, request)
+    def _finish(self, job: Job, result: Union[Response, BaseException], started: float) -> None:
+        if not self._finished:
+            assert self._loop is not None
+            self._loop.call_soon(self._flush)
+        self._finished.append((job, result, time.monotonic() - started))
 
     def _flush(self) -> None:
         """Report every attempt finished in this pass of the loop, in one call."""

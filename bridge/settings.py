@@ -182,7 +182,7 @@ class DeliveryConfig:
     )
     workers: int = setting(
         INTEGER, "Concurrent delivery attempts (different ids; one id is always delivered in order). "
-        "Attempts are coroutines, not threads; with several targets one may use at most half.", 64, minimum=1,
+        "Attempts share one event loop, not threads; with several targets one may use at most half.", 64, minimum=1,
         maximum=256
     )
     no_recovery_resolve_after: float = setting(
