@@ -135,17 +135,17 @@ class AsyncTransport:
         loop = self._loop
         assert loop is not None
         had = self._watched.pop(fd, 0)
-        if had & 1 and not what & 1 or what == pycurl.POLL_REMOVE:
+        want = 0 if what == pycurl.POLL_REMOVE else what  # POLL_IN | POLL_OUT = POLL_INOUT
+        if had & pycurl.POLL_IN and not want & pycurl.POLL_IN:
             loop.remove_reader(fd)
-        if had & 2 and not what & 2 or what == pycurl.POLL_REMOVE:
+        if had & pycurl.POLL_OUT and not want & pycurl.POLL_OUT:
             loop.remove_writer(fd)
-        if what == pycurl.POLL_REMOVE:
-            return
-        if what & 1 and not had & 1:
+        if want & pycurl.POLL_IN and not had & pycurl.POLL_IN:
             loop.add_reader(fd, self._on_ready, fd, pycurl.CSELECT_IN)
-        if what & 2 and not had & 2:
+        if want & pycurl.POLL_OUT and not had & pycurl.POLL_OUT:
             loop.add_writer(fd, self._on_ready, fd, pycurl.CSELECT_OUT)
-        self._watched[fd] = what  # POLL_IN = 1, POLL_OUT = 2, POLL_INOUT = 3
+        if want:
+            self._watched[fd] = want
 
     def _on_timer_change(self, timeout_ms: int) -> None:
         """libcurl's single timer: -1 stops it, 0 means "call me as soon as you can".
@@ -160,21 +160,22 @@ class AsyncTransport:
         if timeout_ms == 0:
             if not self._soon:
                 self._soon = True
-                loop.call_soon(self._on_timeout)
+                loop.call_soon(self._on_soon)
             return
         due = loop.time() + timeout_ms / 1000.0
         timer = self._timer
-        if timer is not None and not timer.cancelled() and timer.when() <= due:
+        if timer is not None and timer.when() <= due:
             return
         if timer is not None:
             timer.cancel()
-        self._timer = loop.call_at(due, self._on_timeout)
+        self._timer = loop.call_at(due, self._on_timer)
 
-    def _on_timeout(self) -> None:
+    def _on_soon(self) -> None:
         self._soon = False
-        timer = self._timer
-        if timer is not None and timer.when() <= self._loop.time():  # type: ignore[union-attr]
-            self._timer = None
+        self._on_ready(pycurl.SOCKET_TIMEOUT, 0)
+
+    def _on_timer(self) -> None:
+        self._timer = None
         self._on_ready(pycurl.SOCKET_TIMEOUT, 0)
 
     def _on_ready(self, fd: int, events: int) -> None:
@@ -214,7 +215,7 @@ class AsyncTransport:
         if done is None:
             return
         result: Union[Response, BaseException]
-        if code == 0 or (code == pycurl.E_WRITE_ERROR and len(raw) > READ_LIMIT and status):
+        if code == 0 or (code == pycurl.E_WRITE_ERROR and len(raw) > READ_LIMIT and status):  # cut by write()
             body = raw[:READ_LIMIT].decode("utf-8", "replace")
             try:
                 check_status(status, body, {"Retry-After": retry_after} if retry_after is not None else {}, slot.ok)
@@ -321,10 +322,10 @@ class AsyncTransport:
         if multi is None:
             return
         loop = self._loop
-        for fd in list(self._watched):
-            if loop is not None:
-                loop.remove_reader(fd)
-                loop.remove_writer(fd)
+        assert loop is not None
+        for fd in self._watched:
+            loop.remove_reader(fd)
+            loop.remove_writer(fd)
         self._watched.clear()
         busy, self._busy = list(self._busy.items()), {}
         for easy, slot in busy:
