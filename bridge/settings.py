@@ -151,10 +151,10 @@ class StoreConfig:
     writers: int = setting(
         INTEGER,
         "PostgreSQL: accept connections per replica, each committing its own batches (an id always uses the "
-        "same one, so its posts keep their order). A lone replica's accepts wait on one WAL flush at a time: "
-        "two halve its p99. One costs the database less CPU per alert when several replicas already commit "
-        "side by side.",
-        2,
+        "same one, so its posts keep their order). One commits the largest batches, which costs the bridge "
+        "and the database the least CPU per alert; more let a batch gather while another waits on a slow "
+        "disk's WAL flush.",
+        1,
         minimum=1,
         maximum=8,
     )
