@@ -22,6 +22,7 @@ from .config import Config, bind_bridge_url, listen_error
 from .delivery import Delivery
 from .sender import Sender
 from .errors import ConfigError
+from . import heap
 from .heartbeat import Heartbeat
 from .keepalive import KeepAlive
 from .log import get_logger
@@ -255,6 +256,7 @@ async def serve(config: Config, *, insecure: bool = False, registry: Optional[Co
         await runner.cleanup()
         await loop.run_in_executor(None, service.stop, 5.0)
         raise ConfigError("server.listen", f"cannot listen on {config.server.listen}: {exc.strerror}") from None
+    heap.settle()  # start-up's objects live as long as the process: out of the collector's walks
     stats = service.outbox.stats()
     log.info(
         "bridge.started",
