@@ -69,6 +69,10 @@ class _Writer(_PgBase):
         return future
 
     def _run_writer(self, lane: _Lane) -> None:
+        # Connected before the first alert arrives, so that alert does not wait for a new session
+        # (a refused connect leaves it to the first batch, which retries and reports it).
+        with contextlib.suppress(psycopg.Error):
+            lane.conn = self._connect_writer()
         run_batches(lane.queue, lambda batch: self._commit(lane, batch), _STOP, MAX_BATCH)
         while True:  # refused, never silently dropped
             try:
@@ -88,7 +92,7 @@ class _Writer(_PgBase):
             fresh = lane.conn is None or lane.conn.closed
             try:
                 if fresh:
-                    lane.conn = psycopg.connect(self._dsn, autocommit=True, connect_timeout=5)
+                    lane.conn = self._connect_writer()
                 assert lane.conn is not None
                 found = lane.conn.execute(sql.ENQUEUE_MANY, [*cols, self.replica_id]).fetchall()
             except psycopg.OperationalError as exc:
@@ -103,6 +107,11 @@ class _Writer(_PgBase):
                 raise _store_error(exc, "query") from None
             self._reachable = True
             return found
+
+    def _connect_writer(self) -> "psycopg.Connection[Any]":
+        """A lane's own autocommit session, named so ``pg_stat_activity`` shows whose it is."""
+        return psycopg.connect(self._dsn, autocommit=True, connect_timeout=5,
+                               application_name=f"kapacitor-oncall writer {self.replica_id}"[:63])
 
     @staticmethod
     def _close_writer_conn(lane: _Lane) -> None:

@@ -400,6 +400,26 @@ class TestBatchedAccept:
             assert mine == sorted(mine), f"{k}: posts committed out of order"
         assert len(set(seqs.values())) == len(seqs)
 
+    @pytest.mark.parametrize("writers", [1, 2])
+    def test_writers_connect_at_start_not_on_the_first_alert(self, dsn: str, writers: int) -> None:
+        """Each writer lane opens its session when the store opens, so the first alert after a
+        start does not also wait for a new connection; the sessions carry the replica's name."""
+        box = PgOutbox(dsn, replica_id="r1", writers=writers).open()
+        try:
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                deadline = time.monotonic() + 10
+                while True:
+                    (n,) = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                                        " AND application_name = 'kapacitor-oncall writer r1'").fetchone() or (0,)
+                    if n == writers or time.monotonic() > deadline:
+                        break
+                    time.sleep(0.02)
+                assert n == writers
+                (rows,) = conn.execute("SELECT count(*) FROM oncall_outbox").fetchone() or (None,)
+                assert rows == 0  # nothing was posted: the sessions came from the start
+        finally:
+            box.close()
+
     def test_fan_out_member_refused_stores_no_row(self, dsn: str) -> None:
         """An HA target's rows are one statement: a member's row the database refuses (a trigger
         here) fails the whole post, primary included; nothing is stored, nothing half-done."""
