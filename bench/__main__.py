@@ -148,9 +148,9 @@ def run(args: argparse.Namespace) -> int:
         section("bridge", bridge)
     if "replicas" in sections:
         def replicas() -> None:
-            from .replicas import measure
+            from .replicas import ALERTS, measure
 
-            sec = measure(runs=replica_runs, alerts=300 if args.quick else 5_000, log=_log)
+            sec = measure(runs=replica_runs, alerts=300 if args.quick else ALERTS, log=_log)
             figures.extend(sec.figures)
             notes["replicas"] = sec.notes
         replica_runs = min(runs, 3)  # each run starts ten bridges and a database
