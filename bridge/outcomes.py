@@ -4,6 +4,10 @@ Outcomes go to the store without waiting for their commit (the store keeps each 
 busy until its outcome is durable, so nothing of the id can go out before it). A
 failed commit is handed again with backoff, the key still busy; :meth:`Recorder.settle`
 waits for them all when the bridge stops.
+
+An outcome not yet durable is a send that a crash repeats, so their number is bounded
+(:attr:`Recorder.backed_up`): while the store lags that far behind, the dispatcher sends
+nothing new, and a ``kill -9`` re-sends at most the attempts in flight plus that many.
 """
 
 from __future__ import annotations
@@ -33,11 +37,14 @@ class Recorder:
         *,
         stopping: Callable[[], bool],
         kick: Callable[[], None],
+        limit: int = 64,
     ) -> None:
         self.outbox = outbox
         self.metrics = metrics
         self._stopping = stopping
         self._kick = kick
+        #: Outcomes not yet durable (handed or failed) at which :attr:`backed_up` holds.
+        self.limit = max(1, limit)
         #: Outcomes handed to the store whose commit has not been confirmed yet, and the
         #: failed ones waiting to be handed again (due monotonic time, outcome, next delay).
         self._lock = threading.Lock()
@@ -51,6 +58,11 @@ class Recorder:
     def failed(self) -> bool:
         """Whether some outcome failed to commit and waits to be handed again."""
         return bool(self._failed)
+
+    @property
+    def backed_up(self) -> bool:
+        """Whether :attr:`limit` outcomes are not durable yet: send nothing new until one is."""
+        return self._outstanding + len(self._failed) >= self.limit
 
     def record(self, verdicts: List[Verdict]) -> None:
         """Hand the outcomes to the store in one call, then count and log each verdict
@@ -92,9 +104,12 @@ class Recorder:
             self._unsettled(outcome, error)
             return
         with self._settled:
+            was_backed_up = self._outstanding + len(self._failed) >= self.limit
             self._outstanding -= 1
             self._delays.pop(outcome.head.seq, None)
             self._settled.notify_all()
+        if was_backed_up:
+            self._kick()  # the dispatcher waits for this one to send again
 
     def _unsettled(self, outcome: Outcome, error: BaseException) -> None:
         head = outcome.head

@@ -241,3 +241,59 @@ def test_a_store_error_in_a_round_strands_nothing(tmp_path: Path, receiver: Rece
     finally:
         delivery.stop(1)
         box.close()
+
+
+class LaggingCommits:
+    """A real :class:`Outbox` whose outcome commits are held back until :meth:`catch_up`."""
+
+    def __init__(self, box: Outbox) -> None:
+        self.box = box
+        self.held: List[Tuple[List[Outcome], Callable[[Outcome, Optional[BaseException]], None]]] = []
+        self.lagging = True
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.box, name)
+
+    def finish_many(self, outcomes: Sequence[Outcome], done: Callable[[Outcome, Optional[BaseException]], None]) -> None:
+        if self.lagging:
+            self.held.append((list(outcomes), done))
+        else:
+            self.box.finish_many(outcomes, done)
+
+    def catch_up(self) -> None:
+        self.lagging = False
+        held, self.held = self.held, []
+        for outcomes, done in held:
+            self.box.finish_many(outcomes, done)
+
+
+def test_sends_pause_while_outcomes_wait_for_their_commit(tmp_path: Path, receiver: Receiver) -> None:
+    """A send whose outcome is not durable is sent again after a crash, so once twice ``workers``
+    outcomes wait for their commit nothing new goes out: with the attempts that were in flight,
+    fewer than three times ``workers`` sends are ever at stake. When the store catches up,
+    everything goes."""
+    cfg_path = tmp_path / "b.toml"
+    cfg_path.write_text(webhook_config(receiver.url + "/hook", repeat_interval="0s")
+                        .replace("[delivery]\n", "[delivery]\nworkers = 4\n") + f'\n[store]\npath = "{tmp_path / "d.db"}"\n')
+    config = load(str(cfg_path))
+    box = Outbox(config.store.path).open()
+    store = LaggingCommits(box)
+    delivery = Delivery(config, store)  # type: ignore[arg-type]
+    try:
+        for i in range(40):
+            _post(box, "hook", f"cpu:host=h{i}")
+        delivery.start()
+        receiver.wait_for(8)
+        time.sleep(0.5)
+        sent = len(receiver.requests)
+        assert 2 * 4 <= sent < 3 * 4, f"{sent} sent while their outcomes waited for the store"
+        assert sum(len(outcomes) for outcomes, _done in store.held) == sent
+        time.sleep(0.3)
+        assert len(receiver.requests) == sent, "sends went on while the store lagged"
+        store.catch_up()
+        receiver.wait_for(40, timeout=10)
+        assert delivery.stop(10)
+        assert {r.state for r in (box.load(seq) for seq in range(1, 41)) if r is not None} == {"delivered"}
+    finally:
+        delivery.stop(1)
+        box.close()

@@ -569,8 +569,10 @@ def _balance(
             ledger.final_state_mismatches += 1
             if ledger.final_state_mismatches <= 5:
                 problems.append(f"final state of {ident}: receiver has {got}, last accepted {p.level} (n={p.n})")
-    # Duplicates the bridge makes itself: a crash between a 2xx and its commit re-sends
-    # at most what the workers had in flight (x2: the commit of finished ones may lag).
+    # Duplicates the bridge makes itself: a crash between a 2xx and its commit re-sends what
+    # the workers had in flight and the finished sends whose outcome was not durable yet. The
+    # dispatcher guarantees fewer than 3 x workers (at most 2 x workers outcomes wait for their
+    # commit: bridge/outcomes.py); with the store keeping up, 2 x workers per crash holds.
     per_kill = 2 * cfg.workers
     if ledger.duplicates_from_redelivery > max(1, ledger.kills) * per_kill:
         problems.append(
