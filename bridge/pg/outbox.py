@@ -2,9 +2,9 @@
 
 * **Accepting**: a writer thread (``[store] writers``, one by default; with more, an id
   always takes the same one) group-commits inserts (one transaction, one WAL flush for every
-  POST waiting), so ``done(seq)`` and the 202 come only after a durable commit. The same event posted to two replicas is stored once (a dedup
-  key over target, id, level and the body, which carries the event time) and both
-  get the seq. A ``NOTIFY`` wakes the other replicas' dispatchers.
+  POST waiting), so ``done(seq)`` and the 202 come only after a durable commit. The same
+  event posted to two replicas is stored once (a dedup key over target, id, level and the
+  body, which carries the event time) and both get the seq. A ``NOTIFY`` wakes the other replicas' dispatchers.
 * **Claiming**: ``peek`` claims a few ready heads of a target at once in the
   database (``FOR UPDATE SKIP LOCKED``), marks them in flight with this replica's
   id and a lease, and hands them out one by one; at most one row per key is in
