@@ -23,8 +23,6 @@ codes and the OS errno, never from its message buffer (which names hosts).
 from __future__ import annotations
 
 import asyncio
-import errno
-import os
 import ssl
 import time
 from typing import Callable, Dict, List, Optional, Tuple, Union
@@ -42,6 +40,7 @@ from .transport import (
     Response,
     _env_ca_bundle,
     check_status,
+    errno_reason,
 )
 
 __all__ = ["AsyncTransport", "Done"]
@@ -243,9 +242,8 @@ class AsyncTransport:
         if code in (pycurl.E_COULDNT_RESOLVE_HOST, pycurl.E_COULDNT_RESOLVE_PROXY):
             what = "host" if code == pycurl.E_COULDNT_RESOLVE_HOST else "proxy"
             return RetryableError(f"connection failed: could not resolve the {what} name")
-        if os_errno and os_errno in errno.errorcode:
-            return RetryableError(f"connection failed: {os.strerror(os_errno)}")
-        return RetryableError(f"connection failed: libcurl error {code}")
+        reason = errno_reason(os_errno)
+        return RetryableError(f"connection failed: {reason or f'libcurl error {code}'}")
 
     # -- attempts -----------------------------------------------------------------
 
@@ -327,14 +325,14 @@ class AsyncTransport:
             loop.remove_reader(fd)
             loop.remove_writer(fd)
         self._watched.clear()
-        busy, self._busy = list(self._busy.items()), {}
-        for easy, slot in busy:
-            multi.remove_handle(easy)
-        for _easy, slot in busy:
+        busy, self._busy = list(self._busy.values()), {}
+        for slot in busy:
+            multi.remove_handle(slot.easy)
+        for slot in busy:
             done, slot.done = slot.done, None
             if done is not None:
                 done(asyncio.CancelledError())
         multi.close()
-        for slot in self._free:
+        for slot in busy + self._free:  # the interrupted attempts' handles too, not left to the GC
             slot.easy.close()
         self._free.clear()

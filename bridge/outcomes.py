@@ -37,7 +37,7 @@ class Recorder:
         *,
         stopping: Callable[[], bool],
         kick: Callable[[], None],
-        limit: int = 64,
+        limit: int,
     ) -> None:
         self.outbox = outbox
         self.metrics = metrics
@@ -104,7 +104,7 @@ class Recorder:
             self._unsettled(outcome, error)
             return
         with self._settled:
-            was_backed_up = self._outstanding + len(self._failed) >= self.limit
+            was_backed_up = self.backed_up
             self._outstanding -= 1
             self._delays.pop(outcome.head.seq, None)
             self._settled.notify_all()

@@ -122,6 +122,11 @@ def check_status(
     raise PermanentError(f"HTTP {status}", status=status, body=body)
 
 
+def errno_reason(number: int) -> Optional[str]:
+    """The OS's text for an errno ("Connection refused"), or None for 0 or an unknown number."""
+    return os.strerror(number) if number and number in errno.errorcode else None
+
+
 def os_reason(exc: BaseException) -> str:
     """The OS-level reason of a connection failure ("Connection refused"), never a URL or an
     address: taken from the errno where there is one (asyncio's and aiohttp's own texts name
@@ -135,8 +140,9 @@ def os_reason(exc: BaseException) -> str:
             continue
         seen.add(id(current))
         if isinstance(current, OSError):
-            if isinstance(current.errno, int) and current.errno in errno.errorcode:
-                return os.strerror(current.errno)
+            reason = errno_reason(current.errno) if isinstance(current.errno, int) else None
+            if reason is not None:
+                return reason
             if current.strerror:
                 return str(current.strerror)
         wrapped = (getattr(current, "os_error", None), getattr(current, "reason", None), current.__cause__,

@@ -407,14 +407,13 @@ class TestBatchedAccept:
         box = PgOutbox(dsn, replica_id="r1", writers=writers).open()
         try:
             with psycopg.connect(dsn, autocommit=True) as conn:
-                deadline = time.monotonic() + 10
-                while True:
+                def sessions() -> int:
                     (n,) = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
                                         " AND application_name = 'kapacitor-oncall writer r1'").fetchone() or (0,)
-                    if n == writers or time.monotonic() > deadline:
-                        break
-                    time.sleep(0.02)
-                assert n == writers
+                    return int(n)
+
+                wait_until(lambda: sessions() >= writers, message="writer sessions")
+                assert sessions() == writers
                 (rows,) = conn.execute("SELECT count(*) FROM oncall_outbox").fetchone() or (None,)
                 assert rows == 0  # nothing was posted: the sessions came from the start
         finally:

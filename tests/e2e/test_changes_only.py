@@ -7,22 +7,15 @@ of a spike and nothing else, and the alert node triggers exactly as without the 
 
 from __future__ import annotations
 
-import re
-from typing import Any, Dict
-
 import pytest
 
-from tests.e2e.kapacitord import Json, Kapacitord
-from tests.e2e.test_udf_e2e import DBRP, SPIKE, TASK, iso, point, replace_once, start_task, tick_text
+from tests.e2e.kapacitord import Kapacitord
+from tests.e2e.test_udf_e2e import DBRP, SPIKE, TASK, iso, node, point, replace_once, start_task, tick_text
 
 
 pytestmark = pytest.mark.e2e
 
 
-def node(task: Json, pattern: str) -> Dict[str, Any]:
-    """The stats of the one node whose name matches ``pattern`` (e.g. ``alert\\d+``)."""
-    (stats,) = [s for n, s in task["stats"]["node-stats"].items() if re.fullmatch(pattern, n)]
-    return dict(stats)
 
 
 class TestChangesOnly:

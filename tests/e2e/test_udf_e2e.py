@@ -104,11 +104,10 @@ def state(row: dict[str, Any]) -> tuple[Any, ...]:
     )
 
 
-def alert_node(task: Json) -> Json:
-    """The stats of the task's one alert node."""
-    (stats,) = [s for n, s in task["stats"]["node-stats"].items() if re.fullmatch(r"alert\d+", n)]
-    result: Json = stats
-    return result
+def node(task: Json, pattern: str) -> Json:
+    """The stats of the one node whose name matches ``pattern`` (e.g. ``alert\\d+``)."""
+    (stats,) = [s for n, s in task["stats"]["node-stats"].items() if re.fullmatch(pattern, n)]
+    return dict(stats)
 
 
 def triggered(alert: Json) -> int:
@@ -167,11 +166,11 @@ class TestAnnotatedFields:
         assert series["tags"] == {"host": "web-1", "cpu": "cpu-total"}
         # The alert node is a sibling branch of httpOut and may lag it (CI saw it three changes
         # behind), so wait until it has triggered four times before reading its counters.
-        task = kapacitord.wait_task(TASK, lambda t: triggered(alert_node(t)) >= 4)
+        task = kapacitord.wait_task(TASK, lambda t: triggered(node(t, r"alert\d+")) >= 4)
         stats = task["stats"]["node-stats"]
         assert {n: s["errors"] for n, s in stats.items() if s["errors"]} == {}
         # Only the four changes reach the alert node: WARNING, CRITICAL, WARNING, OK.
-        alert = alert_node(task)
+        alert = node(task, r"alert\d+")
         assert (alert["warns_triggered"], alert["crits_triggered"], alert["oks_triggered"]) == (2, 1, 1)
 
 
